@@ -1,0 +1,1 @@
+"""Benchmarks that reproduce the paper's figures on small public data."""

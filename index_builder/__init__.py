@@ -1,0 +1,1 @@
+"""The offline builder: features, training, evaluation, export and the gallery index."""

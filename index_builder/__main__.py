@@ -1,0 +1,3 @@
+from index_builder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""``python -m index_builder``: prepare data, train, evaluate, compare with baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from index_builder.config import BuilderSettings, TrainConfig
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError,
+)  # fmt: skip
+
+
+def _flag_type(field: FieldInfo) -> type:
+    ann = field.annotation
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        ann = next(a for a in typing.get_args(ann) if a is not type(None))
+    return ann  # type: ignore[return-value]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig]) -> None:
+    """One --flag per config field; unset flags leave the env / default value."""
+    group = parser.add_argument_group("training configuration (also SBIR_TRAIN_<NAME>)")
+    for name, field in config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _flag_type(field)
+        helptext = f"{field.description or name} (default: {field.default})"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=helptext)  # fmt: skip
+        else:
+            group.add_argument(flag, type=kind, default=None, help=helptext)
+
+
+def config_from_args(args: argparse.Namespace, config: type[TrainConfig]) -> TrainConfig:
+    given = {k: getattr(args, k) for k in config.model_fields if getattr(args, k) is not None}
+    return config(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m index_builder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="turn ../shared/data into the folder layout")
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--stroke-width", type=float, default=3.0)
+    p.add_argument("--margin", type=float, default=0.1)
+
+    p = sub.add_parser("render-quickdraw", help="render Quick, Draw! .ndjson to sketch images")
+    p.add_argument("--ndjson", type=Path, nargs="+", required=True, help="folders or files")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--stroke-width", type=float, default=3.0)
+    p.add_argument("--margin", type=float, default=0.1)
+
+    p = sub.add_parser("train", help="train IIAE on the training classes")
+    _data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_config_flags(p, TrainConfig)
+
+    p = sub.add_parser("evaluate", help="zero-shot retrieval metrics of a run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--test-classes", help="file or built-in split (default: the run's)")
+    p.add_argument("--json", type=Path, help="write the metrics here")
+    p.add_argument("--figure", type=Path, help="PNG of queries and their top photos")
+    p.add_argument("--voc", action="store_true", help="also VOC-interpolated mAP")
+
+    p = sub.add_parser("baselines", help="untrained backbone features, raw and standardised")
+    _data_args(p)
+    p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--json", type=Path)
+    return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="data root (any supported layout)")
+    p.add_argument("--train-classes", help="class list file or built-in split name")
+    p.add_argument("--test-classes", help="class list file or built-in split name")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = BuilderSettings()
+    if args.command == "prepare":
+        from index_builder.prepare import prepare_shared_data
+
+        report = prepare_shared_data(args.shared, args.out, stroke_width=args.stroke_width,
+                                     margin=args.margin)  # fmt: skip
+        print(report.summary())
+    elif args.command == "render-quickdraw":
+        from index_builder.datasets.quickdraw import render_quickdraw
+
+        n = render_quickdraw(args.ndjson, args.out, size=args.size,
+                             stroke_width=args.stroke_width, margin=args.margin)  # fmt: skip
+        print(f"rendered {n} drawings into {args.out}")
+    elif args.command == "train":
+        from index_builder.run import train_run
+
+        cfg = config_from_args(args, TrainConfig)
+        info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
+        print(f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
+              f"-> {args.out}")  # fmt: skip
+    elif args.command == "evaluate":
+        from index_builder.evaluate import evaluate_run, format_table
+
+        result = evaluate_run(args.run, args.data, args.test_classes, args.json, args.figure,
+                              args.voc, settings)  # fmt: skip
+        print(format_table({result["model"]: result}))
+        print(f"{result['n_queries']} queries, {result['n_gallery']} photos; "
+              f"{result['convention']}")  # fmt: skip
+    elif args.command == "baselines":
+        _baselines(args, settings)
+    return 0
+
+
+def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
+    from index_builder.datasets.splits import resolve_split
+    from index_builder.evaluate import evaluate_baselines, format_table
+    from index_builder.sources import data_classes
+
+    train, test = resolve_split(data_classes(args.data), args.train_classes, args.test_classes)
+    rows = evaluate_baselines(args.data, train, test, args.backbone, settings)
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except ValidationError as err:
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+    return 2

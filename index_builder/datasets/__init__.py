@@ -1,0 +1,1 @@
+"""Sketch/photo data sets: every loader returns a ``SketchPhotoSet``."""

@@ -1,0 +1,127 @@
+"""Zero-shot evaluation: sketches of unseen classes query the photos of those classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from index_builder.config import BuilderSettings
+from index_builder.datasets.splits import resolve_split
+from index_builder.features import FeatureSet
+from index_builder.metrics import retrieval_metrics, top_k
+from index_builder.report_figure import save_retrieval_figure
+from index_builder.sources import data_classes, feature_sets
+from index_builder.train import embed, load_model
+
+CONVENTION = (
+    "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "
+    "(1/R) sum of precision at relevant ranks; mAP@K uses 1/K (Yelamarthi); P@K = hits/K"
+)
+
+
+def l2_normalise(z: np.ndarray) -> np.ndarray:
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def score(
+    zx: np.ndarray, sk: FeatureSet, zy: np.ndarray, ph: FeatureSet, voc: bool = False
+) -> dict[str, float]:
+    """The retrieval metrics of sketch embeddings against photo embeddings."""
+    return retrieval_metrics(zx, sk.labels, zy, ph.labels, voc=voc)
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: Path,
+    test_classes: str | Path | None = None,
+    json_out: Path | None = None,
+    figure_out: Path | None = None,
+    voc: bool = False,
+    settings: BuilderSettings | None = None,
+) -> dict:
+    """Metrics of a trained run on the unseen classes (the run's own test split by default)."""
+    model, info = load_model(run_dir)
+    test = _test_classes(data, test_classes, info)
+    sk, ph = feature_sets(data, test, info["backbone"], info["config"].get("backbone_weights"),
+                          settings=settings)  # fmt: skip
+    zx, zy = embed(model, sk.clean, "sketch"), embed(model, ph.clean, "photo")
+    result = {
+        "model": f"IIAE ({info['backbone']}) {run_dir}",
+        "data": str(data),
+        "test_classes": test,
+        "convention": CONVENTION,
+        **score(zx, sk, zy, ph, voc),
+    }
+    if figure_out is not None:
+        save_query_figure(figure_out, zx, sk, zy, ph)
+        result["figure"] = str(figure_out)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _test_classes(data: Path, test_classes: str | Path | None, info: dict) -> list[str]:
+    if test_classes is None:
+        if not info.get("test_classes"):
+            raise ValueError("the run names no test classes: pass --test-classes")
+        return info["test_classes"]
+    return resolve_split(data_classes(data), None, test_classes)[1]
+
+
+def baseline_embeddings(
+    train: tuple[FeatureSet, FeatureSet] | None, test: tuple[FeatureSet, FeatureSet]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features with no training: raw, or z-scored per domain with training stats."""
+    sk, ph = test
+    if train is None:
+        return l2_normalise(sk.clean), l2_normalise(ph.clean)
+    out = []
+    for fit_on, feats in ((train[0], sk), (train[1], ph)):
+        ref = fit_on.clean
+        out.append(l2_normalise((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6)))
+    return out[0], out[1]
+
+
+def evaluate_baselines(
+    data: Path,
+    train_classes: list[str],
+    test_classes: list[str],
+    backbone: str,
+    settings: BuilderSettings | None = None,
+) -> dict[str, dict]:
+    """Raw and standardised pooled-feature baselines on the test classes."""
+    test = feature_sets(data, test_classes, backbone, settings=settings)
+    train = feature_sets(data, train_classes, backbone, settings=settings)
+    results = {}
+    for name, fit_on in (("raw", None), ("standardized", train)):
+        zx, zy = baseline_embeddings(fit_on, test)
+        results[f"{backbone} {name} features"] = score(zx, test[0], zy, test[1])
+    return results
+
+
+def save_query_figure(
+    out: Path, zx: np.ndarray, sk: FeatureSet, zy: np.ndarray, ph: FeatureSet,
+    n_queries: int = 6, k: int = 8,
+) -> None:  # fmt: skip
+    """A picture of a few queries (one per class, spread out) and their top-k photos."""
+    classes = sorted(set(sk.labels))
+    picks = np.linspace(0, len(classes) - 1, min(n_queries, len(classes))).astype(int)
+    queries = [sk.labels.index(classes[i]) for i in picks]
+    idx, scores = top_k(zx[queries], zy, min(k, len(ph.labels)))
+    save_retrieval_figure(
+        out, [Path(sk.paths[q]) for q in queries], [sk.labels[q] for q in queries],
+        [Path(p) for p in ph.paths], ph.labels, idx, scores,
+    )  # fmt: skip
+
+
+def format_table(rows: dict[str, dict], keys: tuple[str, ...] = ("map_all", "p_at_10",
+                 "p_at_100", "map_at_200", "p_at_200")) -> str:  # fmt: skip
+    """A fixed-width table: one row per model, one column per metric."""
+    width = max(len(name) for name in rows) + 2
+    lines = ["model".ljust(width) + "".join(k.rjust(11) for k in keys)]
+    for name, m in rows.items():
+        lines.append(name.ljust(width) + "".join(f"{m.get(k, float('nan')):11.4f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Backbone feature extraction into a resumable on-disk cache.
+
+A cache directory holds ``features.npy`` (N, views, D) float32, ``manifest.json`` (paths,
+labels, backbone id, preprocessing, augmentation) and ``progress.json`` (rows done). It is
+keyed by the file list and the extraction spec, so re-running is free and an interrupted
+extraction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from index_builder.augment import AugmentConfig, augment
+from index_builder.datasets.base import DatasetError, Sample
+from model.backbones import Backbone, load_backbone
+from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
+
+CACHE_VERSION = 1
+
+
+class FeatureSpec(BaseModel):
+    """What to extract: backbone, domain (for augmentation) and number of views."""
+
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str | None = None
+    domain: str = "photo"  # "sketch" or "photo"
+    views: int = 1  # view 0 is the clean image; views 1.. are augmented
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+
+
+@dataclass
+class FeatureSet:
+    """Features (N, views, D) with the labels and paths of their images."""
+
+    features: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    backbone: str
+    preprocessing: Preprocessing
+
+    @property
+    def clean(self) -> np.ndarray:
+        """The un-augmented view, (N, D)."""
+        return np.asarray(self.features[:, 0])
+
+    def subset(self, classes: set[str]) -> FeatureSet:
+        idx = [i for i, c in enumerate(self.labels) if c in classes]
+        return FeatureSet(
+            np.asarray(self.features[idx]),
+            [self.labels[i] for i in idx],
+            [self.paths[i] for i in idx],
+            self.backbone,
+            self.preprocessing,
+        )
+
+
+class _ImageViews(Dataset):
+    """Decodes, augments and preprocesses (image, view) pairs in DataLoader workers."""
+
+    def __init__(self, samples: list[Sample], spec: FeatureSpec, prep: Preprocessing, start: int):
+        self.samples, self.spec, self.prep, self.start = samples, spec, prep, start
+
+    def __len__(self) -> int:
+        return len(self.samples) - self.start
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
+        row = self.start + i
+        path = self.samples[row].path
+        try:
+            img = load_image(path)
+        except ImageError as err:
+            return row, str(err)
+        views = [img] + [
+            augment(img, self.spec.domain, hash((self.spec.seed, row, v)) & 0x7FFFFFFF,
+                    self.spec.augment)
+            for v in range(1, self.spec.views)
+        ]  # fmt: skip
+        return row, np.stack([to_input_array(v, self.prep) for v in views])
+
+
+def _collate(batch: list[tuple[int, np.ndarray | str]]) -> list[tuple[int, np.ndarray | str]]:
+    return batch
+
+
+def cache_key(samples: list[Sample], spec: FeatureSpec) -> str:
+    """Hash of the spec and of every file's path, size and modification time."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    h.update(spec.model_dump_json().encode())
+    for s in samples:
+        st = os.stat(s.path)
+        h.update(f"{s.path}\0{s.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def extract_features(
+    samples: list[Sample],
+    spec: FeatureSpec,
+    cache_root: Path,
+    batch_size: int = 32,
+    workers: int = 2,
+    backbone: Backbone | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Extract (or load from the cache) the backbone features of ``samples``.
+
+    Raises DatasetError naming the file when an image cannot be decoded.
+    """
+    if not samples:
+        raise DatasetError("no images to extract features from")
+    out = cache_root / cache_key(samples, spec)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("complete"):
+        return load_feature_cache(out)
+    backbone = backbone or load_backbone(spec.backbone, spec.backbone_weights)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "version": CACHE_VERSION,
+        "complete": False,
+        "backbone": backbone.name,
+        "feature_dim": backbone.feature_dim,
+        "preprocessing": backbone.preprocessing.model_dump(),
+        "spec": spec.model_dump(),
+        "paths": [str(s.path) for s in samples],
+        "labels": [s.label for s in samples],
+    }
+    _write_json(manifest_path, manifest)
+    shape = (len(samples), spec.views, backbone.feature_dim)
+    feats_path, progress_path = out / "features.npy", out / "progress.json"
+    done = json.loads(progress_path.read_text())["rows"] if progress_path.exists() else 0
+    if done and feats_path.exists():
+        feats = np.lib.format.open_memmap(feats_path, mode="r+")
+    else:
+        done = 0
+        feats = np.lib.format.open_memmap(feats_path, mode="w+", dtype=np.float32, shape=shape)
+    _run_backbone(
+        samples, spec, backbone, feats, done, progress_path, batch_size, workers, progress
+    )
+    feats.flush()
+    del feats
+    manifest["complete"] = True
+    _write_json(manifest_path, manifest)
+    return load_feature_cache(out)
+
+
+def _run_backbone(
+    samples: list[Sample],
+    spec: FeatureSpec,
+    backbone: Backbone,
+    feats: np.ndarray,
+    done: int,
+    progress_path: Path,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> None:
+    device = default_device()
+    net = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        _ImageViews(samples, spec, backbone.preprocessing, done),
+        batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+    )  # fmt: skip
+    bar = tqdm(total=len(samples), initial=done, disable=not progress,
+               desc=f"{spec.domain} features ({backbone.name}, {spec.views} views)")  # fmt: skip
+    with torch.inference_mode():
+        for batch in loader:
+            errors = [msg for _, msg in batch if isinstance(msg, str)]
+            if errors:
+                raise DatasetError(errors[0])
+            rows = [r for r, _ in batch]
+            arrays = np.concatenate([a for _, a in batch])  # (B * views, 3, S, S)
+            x = torch.from_numpy(arrays).to(device).contiguous(memory_format=torch.channels_last)
+            f = net(x).float().cpu().numpy().reshape(len(rows), spec.views, -1)
+            feats[rows[0] : rows[-1] + 1] = f
+            feats.flush()
+            _write_json(progress_path, {"rows": rows[-1] + 1})
+            bar.update(len(rows))
+    bar.close()
+
+
+def load_feature_cache(folder: Path) -> FeatureSet:
+    """Open a complete cache directory (features memory-mapped)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if not manifest.get("complete"):
+        raise DatasetError(f"{folder}: feature cache is incomplete; re-run the extraction")
+    return FeatureSet(
+        np.load(folder / "features.npy", mmap_mode="r"),
+        manifest["labels"],
+        manifest["paths"],
+        manifest["backbone"],
+        Preprocessing(**manifest["preprocessing"]),
+    )
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)

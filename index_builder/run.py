@@ -1,0 +1,143 @@
+"""A training run: data root + class split -> features -> IIAE -> RUN_DIR, resumable."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index_builder.config import BuilderSettings, TrainConfig
+from index_builder.datasets.splits import resolve_split
+from index_builder.features import FeatureSet, default_device
+from index_builder.sources import data_classes, feature_sets
+from index_builder.train import ClassPairSampler, fit, save_model, zero_shot_map
+from model.iiae import IIAE
+
+
+def pick_validation(train: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
+    """Hold ``n_val`` training classes out (seeded) for early stopping: (fit, validation)."""
+    if n_val <= 0:
+        return train, []
+    if n_val >= len(train) - 1:
+        raise ValueError(f"val_classes={n_val} leaves too few of {len(train)} training classes")
+    order = np.random.default_rng(seed).permutation(len(train))
+    val = sorted(train[i] for i in order[:n_val])
+    return [c for c in train if c not in val], val
+
+
+def build_model(cfg: TrainConfig, sk: FeatureSet, ph: FeatureSet, classes: list[str]) -> IIAE:
+    """A fresh IIAE for these features, its standardisation fitted on them (all views)."""
+    torch.manual_seed(cfg.seed)
+    d_x, d_y = sk.features.shape[-1], ph.features.shape[-1]
+    model = IIAE(cfg.iiae_config(d_x, d_y, len(classes)))
+    if cfg.standardize:
+        model.scale_x.fit(torch.from_numpy(np.asarray(sk.features).reshape(-1, d_x)))
+        model.scale_y.fit(torch.from_numpy(np.asarray(ph.features).reshape(-1, d_y)))
+    return model
+
+
+class _Checkpointer:
+    """Logs, checkpoints and keeps the best model on the validation classes."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, model: IIAE, opt, sampler, val) -> None:
+        self.run_dir, self.cfg, self.model, self.opt, self.sampler = (
+            run_dir,
+            cfg,
+            model,
+            opt,
+            sampler,
+        )
+        self.val = val  # (sketch FeatureSet, photo FeatureSet) or None
+        self.best_map, self.best_step, self.best_state = -1.0, 0, None
+        self.history: list[dict] = []
+
+    def __call__(self, step: int, terms: dict[str, float]) -> None:
+        if step % self.cfg.log_every == 0:
+            with open(self.run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps({"step": step, **terms}) + "\n")
+        if self.val is not None and step % self.cfg.eval_every == 0:
+            val_map = zero_shot_map(self.model, *self.val)
+            self.history.append({"step": step, "val_map_all": val_map})
+            if val_map > self.best_map:
+                self.best_map, self.best_step = val_map, step
+                self.best_state = copy.deepcopy(self.model.state_dict())
+        if step % self.cfg.checkpoint_every == 0:
+            self.save(step)
+
+    def save(self, step: int) -> None:
+        state = {
+            "step": step,
+            "config": self.cfg.model_dump(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "best": (self.best_map, self.best_step, self.best_state),
+            "history": self.history,
+        }
+        tmp = self.run_dir / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / "checkpoint.pt")
+
+    def restore(self) -> int:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["config"] != self.cfg.model_dump():
+            raise ValueError(f"{path}: written with another configuration; use a new --out")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.best_map, self.best_step, self.best_state = state["best"]
+        self.history = state["history"]
+        return state["step"]
+
+
+def train_run(
+    data: Path,
+    run_dir: Path,
+    cfg: TrainConfig,
+    train_classes: str | Path | None = None,
+    test_classes: str | Path | None = None,
+    settings: BuilderSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
+    train, test = resolve_split(data_classes(data), train_classes, test_classes)
+    fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
+    sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
+                          cfg.photo_views, settings, cfg.seed)  # fmt: skip
+    sk_fit, ph_fit = sk.subset(set(fit_classes)), ph.subset(set(fit_classes))
+    val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
+    device = default_device()
+    model = build_model(cfg, sk_fit, ph_fit, fit_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                           weight_decay=cfg.weight_decay)  # fmt: skip
+    sampler = ClassPairSampler(sk_fit, ph_fit, fit_classes, cfg)
+    steps = cfg.steps or int(cfg.epochs * sampler.steps_per_epoch())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = _Checkpointer(run_dir, cfg, model, opt, sampler, val)
+    fit(model, sampler, opt, steps, ckpt.restore(), ckpt, progress)
+    ckpt.save(steps)
+    if ckpt.best_state is not None:
+        model.load_state_dict(ckpt.best_state)
+    info = {
+        "backbone": cfg.backbone,
+        "feature_backbone": sk.backbone,
+        "preprocessing": sk.preprocessing.model_dump(),
+        "data": str(data),
+        "train_classes": fit_classes,
+        "val_classes": val_classes,
+        "test_classes": test,
+        "steps": steps,
+        "selected_step": ckpt.best_step if val else steps,
+        "val_history": ckpt.history,
+        "config": cfg.model_dump(),
+    }
+    save_model(model, run_dir, info)
+    return info

@@ -1,0 +1,141 @@
+"""Training the IIAE on cached backbone features: class-paired batches, resumable runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from index_builder.config import TrainConfig
+from index_builder.features import FeatureSet
+from index_builder.metrics import retrieval_metrics
+from model.iiae import IIAE, IIAEConfig, iiae_loss
+
+
+@dataclass
+class PairBatch:
+    """Paired sketch and photo features with the class index of each pair."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    labels: torch.Tensor
+
+
+class ClassPairSampler:
+    """Each step: for each (or ``batch_classes`` random) class, random sketch + photo views."""
+
+    def __init__(
+        self, sketches: FeatureSet, photos: FeatureSet, classes: list[str], cfg: TrainConfig
+    ) -> None:
+        self.classes = classes
+        self.x, self.y = np.asarray(sketches.features), np.asarray(photos.features)
+        index = {c: i for i, c in enumerate(classes)}
+        self.x_by_class = _indices_by_class(sketches.labels, index)
+        self.y_by_class = _indices_by_class(photos.labels, index)
+        self.batch_classes = min(cfg.batch_classes or len(classes), len(classes))
+        self.pairs = cfg.pairs_per_class
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.x) // (self.batch_classes * self.pairs))
+
+    def __call__(self) -> PairBatch:
+        n_cls = len(self.classes)
+        cls = self.rng.permutation(n_cls)[: self.batch_classes].repeat(self.pairs)
+        xi = np.array([self.rng.choice(self.x_by_class[c]) for c in cls])
+        yi = np.array([self.rng.choice(self.y_by_class[c]) for c in cls])
+        xv = self.rng.integers(0, self.x.shape[1], len(cls))
+        yv = self.rng.integers(0, self.y.shape[1], len(cls))
+        return PairBatch(
+            torch.from_numpy(self.x[xi, xv]), torch.from_numpy(self.y[yi, yv]),
+            torch.from_numpy(cls.astype(np.int64)),
+        )  # fmt: skip
+
+
+def _indices_by_class(labels: list[str], index: dict[str, int]) -> list[np.ndarray]:
+    buckets: list[list[int]] = [[] for _ in index]
+    for i, c in enumerate(labels):
+        if c in index:
+            buckets[index[c]].append(i)
+    return [np.asarray(b) for b in buckets]
+
+
+def fit(
+    model: IIAE,
+    sample: Callable[[], PairBatch],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    start_step: int = 0,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> None:
+    """Minimise the IIAE objective for ``steps - start_step`` steps; ``on_step`` sees each."""
+    device = next(model.parameters()).device
+    model.train()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress,
+               desc="train")  # fmt: skip
+    for step in bar:
+        batch = sample()
+        out = model(batch.x.to(device), batch.y.to(device))
+        terms = iiae_loss(out, model.cfg, step, batch.labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{values['total']:.3f}", klr=f"{values['klr_x']:.2f}")
+        if on_step is not None:
+            on_step(step + 1, values)
+        model.train()  # on_step may have switched to eval
+
+
+@torch.no_grad()
+def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
+    """Retrieval embeddings (means of r^x or r^y) of (N, D) features, L2-normalised."""
+    model.eval()
+    device = next(model.parameters()).device
+    fn = model.embed_sketch if domain == "sketch" else model.embed_photo
+    parts = [fn(torch.from_numpy(np.array(feats[i : i + batch], dtype=np.float32)).to(device)).cpu()
+             for i in range(0, len(feats), batch)]  # fmt: skip
+    z = torch.cat(parts).numpy()
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> float:
+    """mAP@all of sketch -> photo retrieval on these (clean-view) features."""
+    zx = embed(model, sketches.clean, "sketch")
+    zy = embed(model, photos.clean, "photo")
+    return retrieval_metrics(zx, sketches.labels, zy, photos.labels)["map_all"]
+
+
+# --- runs on disk -------------------------------------------------------------------------
+
+
+def save_model(model: IIAE, run_dir: Path, info: dict) -> None:
+    """Write ``model.safetensors`` and ``run.json`` (config, backbone, split...) atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "model.safetensors.tmp"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(run_dir / "model.safetensors")
+    info = {**info, "iiae": model.cfg.model_dump()}
+    tmp_json = run_dir / "run.json.tmp"
+    tmp_json.write_text(json.dumps(info, indent=2))
+    tmp_json.replace(run_dir / "run.json")
+
+
+def load_model(run_dir: Path, device: torch.device | None = None) -> tuple[IIAE, dict]:
+    """The trained model (eval mode) and its run info."""
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no run.json; is this a training run directory?")
+    info = json.loads(info_path.read_text())
+    model = IIAE(IIAEConfig(**info["iiae"]))
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    return model.to(device or torch.device("cpu")).eval(), info

@@ -1,0 +1,4 @@
+"""IIAE, its backbones, preprocessing and ONNX export.
+
+Importing this package loads no PyTorch: ``model.preprocess`` serves without it.
+"""

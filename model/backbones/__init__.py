@@ -1,0 +1,18 @@
+"""Image backbones behind one interface; see ``base.py`` for how to add one."""
+
+from model.backbones import efficientnet_lite, vgg  # noqa: F401  (registers them)
+from model.backbones.base import (
+    Backbone,
+    BackboneUnavailableError,
+    available_backbones,
+    load_backbone,
+    register_backbone,
+)
+
+__all__ = [
+    "Backbone",
+    "BackboneUnavailableError",
+    "available_backbones",
+    "load_backbone",
+    "register_backbone",
+]

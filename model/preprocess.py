@@ -1,0 +1,121 @@
+"""Image and stroke preprocessing shared by training, the data converters, export and serving.
+
+Numpy and Pillow only, so the serving side needs no PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+from pydantic import BaseModel
+
+Strokes = Sequence[Sequence[Sequence[float]]]  # [[x0, x1, ...], [y0, y1, ...], ([t...])]
+
+
+class ImageError(ValueError):
+    """An image could not be read or is unusable; the message names the source."""
+
+
+class Preprocessing(BaseModel):
+    """How an image becomes a backbone input: square resize, then (x/255 - mean) / std."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def to_rgb_on_white(img: Image.Image) -> Image.Image:
+    """RGB image; transparency (RGBA, LA, palette with alpha) is composited onto white."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file or bytes to RGB on white, raising ImageError on any failure."""
+    name = "<upload>" if isinstance(source, bytes) else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        with handle, Image.open(handle) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageError(
+                    f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}"
+                )
+            img.load()
+            return to_rgb_on_white(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{name}: not a readable image ({err})") from err
+
+
+def to_input_array(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """RGB image -> normalised float32 CHW array of the backbone's input size."""
+    resized = img.convert("RGB").resize((prep.image_size, prep.image_size), Image.BILINEAR)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def render_strokes(
+    strokes: Strokes, size: int = 256, stroke_width: float = 3.0, margin: float = 0.1
+) -> Image.Image:
+    """Draw Quick, Draw!-style strokes black on white, fitted into a square canvas.
+
+    Works for both the simplified (0-255) and raw (screen pixel) formats: the drawing's
+    bounding box is scaled, keeping its aspect ratio, into the canvas less ``margin``
+    (a fraction of the side) on every edge; the ink, not just the stroke centres, stays inside.
+    ``stroke_width`` is in output pixels; strokes get round ends, and a stroke that is a
+    single point (a tap) becomes a dot of that width.
+    """
+    paths = [np.stack([np.asarray(s[0], float), np.asarray(s[1], float)], 1) for s in strokes]
+    paths = [p for p in paths if len(p) > 0]
+    if not paths:
+        raise ValueError("a drawing needs at least one stroke with a point")
+    points = np.concatenate(paths)
+    lo, hi = points.min(0), points.max(0)
+    extent = max(float((hi - lo).max()), 1e-6)
+    width = max(1, round(stroke_width))
+    # Pillow's ink reaches width // 2 pixels beyond a stroke's centre line.
+    inner = max((size - 1) * (1.0 - 2.0 * margin) - 2 * (width // 2), 0.0)
+    scale = inner / extent
+    offset = (size - 1 - (hi - lo) * scale) / 2.0  # centre the drawing
+    canvas = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    for path in paths:
+        xy = [(float(x), float(y)) for x, y in (path - lo) * scale + offset]
+        if len(xy) > 1:
+            draw.line(xy, fill="black", width=width, joint="curve")
+        for x, y in {xy[0], xy[-1]}:  # round ends; a dot for a single-point stroke
+            _dot(draw, x, y, width)
+    return canvas
+
+
+def _dot(draw: ImageDraw.ImageDraw, x: float, y: float, width: int) -> None:
+    """A filled dot ``width`` pixels across, centred on (x, y)."""
+    if width == 1:
+        draw.point((x, y), fill="black")
+        return
+    r = (width - 1) / 2
+    draw.ellipse([x - r, y - r, x + r, y + r], fill="black")
+
+
+def validate_strokes(strokes: object) -> Strokes:
+    """Check the [[x...], [y...](, [t...])] shape; raise ValueError naming the fault."""
+    if not isinstance(strokes, list) or not strokes:
+        raise ValueError("strokes must be a non-empty list of strokes")
+    for i, stroke in enumerate(strokes):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3):
+            raise ValueError(f"stroke {i} must be [[x...], [y...]] or [[x...], [y...], [t...]]")
+        xs, ys = stroke[0], stroke[1]
+        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
+            raise ValueError(f"stroke {i}: x and y must be lists of the same length")
+        if not all(isinstance(v, int | float) and np.isfinite(v) for v in (*xs, *ys)):
+            raise ValueError(f"stroke {i}: coordinates must be finite numbers")
+    return strokes

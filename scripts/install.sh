@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install the project into .venv: the one install script, used by CI, the demo and Docker.
+#   scripts/install.sh [--dev] [--serve-only] [--system]
+#   --dev         test and lint tools too
+#   --serve-only  no PyTorch (the serving image)
+#   --system      Debian packages the tests and the demo use (needs root and apt-get)
+# faiss / onnxruntime: the GPU builds where an NVIDIA driver is present, else the CPU builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0 serve_only=0 system=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --serve-only) serve_only=1 ;;
+    --system) system=1 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$system" = 1 ]; then
+  if [ ! -d /usr/share/tuxpaint/stamps ] && command -v apt-get >/dev/null; then
+    echo "== Debian packages (tuxpaint-stamps-default)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tuxpaint-stamps-default >/dev/null
+  fi
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+platform=cpu
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then platform=gpu; fi
+extras=$platform
+if [ "$serve_only" = 0 ]; then
+  # torch first, pinned: other packages name an unpinned torch, which would pull a CUDA build.
+  "${pip[@]}" torch==2.13.0
+  extras="builder,$extras"
+fi
+[ "$dev" = 1 ] && extras="$extras,dev"
+echo "== pip install -e .[$extras]"
+"${pip[@]}" -e ".[$extras]"
