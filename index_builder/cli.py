@@ -79,7 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--backbone", default="efficientnet-lite0")
     p.add_argument("--json", type=Path)
+
+    p = sub.add_parser("export-onnx", help="export a run's sketch and photo encoders to ONNX")
+    p.add_argument("--run", type=Path, required=True, help="training run directory")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--opset", type=int, default=17)
+    _gallery_parsers(sub)
     return parser
+
+
+def _gallery_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-index", help="embed a photo gallery into a new FAISS index")
+    p.add_argument("--model", type=Path, required=True, help="model directory (export-onnx)")
+    p.add_argument("--photos", type=Path, required=True, help="folder tree or list file")
+    p.add_argument("--out", type=Path, required=True, help="index directory to create")
+    _gallery_flags(p)
+    p = sub.add_parser("rebuild", help="update a gallery index (only new and changed photos)")
+    p.add_argument("--index", type=Path, required=True, help="index directory")
+    p.add_argument("--photos", type=Path, help="folder tree or list file (default: as before)")
+    p.add_argument("--model", type=Path, help="model directory (default: as before)")
+    p.add_argument("--full", action="store_true", help="embed every photo again")
+    _gallery_flags(p)
+
+
+def _gallery_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding threads")
+    p.add_argument("--keep", type=int, default=3, help="index versions to keep")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -90,6 +117,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = BuilderSettings()
+    settings.apply_torch_threads()
     if args.command == "prepare":
         from index_builder.prepare import prepare_shared_data
 
@@ -119,7 +147,28 @@ def run_command(args: argparse.Namespace) -> int:
               f"{result['convention']}")  # fmt: skip
     elif args.command == "baselines":
         _baselines(args, settings)
+    elif args.command == "export-onnx":
+        from model.export import export_onnx
+
+        meta = export_onnx(args.run, args.out, args.opset)
+        print(f"exported {meta.backbone} sketch and photo encoders -> {args.out} "
+              f"(fingerprint {meta.fingerprint[:16]})")  # fmt: skip
+    elif args.command in ("build-index", "rebuild"):
+        _gallery(args)
     return 0
+
+
+def _gallery(args: argparse.Namespace) -> None:
+    from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
+
+    workers = {"workers": args.workers} if args.workers else {}
+    options = BuildOptions(batch_size=args.batch_size, keep=args.keep,
+                           progress=not args.no_progress, **workers)  # fmt: skip
+    if args.command == "build-index":
+        result = build_new_index(args.model, args.photos, args.out, options)
+    else:
+        result = rebuild(args.index, args.photos, args.model, args.full, options)
+    print(result.summary())
 
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:

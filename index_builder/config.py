@@ -62,5 +62,14 @@ class BuilderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SBIR_")
 
     cache_dir: Path = Path.home() / ".cache" / "sketch-search"
-    workers: int = 2
-    batch_size: int = 32
+    workers: int = Field(2, description="image decoding processes")
+    batch_size: int = Field(32, description="images per backbone batch")
+    torch_threads: int | None = Field(
+        None, description="PyTorch CPU threads (default: all cores; 1 when sharing the CPU)"
+    )
+
+    def apply_torch_threads(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)

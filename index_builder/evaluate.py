@@ -13,7 +13,8 @@ from index_builder.features import FeatureSet
 from index_builder.metrics import retrieval_metrics, top_k
 from index_builder.report_figure import save_retrieval_figure
 from index_builder.sources import data_classes, feature_sets
-from index_builder.train import embed, load_model
+from index_builder.train import embed
+from model.checkpoint import load_model
 
 CONVENTION = (
     "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "

@@ -13,7 +13,8 @@ from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.datasets.splits import resolve_split
 from index_builder.features import FeatureSet, default_device
 from index_builder.sources import data_classes, feature_sets
-from index_builder.train import ClassPairSampler, fit, save_model, zero_shot_map
+from index_builder.train import ClassPairSampler, fit, zero_shot_map
+from model.checkpoint import save_model
 from model.iiae import IIAE
 
 
@@ -34,8 +35,12 @@ def build_model(cfg: TrainConfig, sk: FeatureSet, ph: FeatureSet, classes: list[
     d_x, d_y = sk.features.shape[-1], ph.features.shape[-1]
     model = IIAE(cfg.iiae_config(d_x, d_y, len(classes)))
     if cfg.standardize:
-        model.scale_x.fit(torch.from_numpy(np.asarray(sk.features).reshape(-1, d_x)))
-        model.scale_y.fit(torch.from_numpy(np.asarray(ph.features).reshape(-1, d_y)))
+        model.scale_x.fit(
+            torch.from_numpy(np.array(sk.features, dtype=np.float32).reshape(-1, d_x))
+        )
+        model.scale_y.fit(
+            torch.from_numpy(np.array(ph.features, dtype=np.float32).reshape(-1, d_y))
+        )
     return model
 
 

@@ -53,7 +53,8 @@ def feature_sets(
 
 
 def _split_number(root: Path) -> int:
-    match = re.search(r"split(\d)", str(root.resolve()))
+    """The split of an authors' features root: its own folder name, else split 1."""
+    match = re.fullmatch(r"split(\d)", root.resolve().name)
     return int(match.group(1)) if match else 1
 
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from index_builder.config import TrainConfig
 from index_builder.features import FeatureSet
 from index_builder.metrics import retrieval_metrics
-from model.iiae import IIAE, IIAEConfig, iiae_loss
+from model.iiae import IIAE, iiae_loss
 
 
 @dataclass
@@ -112,30 +109,3 @@ def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> floa
     zx = embed(model, sketches.clean, "sketch")
     zy = embed(model, photos.clean, "photo")
     return retrieval_metrics(zx, sketches.labels, zy, photos.labels)["map_all"]
-
-
-# --- runs on disk -------------------------------------------------------------------------
-
-
-def save_model(model: IIAE, run_dir: Path, info: dict) -> None:
-    """Write ``model.safetensors`` and ``run.json`` (config, backbone, split...) atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "model.safetensors.tmp"
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(run_dir / "model.safetensors")
-    info = {**info, "iiae": model.cfg.model_dump()}
-    tmp_json = run_dir / "run.json.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2))
-    tmp_json.replace(run_dir / "run.json")
-
-
-def load_model(run_dir: Path, device: torch.device | None = None) -> tuple[IIAE, dict]:
-    """The trained model (eval mode) and its run info."""
-    info_path = run_dir / "run.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"{run_dir}: no run.json; is this a training run directory?")
-    info = json.loads(info_path.read_text())
-    model = IIAE(IIAEConfig(**info["iiae"]))
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    return model.to(device or torch.device("cpu")).eval(), info

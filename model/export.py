@@ -1,0 +1,180 @@
+"""Export a trained run's sketch and photo encoders (backbone + IIAE) to ONNX.
+
+Each encoder is image -> backbone -> the IIAE's own Standardize -> mean of r^x (or r^y)
+-> L2 normalisation, so ONNX Runtime alone turns an image into its retrieval embedding.
+Read the result with ``model.encoder``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from model.backbones import Backbone, available_backbones, load_backbone
+from model.checkpoint import load_model
+from model.encoder import (
+    DOMAINS,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    Domain,
+    EncoderMetadata,
+    OnnxFile,
+    compute_fingerprint,
+    sha256_file,
+)
+from model.iiae import IIAE, Encoder, Standardize
+from model.preprocess import Preprocessing
+
+ONNX_FILES: dict[Domain, str] = {"sketch": "sketch_encoder.onnx", "photo": "photo_encoder.onnx"}
+# Notices of the TorchScript-based exporter (the one that needs no onnxscript), not faults.
+_EXPORT_NOISE = (
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"The feature will be removed",
+    r"Constant folding - Only steps=1",
+)
+
+
+class EmbeddingEncoder(nn.Module):
+    """Normalised images (B, 3, S, S) -> unit-norm retrieval embeddings (B, latent_dim)."""
+
+    def __init__(self, backbone: nn.Module, scale: Standardize, shared: Encoder) -> None:
+        super().__init__()
+        self.backbone, self.scale, self.shared = backbone, scale, shared
+
+    def forward(self, image: Tensor) -> Tensor:
+        z = self.shared(self.scale(self.backbone(image))).mean
+        return nn.functional.normalize(z, dim=-1)
+
+
+def build_encoders(model: IIAE, backbone: nn.Module) -> dict[Domain, EmbeddingEncoder]:
+    """The sketch (scale_x, r^x) and photo (scale_y, r^y) encoders, in eval mode."""
+    return {
+        "sketch": EmbeddingEncoder(backbone, model.scale_x, model.shared_x).eval(),
+        "photo": EmbeddingEncoder(backbone, model.scale_y, model.shared_y).eval(),
+    }
+
+
+def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
+    """The image backbone a run's features came from, checked against the run."""
+    name = info.get("feature_backbone", info.get("backbone"))
+    if name not in available_backbones():
+        raise ValueError(
+            f"{run_dir}: trained on {name!r} features, which have no image backbone to export "
+            f"(available: {', '.join(available_backbones())}); train on images instead"
+        )
+    weights = info.get("config", {}).get("backbone_weights")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"{run_dir}: the run's backbone weights {weights} are missing")
+    backbone = load_backbone(name, weights)
+    if backbone.feature_dim != input_dim:
+        raise ValueError(f"{run_dir}: {name} gives {backbone.feature_dim}-d features, "
+                         f"the IIAE takes {input_dim}")  # fmt: skip
+    if backbone.preprocessing != Preprocessing(**info["preprocessing"]):
+        raise ValueError(f"{run_dir}: the run's preprocessing differs from {name}'s")
+    return backbone
+
+
+def load_run_encoders(run_dir: Path) -> tuple[dict[Domain, EmbeddingEncoder], dict, Backbone]:
+    """A run's two PyTorch encoders, its run info and its backbone."""
+    model, info = load_model(run_dir)
+    backbone = run_backbone(run_dir, info, model.cfg.input_dim_x)
+    return build_encoders(model, backbone), info, backbone
+
+
+def export_module(
+    module: nn.Module, path: Path, image_size: int, embedding_dim: int, opset: int
+) -> None:
+    """ONNX file of ``module``: input ``image`` (B, 3, S, S), output ``embedding`` (B, D),
+    B dynamic."""
+    example = torch.zeros(2, 3, image_size, image_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        for message in _EXPORT_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=["image"], output_names=["embedding"],
+                dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            )  # fmt: skip
+        except torch.onnx.OnnxExporterError as err:  # its message holds the whole graph
+            first = str(err).strip().splitlines()[0]
+            message = f"{path.name}: ONNX export at opset {opset} failed: {first}"
+            raise RuntimeError(message) from err
+    graph = onnx.load(str(path))
+    # the tracer leaves the embedding size symbolic; record it
+    dim = graph.graph.output[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = embedding_dim
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(path))
+
+
+def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadata:
+    """Write ``sketch_encoder.onnx``, ``photo_encoder.onnx`` and ``metadata.json`` of a run
+    into ``out_dir``, atomically: on failure ``out_dir`` is left as it was."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    _check_target(out_dir)
+    encoders, info, backbone = load_run_encoders(run_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for domain in DOMAINS:
+            export_module(encoders[domain], tmp / ONNX_FILES[domain],
+                          backbone.preprocessing.image_size, info["iiae"]["latent_dim"],
+                          opset)  # fmt: skip
+        meta = _metadata(tmp, run_dir, info, backbone, opset)
+        (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return EncoderMetadata.load(out_dir)
+
+
+def _metadata(
+    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int
+) -> EncoderMetadata:
+    files = {d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d]))
+             for d in DOMAINS}  # fmt: skip
+    prep = backbone.preprocessing
+    return EncoderMetadata(
+        format_version=FORMAT_VERSION,
+        backbone=backbone.name,
+        backbone_weights=info.get("config", {}).get("backbone_weights"),
+        preprocessing=prep,
+        embedding_dim=info["iiae"]["latent_dim"],
+        opset=opset,
+        train_classes=info.get("train_classes", []),
+        val_classes=info.get("val_classes", []),
+        test_classes=info.get("test_classes", []),
+        config=info.get("config", {}),
+        iiae=info["iiae"],
+        source_run=str(run_dir),
+        files=files,
+        fingerprint=compute_fingerprint({d: f.sha256 for d, f in files.items()}, prep),
+    )
+
+
+def _check_target(out_dir: Path) -> None:
+    """Refuse to replace anything but an earlier export or an empty folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file():
+        raise ValueError(f"{out_dir}: not empty and not a model directory; choose another --out")
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished export into place, replacing an earlier one."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    out_dir.rename(old / out_dir.name)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

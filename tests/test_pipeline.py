@@ -1,0 +1,305 @@
+"""The builder end to end through its CLI, on stand-ins of Sketchy Extended in its exact layouts.
+
+Train -> evaluate -> baselines on both image layouts (real EfficientNet-Lite0 features) and on
+the authors' released features; resuming a run; the CLI's answer to bad inputs; and a check
+that training really learns on data whose classes are easy to tell apart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from standins import (
+    SKETCHY_PHOTOS,
+    make_authors_features,
+    make_sketchy_authors_layout,
+    make_sketchy_sake_layout,
+)
+
+from index_builder.cli import main
+from index_builder.config import BuilderSettings, TrainConfig
+from index_builder.datasets.splits import resolve_split
+from index_builder.metrics import retrieval_metrics
+from index_builder.run import build_model
+from index_builder.sources import data_classes, feature_sets
+from index_builder.train import ClassPairSampler, embed, fit
+
+CLASSES = ["airplane", "bell", "cup", "jack-o-lantern", "swan", "teddy_bear", "wine_bottle",
+           "zebra"]  # fmt: skip
+TEST = ["bell", "swan", "zebra"]
+TRAIN = [c for c in CLASSES if c not in TEST]
+# (sketches, photos) per class of each layout's stand-in
+COUNTS = {"sketchy-authors": (4, 2), "sketchy-sake": (2, 1)}
+TRAIN_ARGS = ["--steps", "30", "--val-classes", "1", "--eval-every", "10", "--log-every", "10"]
+METRICS = ("map_all", "p_at_100", "map_at_200", "p_at_200")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny batches gain nothing from threads, and on a busy CPU they cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One feature cache for the module (SBIR_CACHE_DIR), so each image is extracted once."""
+    cache = tmp_path_factory.mktemp("sbir-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBIR_CACHE_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("classes") / "test_classes.txt"
+    path.write_text("# the unseen classes\n" + "\n".join(TEST) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Data roots of the two layouts (the authors' one as the parent holding ``Sketchy/``)."""
+    authors = tmp_path_factory.mktemp("authors-layout")
+    make_sketchy_authors_layout(authors, CLASSES, *COUNTS["sketchy-authors"])
+    sake = make_sketchy_sake_layout(
+        tmp_path_factory.mktemp("sake-layout"), CLASSES, *COUNTS["sketchy-sake"]
+    )
+    return {"sketchy-authors": authors, "sketchy-sake": sake}
+
+
+@dataclass
+class Run:
+    layout: str
+    data: Path
+    out: Path
+    args: list[str]  # the train command line
+
+
+@pytest.fixture(scope="module", params=list(COUNTS))
+def run(
+    request: pytest.FixtureRequest,
+    datasets: dict[str, Path],
+    test_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Run:
+    """``train`` on one layout's training classes, 30 steps, one validation class."""
+    layout = request.param
+    data, out = datasets[layout], tmp_path_factory.mktemp("runs") / layout
+    args = ["train", "--data", str(data), "--test-classes", str(test_file), "--out", str(out),
+            *TRAIN_ARGS]  # fmt: skip
+    assert main(args) == 0
+    return Run(layout, data, out, args)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+# --- train -> evaluate -> baselines ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run(run: Run) -> None:
+    for name in ("model.safetensors", "run.json", "checkpoint.pt", "log.jsonl"):
+        assert (run.out / name).is_file(), name
+    info = json.loads((run.out / "run.json").read_text())
+    assert info["test_classes"] == TEST
+    assert len(info["val_classes"]) == 1
+    assert sorted(info["train_classes"] + info["val_classes"]) == TRAIN
+    assert info["steps"] == 30
+    assert info["selected_step"] in (10, 20, 30)
+    assert [h["step"] for h in info["val_history"]] == [10, 20, 30]
+    assert all(0.0 <= h["val_map_all"] <= 1.0 for h in info["val_history"])
+    assert info["feature_backbone"] == "efficientnet-lite0"
+    assert info["iiae"]["input_dim_x"] == info["iiae"]["input_dim_y"] == 1280
+    log = [json.loads(line) for line in _read_lines(run.out / "log.jsonl")]
+    assert [entry["step"] for entry in log] == [10, 20, 30]
+    assert all(np.isfinite(entry["total"]) for entry in log)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_and_a_figure(
+    run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    json_out, figure = tmp_path / "metrics" / "result.json", tmp_path / "queries.png"
+    code = main(["evaluate", "--run", str(run.out), "--data", str(run.data), "--json",
+                 str(json_out), "--figure", str(figure), "--voc"])  # fmt: skip
+    assert code == 0
+    result = json.loads(json_out.read_text())
+    for key in (*METRICS, "map_all_voc"):
+        assert 0.0 <= result[key] <= 1.0, key
+    sketches, photos = COUNTS[run.layout]
+    assert result["n_queries"] == len(TEST) * sketches
+    assert result["n_gallery"] == len(TEST) * photos
+    assert result["test_classes"] == TEST
+    assert "IIAE convention" in result["convention"]
+    assert result["figure"] == str(figure)
+    with Image.open(figure) as img:
+        assert img.format == "PNG"
+        assert img.width > 0 and img.height > 0
+    printed = capsys.readouterr().out
+    assert "map_all" in printed and f"{result['n_queries']} queries" in printed
+
+
+@pytest.mark.slow
+def test_baselines_score_the_raw_features(
+    run: Run, test_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "baselines.json"
+    code = main(["baselines", "--data", str(run.data), "--test-classes", str(test_file),
+                 "--json", str(out)])  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"efficientnet-lite0 raw features",
+                         "efficientnet-lite0 standardized features"}  # fmt: skip
+    for metrics in rows.values():
+        for key in METRICS:
+            assert 0.0 <= metrics[key] <= 1.0, key
+    assert "raw features" in capsys.readouterr().out
+
+
+# --- resuming -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_again_resumes_from_the_checkpoint(run: Run) -> None:
+    model = (run.out / "model.safetensors").read_bytes()
+    info = (run.out / "run.json").read_text()
+    log = _read_lines(run.out / "log.jsonl")
+    assert main(run.args) == 0
+    assert (run.out / "model.safetensors").read_bytes() == model
+    assert (run.out / "run.json").read_text() == info
+    assert _read_lines(run.out / "log.jsonl") == log  # no step ran again
+    state = torch.load(run.out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 30
+
+
+@pytest.mark.slow
+def test_training_again_with_another_config_is_refused(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = (run.out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*run.args, "--lr", "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "another configuration" in err and "--out" in err
+    assert str(run.out / "checkpoint.pt") in err
+    assert (run.out / "model.safetensors").read_bytes() == model
+
+
+# --- the authors' released features ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_authors_features_end_to_end(
+    tmp_path: Path, test_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_authors_features(tmp_path / "released", 1, CLASSES, 4, test_classes=TEST)
+    out, json_out = tmp_path / "run", tmp_path / "result.json"
+    code = main(["train", "--data", str(data), "--test-classes", str(test_file), "--out",
+                 str(out), *TRAIN_ARGS])  # fmt: skip
+    assert code == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["feature_backbone"] == "vgg16-authors"
+    assert info["iiae"]["input_dim_x"] == 512
+    assert info["test_classes"] == TEST
+    assert main(["evaluate", "--run", str(out), "--data", str(data), "--json",
+                 str(json_out)]) == 0  # fmt: skip
+    result = json.loads(json_out.read_text())
+    for key in METRICS:
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["n_queries"] == result["n_gallery"] == len(TEST) * 4
+    assert "trained 30 steps on 4 classes" in capsys.readouterr().out
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def _train_error(capsys: pytest.CaptureFixture[str], data: Path, test: Path, out: Path) -> str:
+    capsys.readouterr()
+    code = main(["train", "--data", str(data), "--test-classes", str(test), "--out", str(out),
+                 "--steps", "1"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ")
+    return captured.err
+
+
+def test_cli_names_a_missing_data_folder(
+    tmp_path: Path, test_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-data"
+    err = _train_error(capsys, missing, test_file, tmp_path / "run")
+    assert str(missing) in err and "does not exist" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_names_an_unknown_test_class(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "test_classes.txt"
+    bad.write_text("bell\nunicorn\n")
+    err = _train_error(capsys, datasets["sketchy-sake"], bad, tmp_path / "run")
+    assert "'unicorn'" in err and str(bad) in err
+    assert "'bell'" not in err
+
+
+def test_cli_names_a_class_without_photos(
+    tmp_path: Path, test_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = make_sketchy_authors_layout(tmp_path / "data", CLASSES, 1, 1)
+    empty = base / SKETCHY_PHOTOS / "cup"
+    shutil.rmtree(empty)
+    empty.mkdir()  # the folder is there, but holds no photo
+    err = _train_error(capsys, tmp_path / "data", test_file, tmp_path / "run")
+    assert "'cup' has sketches but no photos" in err
+    assert str(empty) in err
+
+
+def test_cli_names_a_missing_run(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-run"
+    code = main(["evaluate", "--run", str(missing), "--data", str(datasets["sketchy-sake"])])
+    assert code == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+# --- learning -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_learns_the_seen_classes(datasets: dict[str, Path], test_file: Path) -> None:
+    """On classes that are easy to tell apart, sketch->photo mAP ends far above chance."""
+    data = datasets["sketchy-authors"]
+    train, _ = resolve_split(data_classes(data), None, test_file)
+    # the training classes' features, from the cache the runs above filled
+    sk, ph = feature_sets(data, train, "efficientnet-lite0", settings=BuilderSettings())
+    cfg = TrainConfig(steps=150, seed=0)
+    model = build_model(cfg, sk, ph, train)
+
+    def seen_map() -> float:
+        zx, zy = embed(model, sk.clean, "sketch"), embed(model, ph.clean, "photo")
+        return retrieval_metrics(zx, sk.labels, zy, ph.labels)["map_all"]
+
+    gallery = np.asarray(ph.labels)
+    chance = float(np.mean([(gallery == label).mean() for label in sk.labels]))
+    assert chance == pytest.approx(1 / len(train))
+    before = seen_map()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    fit(model, ClassPairSampler(sk, ph, train, cfg), opt, cfg.steps, progress=False)
+    after = seen_map()
+    assert after >= chance + 0.5, (chance, before, after)
+    assert after >= before + 0.2, (chance, before, after)
