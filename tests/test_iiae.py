@@ -1,0 +1,393 @@
+"""The IIAE model and objective against docs/iiae.md: KLs, loss terms, shapes, modes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from index_builder.train import PairBatch, fit
+from model.iiae import (
+    IIAE,
+    LOGVAR_MAX,
+    Gaussian,
+    GaussianHead,
+    IIAEConfig,
+    IIAEOutput,
+    iiae_loss,
+    kl_gaussians,
+    kl_standard_normal,
+)
+
+SMALL = {"latent_dim": 8, "hidden_dims": (32, 16), "joint_hidden_dim": 32,
+         "decoder_hidden_dims": (16, 32)}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest (and steadiest on a shared CPU) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- (a) closed-form KLs against Monte Carlo ---------------------------------------------
+
+
+def _log_normal(z: torch.Tensor, g: Gaussian) -> torch.Tensor:
+    """log N(z; mean, exp(logvar)) summed over the last dimension, written out by hand."""
+    var = torch.exp(g.logvar)
+    per_dim = -0.5 * (math.log(2 * math.pi) + g.logvar + (z - g.mean) ** 2 / var)
+    return per_dim.sum(dim=-1)
+
+
+def _mc_kl(q: Gaussian, p: Gaussian, n: int, gen: torch.Generator) -> tuple[np.ndarray, ...]:
+    """Monte Carlo E_q[log q - log p] per batch row, and its standard error."""
+    eps = torch.randn((n, *q.mean.shape), generator=gen, dtype=torch.float64)
+    z = q.mean + eps * torch.exp(0.5 * q.logvar)
+    log_ratio = _log_normal(z, q) - _log_normal(z, p)
+    return log_ratio.mean(0).numpy(), (log_ratio.std(0) / math.sqrt(n)).numpy()
+
+
+def _random_gaussian(gen: torch.Generator, batch: int = 4, dim: int = 3) -> Gaussian:
+    mean = torch.randn((batch, dim), generator=gen, dtype=torch.float64)
+    logvar = 2 * torch.rand((batch, dim), generator=gen, dtype=torch.float64) - 1
+    return Gaussian(mean, logvar)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_gaussians_matches_monte_carlo(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    q, p = _random_gaussian(gen), _random_gaussian(gen)
+    mc, se = _mc_kl(q, p, 200_000, gen)
+    closed = kl_gaussians(q, p).numpy()
+    assert closed.shape == (4,)
+    np.testing.assert_array_less(np.abs(closed - mc), 5 * se + 1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_standard_normal_matches_monte_carlo(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    q = _random_gaussian(gen)
+    prior = Gaussian(torch.zeros_like(q.mean), torch.zeros_like(q.logvar))
+    mc, se = _mc_kl(q, prior, 200_000, gen)
+    closed = kl_standard_normal(q).numpy()
+    np.testing.assert_array_less(np.abs(closed - mc), 5 * se + 1e-6)
+    np.testing.assert_allclose(closed, kl_gaussians(q, prior).numpy(), rtol=1e-12)
+
+
+def test_kl_of_identical_gaussians_is_zero() -> None:
+    g = _random_gaussian(torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(kl_gaussians(g, g).numpy(), 0.0, atol=1e-12)
+
+
+# --- (b) each loss term and weight against a hand-computed case --------------------------
+
+# latent_dim 2, batch 2, x of 3 dimensions, y of 2; plain Python numbers
+Q_ZX = ([[0.5, -1.0], [0.0, 2.0]], [[0.0, -0.5], [1.0, 0.2]])  # (means, logvars)
+Q_ZY = ([[1.0, 0.0], [-0.5, 0.5]], [[-1.0, 0.0], [0.3, -0.3]])
+Q_ZS = ([[0.2, 0.4], [-1.0, 1.5]], [[-0.2, 0.1], [0.0, -1.0]])
+R_X = ([[0.0, 0.5], [-0.8, 1.0]], [[0.0, 0.0], [0.5, -0.5]])
+R_Y = ([[0.3, 0.3], [-1.2, 1.4]], [[-0.4, 0.2], [0.1, -0.8]])
+X_HAT, X = [[0.1, 0.2, 0.3], [1.0, -1.0, 0.0]], [[0.0, 0.5, 0.3], [0.5, -1.0, 1.0]]
+Y_HAT, Y = [[2.0, 0.0], [0.0, 1.0]], [[1.5, 0.5], [0.0, 0.0]]
+LOGITS, LABELS = [[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]], [0, 2]
+
+
+def _gaussian(pair: tuple[list[list[float]], list[list[float]]]) -> Gaussian:
+    return Gaussian(torch.tensor(pair[0], dtype=torch.float64),
+                    torch.tensor(pair[1], dtype=torch.float64))  # fmt: skip
+
+
+def _hand_output(with_logits: bool = True) -> IIAEOutput:
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return IIAEOutput(
+        _gaussian(Q_ZX), _gaussian(Q_ZY), _gaussian(Q_ZS), _gaussian(R_X), _gaussian(R_Y),
+        x_hat=t(X_HAT), y_hat=t(Y_HAT), x_target=t(X), y_target=t(Y),
+        logits=t(LOGITS) if with_logits else None,
+    )  # fmt: skip
+
+
+def _mse(a: list[list[float]], b: list[list[float]]) -> float:
+    diffs = [(u - v) ** 2 for ra, rb in zip(a, b, strict=True) for u, v in zip(ra, rb, strict=True)]
+    return sum(diffs) / len(diffs)
+
+
+def _kl_prior(g: tuple[list[list[float]], list[list[float]]]) -> float:
+    rows = [sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(ms, lvs, strict=True))
+            for ms, lvs in zip(*g, strict=True)]  # fmt: skip
+    return sum(rows) / len(rows)
+
+
+def _kl_pair(q: tuple[list[list[float]], ...], p: tuple[list[list[float]], ...]) -> float:
+    rows = []
+    for mq, lq, mp, lp in zip(q[0], q[1], p[0], p[1], strict=True):
+        rows.append(sum(0.5 * (math.exp(a - b) + (u - v) ** 2 / math.exp(b) - 1 - (a - b))
+                        for u, a, v, b in zip(mq, lq, mp, lp, strict=True)))  # fmt: skip
+    return sum(rows) / len(rows)
+
+
+def _cross_entropy(logits: list[list[float]], labels: list[int]) -> float:
+    losses = [math.log(sum(math.exp(v) for v in row)) - row[c]
+              for row, c in zip(logits, labels, strict=True)]  # fmt: skip
+    return sum(losses) / len(losses)
+
+
+def _hand_terms() -> dict[str, float]:
+    return {
+        "rec_x": _mse(X_HAT, X), "rec_y": _mse(Y_HAT, Y),
+        "kl_x": _kl_prior(Q_ZX), "kl_y": _kl_prior(Q_ZY), "kl_s": _kl_prior(Q_ZS),
+        "klr_x": _kl_pair(Q_ZS, R_X), "klr_y": _kl_pair(Q_ZS, R_Y),
+        "cls": _cross_entropy(LOGITS, LABELS),
+    }  # fmt: skip
+
+
+def _hand_total(h: dict[str, float], beta: float, lam: float, w_rec: float, w_cls: float,
+                step: int) -> float:  # fmt: skip
+    a = 1 - math.exp(-step / 2000)
+    return ((beta + lam) * w_rec * (h["rec_x"] + h["rec_y"])
+            + a * (beta + lam) * (h["kl_x"] + h["kl_y"])
+            + a * beta * h["kl_s"]
+            + lam * (h["klr_x"] + h["klr_y"])
+            + w_cls * h["cls"])  # fmt: skip
+
+
+def _module_total(step: int, **weights: float) -> float:
+    cfg = IIAEConfig(latent_dim=2, input_dim_x=3, input_dim_y=2, num_classes=3, **weights)
+    return float(iiae_loss(_hand_output(), cfg, step, torch.tensor(LABELS))["total"])
+
+
+def test_loss_terms_match_hand_computation() -> None:
+    cfg = IIAEConfig(latent_dim=2, input_dim_x=3, input_dim_y=2, num_classes=3, w_cls=0.7)
+    terms = iiae_loss(_hand_output(), cfg, 1000, torch.tensor(LABELS))
+    hand = _hand_terms()
+    for name, value in hand.items():
+        assert float(terms[name]) == pytest.approx(value, rel=1e-12), name
+    expected = _hand_total(hand, beta=0.5, lam=1.0, w_rec=10.0, w_cls=0.7, step=1000)
+    assert float(terms["total"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_default_weights_are_the_papers() -> None:
+    cfg = IIAEConfig()
+    weights = (cfg.beta, cfg.lam, cfg.w_rec, cfg.w_cls, cfg.anneal_steps, cfg.latent_dim)
+    assert weights == (0.5, 1.0, 10.0, 0.0, 2000.0, 64)
+
+
+@pytest.mark.parametrize(
+    ("weight", "value"), [("beta", 0.9), ("lam", 2.5), ("w_rec", 3.0), ("w_cls", 1.7)]
+)
+@pytest.mark.parametrize("step", [0, 150, 5000])
+def test_each_weight_moves_the_total_as_the_formula(weight: str, value: float, step: int) -> None:
+    base = {"beta": 0.5, "lam": 1.0, "w_rec": 10.0, "w_cls": 0.3}
+    changed = {**base, weight: value}
+    hand = _hand_terms()
+    moved = _module_total(step, **changed) - _module_total(step, **base)
+    expected = _hand_total(hand, **changed, step=step) - _hand_total(hand, **base, step=step)
+    assert moved == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert moved != 0
+
+
+def test_kl_annealing_weights_only_the_prior_kls() -> None:
+    hand = _hand_terms()
+    at_zero = _module_total(0, w_cls=0.0)
+    assert at_zero == pytest.approx(
+        1.5 * 10 * (hand["rec_x"] + hand["rec_y"]) + hand["klr_x"] + hand["klr_y"], rel=1e-12
+    )
+    late = _module_total(10**7, w_cls=0.0)
+    prior = 1.5 * (hand["kl_x"] + hand["kl_y"]) + 0.5 * hand["kl_s"]
+    assert late - at_zero == pytest.approx(prior, rel=1e-9)
+
+
+# --- (c) shapes, (d) the log-variance clamp, (e) layer settings ---------------------------
+
+
+def test_output_shapes_with_different_input_dims() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(input_dim_x=512, input_dim_y=1280))
+    x, y = torch.randn(5, 512), torch.randn(5, 1280)
+    out = model(x, y)
+    for g in (out.q_zx, out.q_zy, out.q_zs, out.r_x, out.r_y):
+        assert g.mean.shape == g.logvar.shape == (5, 64)
+    assert out.x_hat.shape == (5, 512) and out.y_hat.shape == (5, 1280)
+    assert out.logits is None
+    model.eval()
+    for fn, inp in ((model.embed_sketch, x), (model.exclusive_sketch, x),
+                    (model.embed_photo, y), (model.exclusive_photo, y)):  # fmt: skip
+        assert fn(inp).shape == (5, 64)
+
+
+def _linears(module: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def test_layer_sizes_follow_the_spec() -> None:
+    model = IIAE(IIAEConfig(input_dim_x=512, input_dim_y=1280))
+    assert _linears(model.enc_x) == _linears(model.shared_x) == [(512, 512), (512, 256), (256, 128)]
+    assert (
+        _linears(model.enc_y) == _linears(model.shared_y) == [(1280, 512), (512, 256), (256, 128)]
+    )
+    assert _linears(model.joint) == [(512 + 512, 512), (512, 128)]
+    assert _linears(model.dec_x) == [(128, 128), (128, 512), (512, 512)]
+    assert _linears(model.dec_y) == [(128, 128), (128, 512), (512, 1280)]
+
+
+def test_joint_encoder_reads_the_first_hidden_layers_of_r() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(input_dim_x=12, input_dim_y=20, **SMALL)).eval()
+    x, y = torch.randn(4, 12), torch.randn(4, 20)
+    hx, hy = model.shared_x.first(x), model.shared_y.first(y)
+    assert hx.shape == hy.shape == (4, 32)
+    expected = model.joint(torch.cat([hx, hy], dim=-1))
+    out = model(x, y)
+    torch.testing.assert_close(out.q_zs.mean, expected.mean)
+    torch.testing.assert_close(out.q_zs.logvar, expected.logvar)
+
+
+def test_logvar_clamped_at_log_1e4() -> None:
+    assert pytest.approx(9.2103, abs=1e-4) == LOGVAR_MAX
+    head = GaussianHead(3, 2)
+    nn.init.zeros_(head.linear.weight)
+    with torch.no_grad():
+        head.linear.bias.copy_(torch.tensor([50.0, -50.0, 50.0, -50.0]))
+    with torch.no_grad():
+        g = head(torch.randn(4, 3))
+    assert torch.all(g.mean == torch.tensor([50.0, -50.0]))
+    assert torch.all(g.logvar[:, 0] == LOGVAR_MAX) and torch.all(g.logvar[:, 1] == -50.0)
+    assert float(torch.exp(g.logvar).max()) == pytest.approx(1e4, rel=1e-5)
+
+
+def test_logvar_clamped_in_every_head_of_the_model() -> None:
+    model = IIAE(IIAEConfig(input_dim_x=6, input_dim_y=6, **SMALL))
+    for head in (m for m in model.modules() if isinstance(m, GaussianHead)):
+        with torch.no_grad():
+            head.linear.bias[SMALL["latent_dim"] :] = 1e3
+    with torch.no_grad():
+        out = model(torch.randn(4, 6), torch.randn(4, 6))
+    for g in (out.q_zx, out.q_zy, out.q_zs, out.r_x, out.r_y):
+        assert float(g.logvar.max()) == pytest.approx(LOGVAR_MAX)
+
+
+def test_batchnorm_momentum_and_leaky_slope() -> None:
+    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    relus = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    # 4 encoders x 2 layers, the joint encoder 1, 2 decoders x 2
+    assert len(norms) == len(relus) == 4 * 2 + 1 + 2 * 2
+    assert all(m.momentum == 0.1 for m in norms)
+    assert all(m.negative_slope == 0.2 for m in relus)
+
+
+def test_hidden_layers_are_linear_batchnorm_leakyrelu() -> None:
+    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8))
+    for seq in (model.enc_x.first, model.enc_x.rest, model.joint[0], model.dec_y.hidden):
+        kinds = [type(m) for m in seq]
+        assert kinds == [nn.Linear, nn.BatchNorm1d, nn.LeakyReLU] * (len(kinds) // 3)
+
+
+# --- (f) seeded determinism, (g) train vs eval mode ---------------------------------------
+
+
+def _toy_sampler(seed: int, batch: int = 32, d_x: int = 10, d_y: int = 14):
+    """Paired toy data: a 3-d shared factor and 2-d exclusive factors, linearly mixed."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(1234)
+    a_s, a_x = mix.normal(size=(3, d_x)), mix.normal(size=(2, d_x))
+    b_s, b_y = mix.normal(size=(3, d_y)), mix.normal(size=(2, d_y))
+
+    def sample() -> PairBatch:
+        s = rng.normal(size=(batch, 3))
+        x = s @ a_s + rng.normal(size=(batch, 2)) @ a_x
+        y = np.tanh(s @ b_s) + rng.normal(size=(batch, 2)) @ b_y
+        labels = (s[:, 0] > 0).astype(np.int64)
+        as_tensor = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+        return PairBatch(as_tensor(x), as_tensor(y), torch.from_numpy(labels))
+
+    return sample
+
+
+def _train(seed: int, steps: int, **cfg: float) -> tuple[list[float], IIAE]:
+    torch.manual_seed(seed)
+    model = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **{**SMALL, **cfg}))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    losses: list[float] = []
+    fit(model, _toy_sampler(seed), opt, steps, on_step=lambda _, t: losses.append(t["total"]),
+        progress=False)  # fmt: skip
+    return losses, model
+
+
+def test_seeded_training_is_deterministic() -> None:
+    losses_a, model_a = _train(seed=7, steps=5)
+    losses_b, model_b = _train(seed=7, steps=5)
+    losses_c, _ = _train(seed=8, steps=5)
+    assert len(losses_a) == 5 and losses_a == losses_b
+    assert losses_a != losses_c
+    state_b = model_b.state_dict()
+    for name, value in model_a.state_dict().items():
+        assert torch.equal(value, state_b[name]), name
+
+
+def test_eval_mode_is_deterministic_and_uses_means() -> None:
+    _, model = _train(seed=0, steps=3)
+    model.eval()
+    batch = _toy_sampler(1)()
+    torch.testing.assert_close(model.embed_sketch(batch.x), model.embed_sketch(batch.x),
+                               rtol=0, atol=0)  # fmt: skip
+    torch.testing.assert_close(model.embed_photo(batch.y), model.embed_photo(batch.y),
+                               rtol=0, atol=0)  # fmt: skip
+    out = model(batch.x, batch.y)
+    torch.testing.assert_close(out.x_hat, model.dec_x(out.q_zs.mean, out.q_zx.mean))
+    torch.testing.assert_close(out.y_hat, model.dec_y(out.q_zs.mean, out.q_zy.mean))
+    torch.testing.assert_close(model.embed_sketch(batch.x), out.r_x.mean)
+    torch.testing.assert_close(model.embed_photo(batch.y), out.r_y.mean)
+    torch.testing.assert_close(model.exclusive_sketch(batch.x), out.q_zx.mean)
+    torch.testing.assert_close(model.exclusive_photo(batch.y), out.q_zy.mean)
+
+
+def test_training_mode_samples_the_latents() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **SMALL)).train()
+    batch = _toy_sampler(2)()
+    first, second = model(batch.x, batch.y), model(batch.x, batch.y)
+    torch.testing.assert_close(first.q_zs.mean, second.q_zs.mean)  # same posteriors...
+    assert not torch.allclose(first.x_hat, second.x_hat)  # ...different samples
+    assert not torch.allclose(first.y_hat, second.y_hat)
+
+
+# --- (h) the class head, (i) training reduces the loss -----------------------------------
+
+
+def test_class_head_only_with_classes() -> None:
+    batch = _toy_sampler(3)()
+    plain = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **SMALL))
+    assert plain.class_head is None
+    out = plain(batch.x, batch.y)
+    assert out.logits is None
+    assert "cls" not in iiae_loss(out, plain.cfg, 10, batch.labels)
+
+    headed = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, num_classes=2, **SMALL))
+    assert isinstance(headed.class_head, nn.Linear)
+    assert (headed.class_head.in_features, headed.class_head.out_features) == (8, 2)
+    assert headed(batch.x, batch.y).logits.shape == (32, 2)
+
+
+def test_cross_entropy_enters_with_w_cls() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, num_classes=2, **SMALL)).eval()
+    batch = _toy_sampler(4)()
+    out = model(batch.x, batch.y)
+    off = iiae_loss(out, model.cfg, 100, batch.labels)
+    on = iiae_loss(out, model.cfg.model_copy(update={"w_cls": 2.5}), 100, batch.labels)
+    expected_ce = torch.nn.functional.cross_entropy(out.logits, batch.labels)
+    torch.testing.assert_close(on["cls"], expected_ce)
+    torch.testing.assert_close(on["total"] - off["total"], 2.5 * expected_ce)
+
+
+def test_fit_reduces_the_loss_on_a_toy_problem() -> None:
+    losses, _ = _train(seed=0, steps=300)
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    assert np.all(np.isfinite(losses))
+    assert last < 0.5 * first, (first, last)
