@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.iiae import IIAEConfig
+if TYPE_CHECKING:
+    from model.iiae import IIAEConfig
 
 
 class TrainConfig(BaseSettings):
@@ -42,6 +44,8 @@ class TrainConfig(BaseSettings):
     log_every: int = 50
 
     def iiae_config(self, dim_x: int, dim_y: int, num_classes: int) -> IIAEConfig:
+        from model.iiae import IIAEConfig  # torch: only where a model is built
+
         return IIAEConfig(
             input_dim_x=dim_x,
             input_dim_y=dim_y,

@@ -94,12 +94,12 @@ def _collate(batch: list[tuple[int, np.ndarray | str]]) -> list[tuple[int, np.nd
 
 
 def cache_key(samples: list[Sample], spec: FeatureSpec) -> str:
-    """Hash of the spec and of every file's path, size and modification time."""
+    """Hash of the spec and of every file's absolute path, size and modification time."""
     h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     h.update(spec.model_dump_json().encode())
     for s in samples:
         st = os.stat(s.path)
-        h.update(f"{s.path}\0{s.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{Path(s.path).resolve()}\0{s.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 

@@ -115,8 +115,9 @@ def train_run(
     """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
     train, test = resolve_split(data_classes(data), train_classes, test_classes)
     fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
+    # Augmented views are a fixed pool (feature seed 0), shared by every training seed.
     sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
-                          cfg.photo_views, settings, cfg.seed)  # fmt: skip
+                          cfg.photo_views, settings)  # fmt: skip
     sk_fit, ph_fit = sk.subset(set(fit_classes)), ph.subset(set(fit_classes))
     val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
     device = default_device()

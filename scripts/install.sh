@@ -18,10 +18,15 @@ for arg in "$@"; do
   esac
 done
 
-if [ "$system" = 1 ]; then
-  if [ ! -d /usr/share/tuxpaint/stamps ] && command -v apt-get >/dev/null; then
-    echo "== Debian packages (tuxpaint-stamps-default)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tuxpaint-stamps-default >/dev/null
+if [ "$system" = 1 ] && command -v apt-get >/dev/null; then
+  # tuxpaint-stamps-default: real photos for prepare and the tests;
+  # chromium: the browser the page test drives through Playwright (never Playwright's download)
+  debs=()
+  [ -d /usr/share/tuxpaint/stamps ] || debs+=(tuxpaint-stamps-default)
+  [ -x /usr/bin/chromium ] || debs+=(chromium)
+  if [ "${#debs[@]}" -gt 0 ]; then
+    echo "== Debian packages (${debs[*]})"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
   fi
 fi
 
@@ -32,7 +37,7 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 
 platform=cpu
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then platform=gpu; fi
-extras=$platform
+extras="serve,$platform"
 if [ "$serve_only" = 0 ]; then
   # torch first, pinned: other packages name an unpinned torch, which would pull a CUDA build.
   "${pip[@]}" torch==2.13.0

@@ -1,0 +1,119 @@
+"""Embed gallery photos with the exported photo encoder: parallel decoding, batched inference.
+
+Worker threads read, check and decode files into input arrays (Pillow and hashlib release the
+GIL) while the encoder runs the previous batch; up to ``PREFETCH`` batches are decoded ahead.
+A file that cannot be decoded, or whose bytes no longer match the hash it was scanned with,
+is skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from index_builder.gallery.scan import PhotoFile, Skipped
+from model.encoder import OnnxEncoder
+from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
+
+MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs)
+PREFETCH = 2
+_BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
+
+
+@dataclass
+class Embedded:
+    """Embeddings of the photos that decoded (rows follow ``done``), and the skipped ones."""
+
+    vectors: np.ndarray
+    done: list[PhotoFile] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One photo as an encoder input, with its (width, height)."""
+
+    array: np.ndarray
+    size: tuple[int, int]
+
+
+def decode_photo(
+    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS
+) -> Decoded | str:
+    """Read, check and preprocess one photo; the reason as a string when it is unusable."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return f"cannot read the file ({err.strerror})"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return "the file changed while the index was being built"
+    try:
+        img = load_image(data, max_pixels)
+    except ImageError as err:
+        return _BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: "))
+    return Decoded(to_input_array(img, prep), img.size)
+
+
+def embed_photos(
+    encoder: OnnxEncoder,
+    root: Path,
+    photos: Sequence[PhotoFile],
+    batch_size: int = 32,
+    workers: int = 4,
+    progress: bool = False,
+) -> Embedded:
+    """Embed ``photos`` (paths relative to ``root``); unusable ones go to ``skipped``."""
+    prep = encoder.metadata.preprocessing
+    out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
+    parts = [out.vectors]
+    bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as pool, bar:
+        for batch, results in _decoded_batches(pool, root, photos, batch_size, prep):
+            arrays = []
+            for photo, result in zip(batch, results, strict=True):
+                if isinstance(result, str):
+                    out.skipped.append(Skipped(photo.path, photo.sha256, result))
+                    continue
+                arrays.append(result.array)
+                out.done.append(photo)
+                out.sizes.append(result.size)
+            if arrays:
+                parts.append(encoder.embed_arrays(np.stack(arrays)))
+            bar.update(len(batch))
+    out.vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    return out
+
+
+def _decoded_batches(
+    pool: ThreadPoolExecutor,
+    root: Path,
+    photos: Sequence[PhotoFile],
+    batch_size: int,
+    prep: Preprocessing,
+) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | str]]]:
+    """Batches of photos with their decode results, decoding ``PREFETCH`` batches ahead."""
+    pending: deque[tuple[Sequence[PhotoFile], list[Future]]] = deque()
+    starts = iter(range(0, len(photos), batch_size))
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            batch = photos[start : start + batch_size]
+            futures = [pool.submit(decode_photo, root / p.path, p.sha256, prep) for p in batch]
+            pending.append((batch, futures))
+
+    for _ in range(PREFETCH + 1):
+        submit()
+    while pending:
+        batch, futures = pending.popleft()
+        submit()
+        yield batch, [f.result() for f in futures]

@@ -1,0 +1,142 @@
+"""What a running service holds: engine, micro-batcher, decoding threads, thumbnails, metrics,
+and the task that picks up a new index version when ``CURRENT`` moves.
+
+Blocking work never runs on the event loop: decoding and thumbnails go to a thread pool,
+encoding and searching to the batcher's worker thread, loading to ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import faiss
+
+from index_builder.gallery.embed import MAX_PIXELS
+from index_builder.gallery.store import Pointer, read_pointer
+from service.batching import MicroBatcher, Pending
+from service.inputs import SketchRequest, to_query_array
+from service.metrics import Metrics
+from service.search import Hits, Query, ReloadError, ReloadResult, SearchEngine
+from service.settings import ServiceSettings
+from service.thumbnails import ThumbnailCache, ThumbnailError
+
+log = logging.getLogger(__name__)
+
+
+class PhotoUnavailable(LookupError):
+    """The photo is in the index but its file is gone or unreadable."""
+
+
+class Runtime:
+    """The service's moving parts; ``start`` and ``stop`` bracket the app's life."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.engine = SearchEngine(settings)
+        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self.batcher: MicroBatcher[Query, Hits] = MicroBatcher(
+            self._process, settings.max_batch, settings.batch_wait_ms / 1000.0
+        )
+        # gallery photos: the builder's pixel limit (they were indexed under it)
+        thumbs = settings.thumbnail_dir, settings.thumbnail_size, MAX_PIXELS
+        self.thumbnails = ThumbnailCache(*thumbs)
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Start the batcher, load in the background (healthz answers meanwhile), watch."""
+        if self.settings.faiss_threads:
+            faiss.omp_set_num_threads(self.settings.faiss_threads)
+        self.batcher.start()
+        self._tasks.append(asyncio.create_task(self._first_load()))
+        if self.settings.watch_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.batcher.stop)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def reload(self) -> ReloadResult:
+        """Switch to the index's current version (ReloadError keeps the old one)."""
+        try:
+            result = await asyncio.to_thread(self.engine.load)
+        except ReloadError:
+            self.metrics.reloads.labels("failed").inc()
+            self.metrics.ready.set(int(self.engine.ready))
+            raise
+        self.metrics.reloads.labels("changed" if result.changed else "unchanged").inc()
+        snap = self.engine.snapshot
+        self.metrics.set_index(snap.version, snap.count)
+        self.metrics.ready.set(1)
+        return result
+
+    async def _first_load(self) -> None:
+        with contextlib.suppress(ReloadError):  # logged; /readyz says why
+            await self.reload()
+
+    async def _watch(self) -> None:
+        """Reload when CURRENT names another version than the one served."""
+        seen: Pointer | None = None
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                pointer = await asyncio.to_thread(read_pointer, self.settings.index_dir)
+            except (OSError, RuntimeError) as err:
+                log.warning("cannot read the index pointer: %s", err)
+                continue
+            if pointer is None or pointer == seen:
+                continue
+            seen = pointer
+            if self.engine.ready and self.engine.snapshot.version == pointer.version:
+                continue
+            log.info("CURRENT moved to %s; reloading", pointer.version)
+            with contextlib.suppress(ReloadError):
+                await self.reload()
+
+    async def search(self, request: SketchRequest) -> tuple[Hits, float]:
+        """Decode (thread pool), then encode and search (micro-batched): hits, decode seconds."""
+        prep = self.engine.preprocessing
+        started = time.perf_counter()
+        array = await asyncio.get_running_loop().run_in_executor(
+            self.pool, to_query_array, request, prep, self.settings.max_pixels
+        )
+        decode_s = time.perf_counter() - started
+        self.metrics.decode.observe(decode_s)
+        return await self.batcher.submit(Query(array, request.k)), decode_s
+
+    def _process(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
+        hits = self.engine.search_batch(batch)
+        first = hits[0]
+        self.metrics.observe_batch(len(batch), first.encode_s, first.search_s,
+                                   [h.queue_s for h in hits])  # fmt: skip
+        return hits
+
+    def photo_file(self, photo_id: int, version: str | None) -> Path:
+        """The file of a photo, by id (and version); UnknownPhoto / PhotoUnavailable."""
+        index, _ = self.engine.lookup(photo_id, version)
+        path = index.photo_path(photo_id)
+        if not path.is_file():
+            raise PhotoUnavailable(f"photo {photo_id}'s file is missing from the gallery")
+        return path
+
+    async def thumbnail(self, photo_id: int, version: str | None) -> Path:
+        """The cached thumbnail of a photo, made on first use (in the thread pool)."""
+        index, item = self.engine.lookup(photo_id, version)
+        source = index.photo_path(photo_id)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.thumbnails.get, source, item.sha256
+            )
+        except ThumbnailError as err:
+            raise PhotoUnavailable(f"photo {photo_id}: {err}") from err

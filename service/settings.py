@@ -1,0 +1,51 @@
+"""Typed service settings, read from ``SBIR_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service reads from its environment; see the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="SBIR_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models/current"), description="exported ONNX encoders")
+    index_dir: Path = Field(Path("index"), description="gallery index directory (CURRENT)")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    default_k: int = Field(10, ge=1, description="results when a search gives no k")
+    max_k: int = Field(100, ge=1, description="the largest k a search may ask for")
+    max_upload_bytes: int = Field(10 << 20, ge=1024, description="largest request body")
+    max_pixels: int = Field(16_000_000, ge=1, description="largest sketch width x height")
+    max_strokes: int = Field(1_000, ge=1, description="most strokes in one drawing")
+    max_points: int = Field(100_000, ge=1, description="most points in one drawing")
+    admin_token: SecretStr | None = Field(None, description="bearer token of /v1/admin/*")
+    max_batch: int = Field(8, ge=1, description="largest micro-batch (1: no batching)")
+    batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a micro-batch")
+    decode_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1,
+        description="threads decoding and rendering sketches and thumbnails",
+    )  # fmt: skip
+    ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads (all cores)")
+    faiss_threads: int | None = Field(None, ge=1, description="FAISS threads (all cores)")
+    faiss_gpu: bool = Field(True, description="search on the GPU when FAISS sees one")
+    thumbnail_size: int = Field(256, ge=16, le=2048, description="thumbnail bounding box")
+    thumbnail_dir: Path = Field(
+        Path.home() / ".cache" / "sketch-search" / "thumbnails",
+        description="where thumbnails are cached (by content hash)",
+    )
+    watch_interval_s: float = Field(2.0, ge=0, description="poll CURRENT this often (0: off)")
+    static_dir: Path = Field(STATIC_DIR, description="the drawing page and its assets")
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> ServiceSettings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
+        return self
