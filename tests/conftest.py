@@ -1,4 +1,5 @@
-"""Shared fixtures of the service tests: a real model, a real index, a real server.
+"""Shared fixtures: one CPU thread for tests, a private feature cache, and for the service
+tests a real model, a real index and a real server.
 
 ``service_assets`` (once per session) prepares a few real classes from ../shared/data
 (Quick, Draw! sketches, TuxPaint photos; generated stand-ins where it is absent), trains IIAE
@@ -32,6 +33,29 @@ ADMIN_TOKEN = "test-admin-token"
 # One thread each: the tests share a small, busy CPU.
 LEAN_ENV = {"SBIR_ORT_THREADS": "1", "SBIR_FAISS_THREADS": "1", "OMP_NUM_THREADS": "1",
             "SBIR_DECODE_WORKERS": "2"}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models and indexes gain nothing from threads; on a busy CPU spinning costs a lot."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A feature cache (SBIR_CACHE_DIR) of the module's own, so each image is extracted once."""
+    cache = tmp_path_factory.mktemp("sbir-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBIR_CACHE_DIR", str(cache))
+        yield cache
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ from model.encoder import (
 )
 from model.preprocess import load_image, render_strokes, to_input_array
 
+pytestmark = pytest.mark.usefixtures("feature_cache")
+
 CLASSES = ["circle", "square", "triangle", "diamond"]
 TEST = ["diamond"]
 TRAIN_ARGS = ["--steps", "5", "--log-every", "5"]
@@ -59,23 +60,6 @@ class Export:
     backbone: str
     run: Path
     model_dir: Path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from threads, and on a busy CPU they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("sbir-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBIR_CACHE_DIR", str(cache))
-        yield cache
 
 
 @pytest.fixture(scope="module")

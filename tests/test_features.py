@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import ImageChops
 from standins import draw_photo, draw_sketch, make_folder_layout
 
@@ -22,15 +20,6 @@ from model.backbones import Backbone, load_backbone
 
 CLASSES = ["cup", "swan"]
 BATCH = 2  # the resume test cuts the extraction at a batch boundary
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from threads, and on a busy CPU they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class CountingBackbone:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,15 +70,6 @@ class Data:
 class Models:
     a: Path
     b: Path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def faiss_one_thread() -> Iterator[None]:
-    """Tiny indexes gain nothing from threads, and on a busy CPU OpenMP spinning costs a lot."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,6 @@ SMALL = {"latent_dim": 8, "hidden_dims": (32, 16), "joint_hidden_dim": 32,
          "decoder_hidden_dims": (16, 32)}  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a shared CPU) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- (a) closed-form KLs against Monte Carlo ---------------------------------------------
 
 

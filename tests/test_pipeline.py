@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from index_builder.run import build_model
 from index_builder.sources import data_classes, feature_sets
 from index_builder.train import ClassPairSampler, embed, fit
 
+pytestmark = pytest.mark.usefixtures("feature_cache")
+
 CLASSES = ["airplane", "bell", "cup", "jack-o-lantern", "swan", "teddy_bear", "wine_bottle",
            "zebra"]  # fmt: skip
 TEST = ["bell", "swan", "zebra"]
@@ -40,24 +41,6 @@ TRAIN = [c for c in CLASSES if c not in TEST]
 COUNTS = {"sketchy-authors": (4, 2), "sketchy-sake": (2, 1)}
 TRAIN_ARGS = ["--steps", "30", "--val-classes", "1", "--eval-every", "10", "--log-every", "10"]
 METRICS = ("map_all", "p_at_100", "map_at_200", "p_at_200")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny batches gain nothing from threads, and on a busy CPU they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One feature cache for the module (SBIR_CACHE_DIR), so each image is extracted once."""
-    cache = tmp_path_factory.mktemp("sbir-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBIR_CACHE_DIR", str(cache))
-        yield cache
 
 
 @pytest.fixture(scope="module")
