@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from index_builder.datasets.base import DatasetError, list_images
+from index_builder.datasets.base import DatasetError, list_images, select_entries
 from index_builder.datasets.quickdraw import render_quickdraw, write_png_atomic
 from model.preprocess import ImageError, load_image
 
@@ -139,10 +139,4 @@ def select_classes(
     table: dict[str, list[str]], categories: Iterable[str] | None
 ) -> dict[str, list[str]]:
     """The table's rows for ``categories`` (all when None); DatasetError names unknown ones."""
-    if categories is None:
-        return table
-    wanted = list(dict.fromkeys(categories))
-    unknown = [c for c in wanted if c not in table]
-    if unknown:
-        raise DatasetError(f"no photos listed for class(es) {', '.join(map(repr, unknown))}")
-    return {c: table[c] for c in wanted}
+    return select_entries(table, categories, "no photos listed for class(es)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+V = TypeVar("V")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -59,6 +61,20 @@ def check_classes_present(ds: SketchPhotoSet, classes: Iterable[str]) -> None:
             problems.append(f"class {c!r} has no {' and no '.join(missing)}")
     if problems:
         raise DatasetError(f"{ds.name}: " + "; ".join(problems))
+
+
+def select_entries(
+    mapping: dict[str, V], wanted: Iterable[str] | None, missing_message: str
+) -> dict[str, V]:
+    """The entries named in ``wanted`` (all when None), in its order; DatasetError names any
+    missing one after ``missing_message``."""
+    if wanted is None:
+        return mapping
+    names = list(dict.fromkeys(wanted))
+    missing = [n for n in names if n not in mapping]
+    if missing:
+        raise DatasetError(f"{missing_message} {', '.join(map(repr, missing))}")
+    return {n: mapping[n] for n in names}
 
 
 def list_images(folder: Path) -> list[Path]:

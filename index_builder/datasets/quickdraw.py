@@ -18,7 +18,7 @@ from typing import Literal
 from PIL import Image
 from tqdm import tqdm
 
-from index_builder.datasets.base import DatasetError
+from index_builder.datasets.base import DatasetError, select_entries
 from model.preprocess import Strokes, render_strokes, validate_strokes
 
 Format = Literal["simplified", "raw"]
@@ -170,10 +170,4 @@ def select_categories(
     files: dict[str, list[Path]], categories: Iterable[str] | None
 ) -> dict[str, list[Path]]:
     """The entries of ``categories`` (all when None); DatasetError names any missing one."""
-    if categories is None:
-        return files
-    wanted = list(dict.fromkeys(categories))
-    missing = [c for c in wanted if c not in files]
-    if missing:
-        raise DatasetError(f"no Quick, Draw! file for categor(ies) {', '.join(map(repr, missing))}")
-    return {c: files[c] for c in wanted}
+    return select_entries(files, categories, "no Quick, Draw! file for categor(ies)")
