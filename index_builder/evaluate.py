@@ -10,7 +10,7 @@ import numpy as np
 from index_builder.config import BuilderSettings
 from index_builder.datasets.splits import resolve_split
 from index_builder.features import FeatureSet
-from index_builder.metrics import retrieval_metrics, top_k
+from index_builder.metrics import l2_normalize, retrieval_metrics, top_k
 from index_builder.report_figure import save_retrieval_figure
 from index_builder.sources import data_classes, feature_sets
 from index_builder.train import embed
@@ -20,10 +20,6 @@ CONVENTION = (
     "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "
     "(1/R) sum of precision at relevant ranks; mAP@K uses 1/K (Yelamarthi); P@K = hits/K"
 )
-
-
-def l2_normalise(z: np.ndarray) -> np.ndarray:
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
 def score(
@@ -78,11 +74,11 @@ def baseline_embeddings(
     """Backbone features with no training: raw, or z-scored per domain with training stats."""
     sk, ph = test
     if train is None:
-        return l2_normalise(sk.clean), l2_normalise(ph.clean)
+        return l2_normalize(sk.clean), l2_normalize(ph.clean)
     out = []
     for fit_on, feats in ((train[0], sk), (train[1], ph)):
         ref = fit_on.clean
-        out.append(l2_normalise((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6)))
+        out.append(l2_normalize((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6)))
     return out[0], out[1]
 
 

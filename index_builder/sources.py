@@ -33,7 +33,6 @@ def feature_sets(
     sketch_views: int = 1,
     photo_views: int = 1,
     settings: BuilderSettings | None = None,
-    seed: int = 0,
 ) -> tuple[FeatureSet, FeatureSet]:
     """(sketch, photo) features of ``classes``, extracted through the cache when needed."""
     if is_authors_features(root):
@@ -47,7 +46,7 @@ def feature_sets(
     for domain, samples, views in (("sketch", ds.sketches, sketch_views),
                                    ("photo", ds.photos, photo_views)):  # fmt: skip
         spec = FeatureSpec(backbone=backbone, backbone_weights=backbone_weights,
-                           domain=domain, views=views, seed=seed)  # fmt: skip
+                           domain=domain, views=views)  # fmt: skip
         out.append(extract_features(samples, spec, cache, settings.batch_size, settings.workers))
     return out[0], out[1]
 

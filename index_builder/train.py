@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from index_builder.config import TrainConfig
 from index_builder.features import FeatureSet
-from index_builder.metrics import retrieval_metrics
+from index_builder.metrics import l2_normalize, retrieval_metrics
 from model.iiae import IIAE, iiae_loss
 
 
@@ -100,8 +100,7 @@ def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.
     fn = model.embed_sketch if domain == "sketch" else model.embed_photo
     parts = [fn(torch.from_numpy(np.array(feats[i : i + batch], dtype=np.float32)).to(device)).cpu()
              for i in range(0, len(feats), batch)]  # fmt: skip
-    z = torch.cat(parts).numpy()
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(torch.cat(parts).numpy()).astype(np.float32)
 
 
 def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> float:

@@ -20,6 +20,10 @@ class ImageError(ValueError):
     """An image could not be read or is unusable; the message names the source."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image declares more pixels than allowed (or is a decompression bomb)."""
+
+
 class Preprocessing(BaseModel):
     """How an image becomes a backbone input: square resize, then (x/255 - mean) / std."""
 
@@ -38,20 +42,23 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
 
 
 def load_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image file or bytes to RGB on white, raising ImageError on any failure."""
+    """Decode an image file or bytes to RGB on white, raising ImageError on any failure
+    (ImageTooLargeError, read from the header before decoding, past ``max_pixels``)."""
     name = "<upload>" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageError(
-                    f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}"
+                raise ImageTooLargeError(
+                    f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} are accepted"
                 )
             img.load()
             return to_rgb_on_white(ImageOps.exif_transpose(img))
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{name}: a decompression bomb ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: not a readable image ({err})") from err
 
 
