@@ -1,0 +1,241 @@
+"""Open-gallery zero-shot retrieval: the demo model against the whole Tux Paint gallery.
+
+    python -m bench.demo_gallery [--run models/demo] [--shared ../shared/data] [--json OUT]
+
+``bench.zero_shot`` ranks each test sketch against the 31 photos of its 18 test classes. The
+demo ranks a drawing against every stamp of ``tuxpaint-stamps-default`` (802, most of them of
+other things), which is far harder. This bench measures that setting:
+
+- queries: real Quick, Draw! sketches (the first ``--per-class`` of each category) of every
+  category the run never trained on: its test classes, and the Quick, Draw! categories with no
+  photos in ``tuxpaint_photos.tsv`` whose stamps can be found by file name;
+- gallery: every image under the stamps folder, composited on white, as the demo indexes it;
+- relevant: the stamps listed for the category in the table, or whose file name names it
+  (``snail2.png`` for "snail"); stamps of the same thing under other names count as misses
+  (and a few name matches are wrong: ``sea_lion.png`` for "lion"), so the figures are rough.
+
+For contrast, the same metrics for the categories the run was fitted on, queried with the
+sketches it was fitted on: an upper bound, not a generalisation figure. (Its validation
+categories, used for early stopping, are in neither block.)
+
+Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos), the raw
+backbone features, the raw backbone features with each photo drawn as its outline (a
+sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
+queries with a relevant stamp among the first 10 (what a user of the page sees first).
+Also: the rank of the first guitar stamp for six hand-made guitar drawings
+(``bench/drawings/guitars.json``; guitar is absent from ../shared/data, so unseen by every
+model here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from bench.zero_shot import machine
+from index_builder.gallery.scan import walk_images
+from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
+from index_builder.prepare import STAMPS_DIR, read_photo_table
+from model.export import load_run_encoders
+from model.preprocess import load_image, render_strokes, to_input_array
+
+GUITARS = Path(__file__).parent / "drawings" / "guitars.json"
+BLOCKS = {
+    "unseen": "categories {run} never trained on",
+    "trained": "the categories it was fitted on, its own training sketches (an upper bound)",
+}
+METRICS = ("map_all", "p_at_10", "hit_at_10", "median_first_rank")
+
+
+def name_words(path: str) -> list[str]:
+    """Lower-case words of a file name: ``guitar_electric_bass2.png`` -> guitar, electric, bass."""
+    return [w for w in re.split(r"[^a-z]+", Path(path).stem.lower()) if w]
+
+
+def names_class(path: str, cls: str) -> bool:
+    """Whether a file name ends with a category's name: "little-penguin", "snail2" and
+    "hot_air_balloons" do; "rainbow-lorikeet" does not name a rainbow. Crude: "sea_lion"
+    names a lion."""
+    words = cls.lower().replace("-", " ").split()
+    tail = name_words(path)[-len(words) :]
+    plural = tail[:-1] == words[:-1] and tail[-1:] == [words[-1] + "s"]
+    return tail == words or plural or tail[-1:] == ["".join(words)]
+
+
+def stamp_labels(stamps: list[str], table: dict[str, list[str]], classes: list[str]) -> list[set]:
+    """The categories each stamp is relevant to (usually none): listed for it in the table,
+    or named by its file name."""
+    listed = {s: c for c, paths in table.items() for s in paths}
+    return [{c for c in classes if listed.get(s) == c or names_class(s, c)} for s in stamps]
+
+
+def held_out_classes(run_info: dict, shared: Path, stamps: list[str]) -> list[str]:
+    """The run's test classes, plus Quick, Draw! categories it never saw that have stamps."""
+    seen = set(run_info["train_classes"]) | set(run_info.get("val_classes", []))
+    table = read_photo_table(shared / "tuxpaint_photos.tsv")
+    drawn = sorted(p.stem for p in (shared / "quickdraw" / "simplified").glob("*.ndjson"))
+    unpaired = [
+        c for c in drawn
+        if c not in table and c not in seen and any(names_class(s, c) for s in stamps)
+    ]  # fmt: skip
+    return sorted(set(run_info["test_classes"]) | set(unpaired))
+
+
+def query_sketches(shared: Path, classes: list[str], per_class: int) -> tuple[list, list[str]]:
+    """The first ``per_class`` simplified drawings of each class, rendered as in ``prepare``."""
+    images, labels = [], []
+    for cls in classes:
+        lines = (shared / "quickdraw" / "simplified" / f"{cls}.ndjson").read_text().splitlines()
+        for line in lines[:per_class]:
+            images.append(render_strokes(json.loads(line)["drawing"]))
+            labels.append(cls)
+    return images, labels
+
+
+def outline(path: Path, size: int = 256, margin: float = 0.1, width: int = 3) -> Image.Image:
+    """A cut-out's silhouette as black lines on white, fitted like a rendered sketch."""
+    rgba = Image.open(path).convert("RGBA")
+    box = rgba.getchannel("A").point(lambda a: 255 if a > 128 else 0).getbbox()
+    canvas = Image.new("L", (size, size), 255)
+    if box is None:  # fully transparent
+        return canvas.convert("RGB")
+    crop = rgba.crop(box)
+    scale = size * (1 - 2 * margin) / max(crop.size)
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))))
+    mask = np.pad(np.asarray(crop.getchannel("A")) > 128, 4)  # padded: edges at the border too
+    eroded = np.asarray(Image.fromarray(mask).filter(ImageFilter.MinFilter(3)))
+    ink = Image.fromarray((mask & ~eroded).astype(np.uint8) * 255).filter(
+        ImageFilter.MaxFilter(width)
+    )
+    canvas.paste(0, ((size - ink.width) // 2, (size - ink.height) // 2), ink)
+    return canvas.convert("RGB")
+
+
+def embed(net: Callable, images: Sequence[Image.Image], prep, batch: int = 32) -> np.ndarray:
+    """L2-normalised outputs of ``net`` on preprocessed images."""
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = np.stack([to_input_array(im, prep) for im in images[i : i + batch]])
+            parts.append(net(torch.from_numpy(x)).float().numpy())
+    return l2_normalize(np.concatenate(parts))
+
+
+def first_relevant_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """0-based rank of the best-placed relevant item of each query (ties: gallery order);
+    the gallery size where a query has none."""
+    hits = np.take_along_axis(relevant, rank_order(scores), axis=1)
+    return np.where(hits.any(axis=1), np.argmax(hits, axis=1), hits.shape[1])
+
+
+def score_row(scores: np.ndarray, q_labels: list[str], g_labels: list[set]) -> dict:
+    """mAP@all, P@10, hit@10 and the median first-relevant rank of a (Q, N) score matrix."""
+    relevant = np.array([[q in g for g in g_labels] for q in q_labels])
+    # a stamp relevant to two held-out classes is rare; the metrics take one label a stamp
+    single = [next(iter(g)) if g else "" for g in g_labels]
+    m = retrieval_metrics_from_scores(scores, q_labels, single)
+    first = first_relevant_ranks(scores, relevant)
+    return {
+        "map_all": m["map_all"],
+        "p_at_10": m["p_at_10"],
+        "hit_at_10": float((first < 10).mean()),
+        "median_first_rank": float(np.median(first)),
+    }
+
+
+def chance_row(n_queries: int, q_labels, g_labels, seeds: int = 20) -> dict:
+    """Every metric averaged over random rankings."""
+    rng = np.random.default_rng(0)
+    rows = [score_row(rng.random((n_queries, len(g_labels))), q_labels, g_labels)
+            for _ in range(seeds)]  # fmt: skip
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+
+
+def guitar_ranks(scores: np.ndarray, stamps: list[str]) -> list[int]:
+    is_guitar = ["guitar" in name_words(s) for s in stamps]  # guitar_electric_bass.png too
+    relevant = np.array([is_guitar] * len(scores))
+    return first_relevant_ranks(scores, relevant).tolist()
+
+
+def run(run_dir: Path, shared: Path, stamps_dir: Path, per_class: int) -> dict:
+    encoders, info, backbone = load_run_encoders(run_dir)
+    prep = backbone.preprocessing
+    stamps = sorted(walk_images(stamps_dir))
+    table = read_photo_table(shared / "tuxpaint_photos.tsv")
+    blocks = {
+        "unseen": held_out_classes(info, shared, stamps),
+        "trained": sorted(info["train_classes"]),  # fitted on; not the early-stopping ones
+    }
+    g_labels = stamp_labels(stamps, table, blocks["unseen"] + blocks["trained"])
+    queries = {b: query_sketches(shared, classes, per_class) for b, classes in blocks.items()}
+    sketches = queries["unseen"][0] + queries["trained"][0]
+    sketches += [render_strokes(s) for s in json.loads(GUITARS.read_text()).values()]
+    photos = [load_image(stamps_dir / s) for s in stamps]
+    outlines = [outline(stamps_dir / s) for s in stamps]
+    candidates = {
+        f"IIAE {run_dir.name} (r^x vs r^y)": (encoders["sketch"], encoders["photo"], photos),
+        f"{backbone.name} raw features": (backbone, backbone, photos),
+        f"{backbone.name} raw, photos as outlines": (backbone, backbone, outlines),
+    }
+    n_unseen, n_trained = len(queries["unseen"][1]), len(queries["trained"][1])
+    rows: dict[str, dict] = {"unseen": {}, "trained": {}}
+    guitar, sketch_side = {}, {}
+    for name, (sketch_net, photo_net, gallery) in candidates.items():
+        if sketch_net not in sketch_side:  # the two backbone rows share their queries
+            sketch_side[sketch_net] = embed(sketch_net, sketches, prep)
+        scores = sketch_side[sketch_net] @ embed(photo_net, gallery, prep).T
+        rows["unseen"][name] = score_row(scores[:n_unseen], queries["unseen"][1], g_labels)
+        trained_scores = scores[n_unseen : n_unseen + n_trained]
+        rows["trained"][name] = score_row(trained_scores, queries["trained"][1], g_labels)
+        guitar[name] = guitar_ranks(scores[n_unseen + n_trained :], stamps)
+    for block, (_, labels) in queries.items():
+        rows[block]["chance"] = chance_row(len(labels), labels, g_labels)
+    return {
+        "machine": machine(),
+        "run": str(run_dir),
+        "classes": blocks,
+        "n_queries": {b: len(q[1]) for b, q in queries.items()},
+        "n_gallery": len(stamps),
+        "rows": rows,
+        "guitar_first_ranks": guitar,
+    }
+
+
+def report(result: dict) -> str:
+    width = max(len(n) for n in result["rows"]["unseen"]) + 2
+    lines = [f"machine: {result['machine']}; gallery: {result['n_gallery']} stamps"]
+    for block, rows in result["rows"].items():
+        what = BLOCKS[block].format(run=result["run"])
+        lines.append(f"{result['n_queries'][block]} real sketches of {what}:")
+        lines.append("model".ljust(width) + "".join(k.rjust(19) for k in METRICS))
+        for name, row in rows.items():
+            lines.append(name.ljust(width) + "".join(f"{row[k]:19.3f}" for k in METRICS))
+    lines.append("rank of the first guitar stamp, six hand-made guitar drawings:")
+    for name, ranks in result["guitar_first_ranks"].items():
+        lines.append(f"  {name.ljust(width)}{ranks}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("models/demo"), help="training run")
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--stamps", type=Path, default=STAMPS_DIR)
+    parser.add_argument("--per-class", type=int, default=30, help="sketches per category")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    result = run(args.run, args.shared, args.stamps, args.per_class)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

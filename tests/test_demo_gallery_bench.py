@@ -1,0 +1,84 @@
+"""The open-gallery bench's own logic: name matching, outlines, ranks and its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.demo_gallery import (
+    chance_row,
+    first_relevant_ranks,
+    names_class,
+    outline,
+    score_row,
+    stamp_labels,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "cls", "expected"),
+    [
+        ("animals/birds/little-penguin.png", "penguin", True),
+        ("insects/cartoon/snail2.png", "snail", True),
+        ("transport/hot_air_balloons.png", "hot air balloon", True),
+        ("roadsigns/stopsign.png", "stop sign", True),
+        ("clothes/t-shirt.png", "t-shirt", True),
+        ("animals/birds/rainbow-lorikeet.png", "rainbow", False),  # a modifier
+        ("music/string/guitar_electric.png", "electric", True),
+        ("music/string/guitar_electric.png", "guitar", False),
+        ("food/pancake.png", "cake", False),  # a word, not a substring
+    ],
+)
+def test_names_class(path: str, cls: str, expected: bool) -> None:
+    assert names_class(path, cls) is expected
+
+
+def test_stamp_labels_take_the_table_and_the_names() -> None:
+    stamps = ["a/stop.png", "b/snail2.png", "c/dog.png"]
+    labels = stamp_labels(stamps, {"stop sign": ["a/stop.png"]}, ["stop sign", "snail"])
+    assert labels == [{"stop sign"}, {"snail"}, set()]
+
+
+def test_first_relevant_ranks_ties_and_queries_without_relevant() -> None:
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.2, 0.4, 0.4, 0.9], [1.0, 0.0, 0.0, 0.0]])
+    relevant = np.array([[0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
+    # query 0: item 2 ties with item 1 and loses by index -> rank 2; query 2 has none -> N
+    assert first_relevant_ranks(scores, relevant).tolist() == [2, 1, 4]
+
+
+def test_score_row_on_a_hand_made_ranking() -> None:
+    g_labels = [{"cat"}, set(), {"dog"}, set()]
+    scores = np.array([[0.9, 0.8, 0.1, 0.0], [0.9, 0.8, 0.1, 0.0]])  # same ranking for both
+    row = score_row(scores, ["cat", "dog"], g_labels)
+    assert row["map_all"] == pytest.approx((1.0 + 1 / 3) / 2)
+    assert row["hit_at_10"] == 1.0 and row["median_first_rank"] == pytest.approx(1.0)
+    assert row["p_at_10"] == pytest.approx(0.1)
+
+
+def test_chance_row_is_near_the_expected_first_rank() -> None:
+    g_labels = [{"cat"}] + [set()] * 99
+    row = chance_row(200, ["cat"] * 200, g_labels, seeds=5)
+    assert 35 < row["median_first_rank"] < 65  # uniform over 0..99
+    assert row["hit_at_10"] == pytest.approx(0.1, abs=0.03)
+
+
+def test_outline_draws_the_silhouette_only(tmp_path: Path) -> None:
+    rgba = np.zeros((100, 200, 4), np.uint8)
+    rgba[20:80, 50:150] = (200, 30, 30, 255)  # an opaque red 100 x 60 box
+    Image.fromarray(rgba).save(tmp_path / "box.png")
+    img = np.asarray(outline(tmp_path / "box.png", size=256, margin=0.1).convert("L"))
+    ink = img < 128
+    rows, cols = np.nonzero(ink)
+    # the box is scaled to 204 px wide (80 % of 256), centred, aspect kept (122 px high)
+    assert abs((cols.max() - cols.min()) - 204) <= 3
+    assert abs((rows.max() - rows.min()) - 122) <= 3
+    assert not ink[128, 128]  # hollow: the inside stays white
+    assert ink[rows.min() : rows.max() + 1, cols.min()].all()  # a closed left edge
+
+
+def test_outline_of_a_fully_transparent_image_is_blank(tmp_path: Path) -> None:
+    Image.new("RGBA", (30, 30), (0, 0, 0, 0)).save(tmp_path / "empty.png")
+    assert np.asarray(outline(tmp_path / "empty.png").convert("L")).min() == 255
