@@ -99,7 +99,7 @@ def measure(built: BuiltIndex, queries: np.ndarray, truth: np.ndarray) -> dict:
     b64 = latencies_ms(index, queries, 64, BATCH_64_CALLS)
     _, found = index.search(queries, RECALL_K)
     return {
-        "index": info.factory,
+        "index": info.factory + (f" (re-rank {info.k_factor}x)" if info.k_factor else ""),
         "kind": info.kind,
         "nprobe": info.nprobe,
         "build_s": info.build_seconds,

@@ -29,9 +29,11 @@ from index_builder.gallery.faiss_index import (
     IndexSpec,
     build_index,
     choose_spec,
+    deepen_refine,
     nlist_for,
     read_index,
     recall_at_k,
+    set_nprobe,
     write_index,
 )
 from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
@@ -496,6 +498,26 @@ def test_ivf_pq_for_the_largest_galleries(tmp_path: Path) -> None:
     write_index(built.index, tmp_path / "index.faiss")
     again = read_index(tmp_path / "index.faiss", info.nprobe)
     assert faiss.downcast_index(again).k_factor == 8
+
+
+@pytest.mark.slow
+def test_ivf_pq_reranks_deeper_until_the_target(tmp_path: Path) -> None:
+    x = clustered(20_000, seed=1)
+    spec = choose_spec(len(x), flat_max=1_000, ivf_flat_max=10_000)
+    index = build_index(x, spec).index
+    set_nprobe(index, spec.nlist)  # every list: only the PQ ranking can lose neighbours
+    faiss.ParameterSpace().set_index_parameter(index, "k_factor_rf", 1)  # no re-ranking
+    queries = x[:300]
+    _, truth = faiss.knn(queries, x, 100, faiss.METRIC_INNER_PRODUCT)
+    shallow = recall_at_k(index.search(queries, 100)[1], truth)
+    assert shallow < 0.95  # PQ codes alone miss the target
+
+    depth, recalls = deepen_refine(index, queries, truth, {1: round(shallow, 4)}, 0.95)
+    assert list(recalls) == [2**i for i in range(len(recalls))] and depth == max(recalls)
+    assert recalls[depth] >= 0.95 and all(r < 0.95 for d, r in recalls.items() if d < depth)
+    assert faiss.downcast_index(index).k_factor == depth
+    write_index(index, tmp_path / "index.faiss")  # the depth is stored with the index
+    assert faiss.downcast_index(read_index(tmp_path / "index.faiss")).k_factor == depth
 
 
 def test_gallery_code_runs_without_torch() -> None:

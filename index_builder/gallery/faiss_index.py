@@ -10,6 +10,9 @@ Vectors are L2-normalised, so inner product is cosine similarity. By gallery siz
   dimension, 32 bytes a 64-d vector, scanned by faiss's SIMD fast-scan kernels), the best
   ``REFINE_K_FACTOR`` x k of them re-ranked with 8-bit scalar-quantised vectors (64 bytes):
   ~100 bytes a vector with ids, 2.5x smaller than Flat (10M vectors: ~1 GB, not 2.56 GB).
+  Where no nprobe reaches the recall target, the re-ranking depth is doubled (up to
+  ``MAX_REFINE_K_FACTOR``) until it does: at 10M clustered vectors depth 8 capped recall@100
+  at 0.904.
   PQ codes alone cap recall: on 1M clustered vectors recall@100 stalled at 0.67 whatever
   nprobe; re-ranking 4x the candidates brought it to 0.95. 8-bit ``PQ32`` codes (same size)
   recalled no better, trained ~80x slower (32 k-means of 256 centroids) and scanned ~5x slower.
@@ -41,7 +44,8 @@ from pydantic import BaseModel
 FLAT_MAX = 50_000
 IVF_FLAT_MAX = 1_000_000
 PQ_BITS = 4  # bits per IVF-PQ code; one code per dimension (fast-scan layout)
-REFINE_K_FACTOR = 8  # IVF-PQ re-ranks this many times k candidates with SQ8 vectors
+REFINE_K_FACTOR = 8  # IVF-PQ re-ranks this many times k candidates with SQ8 vectors...
+MAX_REFINE_K_FACTOR = 64  # ...doubled up to this while the recall target is missed
 RECALL_K = 100
 TARGET_RECALL = 0.95
 N_QUERIES = 1_000
@@ -70,6 +74,7 @@ class IndexInfo(BaseModel):
     nlist: int = 0
     nprobe: int = 0
     k_factor: int = 0  # re-ranking depth of IVF-PQ (candidates = k_factor x k)
+    k_factor_recalls: dict[int, float] = {}  # IVF-PQ: recall at the chosen nprobe, per depth
     recall_at_k: float = 1.0
     recall_k: int = RECALL_K
     recall_queries: int = 0
@@ -167,10 +172,15 @@ def _build_ivf(
     if device == "gpu":
         index = faiss.index_gpu_to_cpu(index)
     set_nprobe(index, nprobe)
+    depth_recalls = {k_factor: recalls[nprobe]} if k_factor else {}
+    if k_factor:
+        k_factor, depth_recalls = deepen_refine(index, queries, truth, depth_recalls, target)
     info = IndexInfo(
         kind=spec.kind, factory=spec.factory, n=n, dim=dim, nlist=spec.nlist, nprobe=nprobe,
-        k_factor=k_factor, recall_at_k=recalls[nprobe], recall_k=k, recall_queries=len(queries),
-        target_recall=target, nprobe_recalls=recalls, train_points=n_train, device=device,
+        k_factor=k_factor, k_factor_recalls=depth_recalls,
+        recall_at_k=depth_recalls.get(k_factor, recalls[nprobe]), recall_k=k,
+        recall_queries=len(queries), target_recall=target, nprobe_recalls=recalls,
+        train_points=n_train, device=device,
     )  # fmt: skip
     return index, info
 
@@ -204,6 +214,25 @@ def choose_nprobe(
             return nprobe, recalls
     best = max(recalls.values())
     return min(p for p, r in recalls.items() if r >= best - 0.005), recalls
+
+
+def deepen_refine(
+    index: faiss.Index, queries: np.ndarray, truth: np.ndarray, recalls: dict[int, float],
+    target: float,
+) -> tuple[int, dict[int, float]]:  # fmt: skip
+    """Double IVF-PQ's re-ranking depth until ``target`` recall or ``MAX_REFINE_K_FACTOR``.
+
+    Where nprobe stops helping, the PQ codes' ranking is what loses neighbours; re-ranking
+    more candidates with the SQ8 vectors wins them back. ``recalls`` holds the recall at the
+    starting depth; returns the chosen depth (set on the CPU ``index``) and every recall.
+    """
+    k_factor = max(recalls)
+    while recalls[k_factor] < target and k_factor < MAX_REFINE_K_FACTOR:
+        k_factor *= 2
+        faiss.ParameterSpace().set_index_parameter(index, "k_factor_rf", k_factor)
+        _, found = index.search(queries, truth.shape[1])
+        recalls[k_factor] = round(recall_at_k(found, truth), 4)
+    return k_factor, recalls
 
 
 def _nprobe_candidates(nlist: int) -> list[int]:
