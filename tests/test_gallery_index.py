@@ -519,6 +519,15 @@ def test_ivf_pq_reranks_deeper_until_the_target(tmp_path: Path) -> None:
     write_index(index, tmp_path / "index.faiss")  # the depth is stored with the index
     assert faiss.downcast_index(read_index(tmp_path / "index.faiss")).k_factor == depth
 
+    # an unreachable target: the shallowest depth within 0.005 of the best, not the deepest
+    depth, recalls = deepen_refine(index, queries, truth, {1: round(shallow, 4)}, 1.01)
+    assert list(recalls) == [1, 2, 4, 8, 16, 32, 64]
+    best = max(recalls.values())
+    assert recalls[depth] >= best - 0.005 and all(
+        r < best - 0.005 for d, r in recalls.items() if d < depth
+    )
+    assert depth < 64 and faiss.downcast_index(index).k_factor == depth
+
 
 def test_gallery_code_runs_without_torch() -> None:
     code = ("import sys, index_builder.gallery.rebuild, bench.faiss_search; "
