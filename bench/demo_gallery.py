@@ -33,6 +33,7 @@ import argparse
 import json
 import re
 from collections.abc import Callable, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from bench.zero_shot import machine
+from index_builder.datasets.quickdraw import read_ndjson
 from index_builder.gallery.scan import walk_images
 from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
 from index_builder.prepare import STAMPS_DIR, read_photo_table
@@ -76,10 +78,11 @@ def stamp_labels(stamps: list[str], table: dict[str, list[str]], classes: list[s
     return [{c for c in classes if listed.get(s) == c or names_class(s, c)} for s in stamps]
 
 
-def held_out_classes(run_info: dict, shared: Path, stamps: list[str]) -> list[str]:
+def held_out_classes(
+    run_info: dict, table: dict[str, list[str]], shared: Path, stamps: list[str]
+) -> list[str]:
     """The run's test classes, plus Quick, Draw! categories it never saw that have stamps."""
     seen = set(run_info["train_classes"]) | set(run_info.get("val_classes", []))
-    table = read_photo_table(shared / "tuxpaint_photos.tsv")
     drawn = sorted(p.stem for p in (shared / "quickdraw" / "simplified").glob("*.ndjson"))
     unpaired = [
         c for c in drawn
@@ -92,9 +95,9 @@ def query_sketches(shared: Path, classes: list[str], per_class: int) -> tuple[li
     """The first ``per_class`` simplified drawings of each class, rendered as in ``prepare``."""
     images, labels = [], []
     for cls in classes:
-        lines = (shared / "quickdraw" / "simplified" / f"{cls}.ndjson").read_text().splitlines()
-        for line in lines[:per_class]:
-            images.append(render_strokes(json.loads(line)["drawing"]))
+        drawings = read_ndjson(shared / "quickdraw" / "simplified" / f"{cls}.ndjson")
+        for drawing in islice(drawings, per_class):
+            images.append(render_strokes(drawing.strokes))
             labels.append(cls)
     return images, labels
 
@@ -170,7 +173,7 @@ def run(run_dir: Path, shared: Path, stamps_dir: Path, per_class: int) -> dict:
     stamps = sorted(walk_images(stamps_dir))
     table = read_photo_table(shared / "tuxpaint_photos.tsv")
     blocks = {
-        "unseen": held_out_classes(info, shared, stamps),
+        "unseen": held_out_classes(info, table, shared, stamps),
         "trained": sorted(info["train_classes"]),  # fitted on; not the early-stopping ones
     }
     g_labels = stamp_labels(stamps, table, blocks["unseen"] + blocks["trained"])
