@@ -1,13 +1,16 @@
 """Backbone feature extraction into a resumable on-disk cache.
 
 A cache directory holds ``features.npy`` (N, views, D) float32, ``manifest.json`` (paths,
-labels, backbone id, preprocessing, augmentation) and ``progress.json`` (rows done). It is
-keyed by the file list and the extraction spec, so re-running is free and an interrupted
-extraction continues where it stopped.
+labels, backbone id and fingerprint, preprocessing, augmentation) and ``progress.json`` (rows
+done). It is keyed by the file list, the extraction spec and the backbone's fingerprint (its
+weights and its output on a probe image, ``Backbone.fingerprint``), so re-running is free, an
+interrupted extraction continues where it stopped, and features of another network (a fixed
+bug, other weights under the same name, a library that computes differently) are never reused.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +28,7 @@ from index_builder.datasets.base import DatasetError, Sample
 from model.backbones import Backbone, load_backbone
 from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class FeatureSpec(BaseModel):
@@ -48,6 +51,7 @@ class FeatureSet:
     paths: list[str]
     backbone: str
     preprocessing: Preprocessing
+    backbone_fingerprint: str | None = None  # None: precomputed features of no known network
 
     @property
     def clean(self) -> np.ndarray:
@@ -62,6 +66,7 @@ class FeatureSet:
             [self.paths[i] for i in idx],
             self.backbone,
             self.preprocessing,
+            self.backbone_fingerprint,
         )
 
 
@@ -93,14 +98,21 @@ def _collate(batch: list[tuple[int, np.ndarray | str]]) -> list[tuple[int, np.nd
     return batch
 
 
-def cache_key(samples: list[Sample], spec: FeatureSpec) -> str:
-    """Hash of the spec and of every file's absolute path, size and modification time."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+def cache_key(samples: list[Sample], spec: FeatureSpec, backbone_fingerprint: str) -> str:
+    """Hash of the spec, the backbone's fingerprint and every file's absolute path, size and
+    modification time."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}\0{backbone_fingerprint}".encode())
     h.update(spec.model_dump_json().encode())
     for s in samples:
         st = os.stat(s.path)
         h.update(f"{Path(s.path).resolve()}\0{s.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=4)
+def cached_backbone(name: str, weights: str | None) -> Backbone:
+    """One loaded backbone per process and (name, weights): fingerprinting it costs a forward."""
+    return load_backbone(name, weights)
 
 
 def default_device() -> torch.device:
@@ -122,16 +134,17 @@ def extract_features(
     """
     if not samples:
         raise DatasetError("no images to extract features from")
-    out = cache_root / cache_key(samples, spec)
+    backbone = backbone or cached_backbone(spec.backbone, spec.backbone_weights)
+    out = cache_root / cache_key(samples, spec, backbone.fingerprint)
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text()).get("complete"):
         return load_feature_cache(out)
-    backbone = backbone or load_backbone(spec.backbone, spec.backbone_weights)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "version": CACHE_VERSION,
         "complete": False,
         "backbone": backbone.name,
+        "backbone_fingerprint": backbone.fingerprint,
         "feature_dim": backbone.feature_dim,
         "preprocessing": backbone.preprocessing.model_dump(),
         "spec": spec.model_dump(),
@@ -203,6 +216,7 @@ def load_feature_cache(folder: Path) -> FeatureSet:
         manifest["paths"],
         manifest["backbone"],
         Preprocessing(**manifest["preprocessing"]),
+        manifest["backbone_fingerprint"],
     )
 
 

@@ -135,6 +135,7 @@ def train_run(
     info = {
         "backbone": cfg.backbone,
         "feature_backbone": sk.backbone,
+        "backbone_fingerprint": sk.backbone_fingerprint,
         "preprocessing": sk.preprocessing.model_dump(),
         "data": str(data),
         "train_classes": fit_classes,

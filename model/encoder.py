@@ -26,7 +26,7 @@ from model.preprocess import Preprocessing, to_input_array
 Domain = Literal["sketch", "photo"]
 DOMAINS: tuple[Domain, Domain] = ("sketch", "photo")
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the backbone's fingerprint is part of the model's
 
 
 class EncoderIntegrityError(ValueError):
@@ -46,6 +46,7 @@ class EncoderMetadata(BaseModel):
     format_version: int = FORMAT_VERSION
     backbone: str
     backbone_weights: str | None = None
+    backbone_fingerprint: str  # ``Backbone.fingerprint``: weights and computation
     preprocessing: Preprocessing
     embedding_dim: int
     input_name: str = "image"
@@ -117,8 +118,9 @@ class EncoderMetadata(BaseModel):
                     f"{METADATA_FILE}; the file was modified or corrupted, export again"
                 )
         expected = compute_fingerprint(
-            {d: self.files[d].sha256 for d in DOMAINS}, self.preprocessing
-        )
+            {d: self.files[d].sha256 for d in DOMAINS}, self.preprocessing,
+            self.backbone_fingerprint,
+        )  # fmt: skip
         if expected != self.fingerprint:
             raise EncoderIntegrityError(
                 f"{self.onnx_path('sketch').parent / METADATA_FILE}: fingerprint does not match "
@@ -135,12 +137,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def compute_fingerprint(checksums: dict[str, str], prep: Preprocessing) -> str:
-    """sha256 over both encoders' checksums and the preprocessing: what an index stores to
-    tell whether its embeddings came from these encoders."""
+def compute_fingerprint(
+    checksums: dict[str, str], prep: Preprocessing, backbone_fingerprint: str
+) -> str:
+    """sha256 over both encoders' checksums, the preprocessing and the backbone's fingerprint:
+    what an index stores to tell whether its embeddings came from these encoders."""
     payload = {
         "onnx_sha256": {d: checksums[d] for d in DOMAINS},
         "preprocessing": prep.model_dump(),
+        "backbone_fingerprint": backbone_fingerprint,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -72,6 +72,13 @@ def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"{run_dir}: the run's backbone weights {weights} are missing")
     backbone = load_backbone(name, weights)
+    trained_on = info.get("backbone_fingerprint")
+    if trained_on != backbone.fingerprint:
+        raise ValueError(
+            f"{run_dir}: trained on features of another {name} network than the one installed "
+            f"now (backbone fingerprint {str(trained_on)[:12]}, now {backbone.fingerprint[:12]}: "
+            "a fixed backbone, other weights or another library version); train it again"
+        )
     if backbone.feature_dim != input_dim:
         raise ValueError(f"{run_dir}: {name} gives {backbone.feature_dim}-d features, "
                          f"the IIAE takes {input_dim}")  # fmt: skip
@@ -147,6 +154,7 @@ def _metadata(
         format_version=FORMAT_VERSION,
         backbone=backbone.name,
         backbone_weights=info.get("config", {}).get("backbone_weights"),
+        backbone_fingerprint=backbone.fingerprint,
         preprocessing=prep,
         embedding_dim=info["iiae"]["latent_dim"],
         opset=opset,
@@ -157,7 +165,9 @@ def _metadata(
         iiae=info["iiae"],
         source_run=str(run_dir),
         files=files,
-        fingerprint=compute_fingerprint({d: f.sha256 for d, f in files.items()}, prep),
+        fingerprint=compute_fingerprint(
+            {d: f.sha256 for d, f in files.items()}, prep, backbone.fingerprint
+        ),
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -13,7 +15,10 @@ from model.backbones import (
     available_backbones,
     load_backbone,
 )
+from model.backbones.efficientnet_lite import imagenet_head
 from model.backbones.vgg import VGG16_URL, VGG16Features
+from model.export import export_module
+from model.preprocess import load_image, to_input_array
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +32,9 @@ def _images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
 
 
-def test_registry_lists_both_backbones() -> None:
+def test_registry_lists_the_backbones() -> None:
     names = available_backbones()
-    assert {"efficientnet-lite0", "vgg16"} <= set(names)
+    assert {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16"} <= set(names)
     assert names == sorted(names)
 
 
@@ -106,3 +111,58 @@ def test_vgg16_without_weights_or_network_says_how_to_pass_a_file(
     assert "--backbone-weights" in message
     assert VGG16_URL in message
     assert "vgg16" in message
+
+
+# Real TuxPaint photos whose ImageNet class is unambiguous: each pretrained backbone must name
+# them with its own ImageNet head, through PyTorch and through its ONNX export. This is what
+# caught EfficientNet-Lite running with Swish instead of the ReLU6 it was trained with.
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+IMAGENET_PHOTOS = {
+    "food/fruit/banana.png": 954,
+    "food/fruit/apple_granny_smith.png": 948,
+    "food/fruit/strawberry.png": 949,
+    "food/fruit/lemon.png": 951,
+    "food/fruit/pineapple.png": 953,
+    "food/vegetables/broccoli.png": 937,
+    "animals/mammals/equines/zebra.png": 340,
+    "animals/birds/pink_flamingo.png": 130,
+    "animals/birds/peacock.png": 84,
+    "animals/mammals/aquatic/sea_lion.png": 150,
+    "hobbies/music/string/guitar_electric.png": 546,
+}
+EFFICIENTNETS = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+
+
+def _stamp_batch(backbone: Backbone) -> np.ndarray:
+    if not STAMPS.is_dir():
+        pytest.skip(f"{STAMPS} absent: apt-get install tuxpaint-stamps-default")
+    images = [load_image(STAMPS / name) for name in IMAGENET_PHOTOS]
+    return np.stack([to_input_array(img, backbone.preprocessing) for img in images])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EFFICIENTNETS)
+def test_efficientnet_names_real_photos_with_its_imagenet_head(name: str, tmp_path: Path) -> None:
+    backbone = load_backbone(name)
+    head = imagenet_head(backbone)
+    batch = _stamp_batch(backbone)
+    expected = list(IMAGENET_PHOTOS.values())
+    with torch.inference_mode():
+        features = backbone(torch.from_numpy(batch))
+        assert head(features).argmax(-1).tolist() == expected
+
+    # the same network exported to ONNX, run by ONNX Runtime, then the same head
+    path = tmp_path / "backbone.onnx"
+    export_module(backbone, path, backbone.preprocessing.image_size, backbone.feature_dim, 17)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_features,) = session.run(None, {"image": batch})
+    np.testing.assert_allclose(onnx_features, features.numpy(), rtol=1e-3, atol=1e-3)
+    logits = onnx_features @ head.weight.detach().numpy().T + head.bias.detach().numpy()
+    assert logits.argmax(-1).tolist() == expected
+
+
+def test_efficientnets_run_with_relu6_not_swish() -> None:
+    net = load_backbone("efficientnet-lite0").net.net
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert "ReLU6" in kinds
+    assert not kinds & {"Swish", "MemoryEfficientSwish"}

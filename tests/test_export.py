@@ -231,9 +231,12 @@ def test_metadata_records_the_run(export: Export, encoders: dict[str, OnnxEncode
     for domain, name in (("sketch", "sketch_encoder.onnx"), ("photo", "photo_encoder.onnx")):
         sums[domain] = hashlib.sha256((export.model_dir / name).read_bytes()).hexdigest()
         assert meta.files[domain].file == name and meta.files[domain].sha256 == sums[domain]
-    assert meta.fingerprint == compute_fingerprint(sums, meta.preprocessing)
+    assert meta.backbone_fingerprint == backbone.fingerprint == run_info["backbone_fingerprint"]
+    fp = meta.backbone_fingerprint
+    assert meta.fingerprint == compute_fingerprint(sums, meta.preprocessing, fp)
     assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing.model_copy(
-        update={"image_size": 256}))  # fmt: skip
+        update={"image_size": 256}), fp)  # fmt: skip
+    assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing, "another network")
     assert encoders["sketch"].fingerprint == encoders["photo"].fingerprint == meta.fingerprint
     meta.verify_checksums()
     raw = json.loads((export.model_dir / "metadata.json").read_text())
@@ -334,4 +337,18 @@ def test_a_run_on_released_features_cannot_be_exported(
     assert main(["export-onnx", "--run", str(run), "--out", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert "'vgg16-authors'" in err and "no image backbone" in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_run_on_another_networks_features_cannot_be_exported(
+    export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose features came from another network (the Swish-bug EfficientNet, other
+    weights under the same name) would embed photos with a network it never saw: refused."""
+    stale = tmp_path / "run"
+    shutil.copytree(export.run, stale)
+    info = json.loads((stale / "run.json").read_text())
+    (stale / "run.json").write_text(json.dumps({**info, "backbone_fingerprint": "0" * 64}))
+    assert main(["export-onnx", "--run", str(stale), "--out", str(tmp_path / "model")]) == 2
+    assert "trained on features of another" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()

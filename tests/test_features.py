@@ -100,7 +100,9 @@ def test_view_zero_is_the_unaugmented_image(extracted: Extracted) -> None:
 
 @pytest.mark.slow
 def test_a_second_run_is_a_cache_hit(extracted: Extracted, backbone: Backbone) -> None:
-    folder = extracted.cache / cache_key(extracted.samples, extracted.clean_spec)
+    folder = extracted.cache / cache_key(
+        extracted.samples, extracted.clean_spec, backbone.fingerprint
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] is True
     assert manifest["paths"] == [str(s.path) for s in extracted.samples]
@@ -116,31 +118,81 @@ def test_a_second_run_is_a_cache_hit(extracted: Extracted, backbone: Backbone) -
     np.testing.assert_array_equal(again.features, extracted.clean.features)
     # two specs, two cache folders
     assert sorted(p.name for p in extracted.cache.iterdir()) == sorted(
-        cache_key(extracted.samples, spec) for spec in (extracted.clean_spec, extracted.views_spec)
+        cache_key(extracted.samples, spec, backbone.fingerprint)
+        for spec in (extracted.clean_spec, extracted.views_spec)
     )
 
 
-def test_cache_key_follows_the_spec_and_the_files(samples: list[Sample], tmp_path: Path) -> None:
+def test_cache_key_follows_the_spec_the_network_and_the_files(
+    samples: list[Sample], tmp_path: Path
+) -> None:
     spec = FeatureSpec(domain="sketch")
-    key = cache_key(samples, spec)
-    assert cache_key(samples, spec) == key
-    assert cache_key(samples, spec.model_copy(update={"seed": 1})) != key
-    assert cache_key(samples, spec.model_copy(update={"backbone": "vgg16"})) != key
-    assert cache_key(samples[:-1], spec) != key
+    key = cache_key(samples, spec, "net-a")
+    assert cache_key(samples, spec, "net-a") == key
+    assert cache_key(samples, spec, "net-b") != key
+    assert cache_key(samples, spec.model_copy(update={"seed": 1}), "net-a") != key
+    assert cache_key(samples, spec.model_copy(update={"backbone": "vgg16"}), "net-a") != key
+    assert cache_key(samples[:-1], spec, "net-a") != key
     # a rewritten image (new size or time) is another file
     copy = tmp_path / "copy.png"
     shutil.copy2(samples[0].path, copy)
     moved = [Sample(copy, samples[0].label), *samples[1:]]
-    key_copy = cache_key(moved, spec)
+    key_copy = cache_key(moved, spec, "net-a")
     draw_sketch(5, np.random.default_rng(1)).save(copy)
-    assert cache_key(moved, spec) != key_copy
+    assert cache_key(moved, spec, "net-a") != key_copy
+
+
+def _swish_backbone() -> Backbone:
+    """EfficientNet-Lite0 with the activation bug of the first release (Swish for ReLU6)."""
+    broken = load_backbone("efficientnet-lite0")
+    broken.net.net.set_swish(memory_efficient=False)
+    return broken
+
+
+@pytest.mark.slow
+def test_features_of_the_swish_bug_are_not_reused(
+    samples: list[Sample], backbone: Backbone, tmp_path: Path
+) -> None:
+    spec = FeatureSpec(domain="sketch")
+    run = dict(batch_size=BATCH, workers=0, progress=False)
+    stale = extract_features(samples, spec, tmp_path, backbone=_swish_backbone(), **run)
+    assert backbone.fingerprint  # its probe forward is not an extraction
+    with CountingBackbone(backbone) as counter:
+        fixed = extract_features(samples, spec, tmp_path, backbone=backbone, **run)
+    assert counter.images == len(samples)  # extracted again, not read from the stale cache
+    assert np.abs(np.asarray(fixed.features) - np.asarray(stale.features)).max() > 0.1
+    assert fixed.backbone_fingerprint == backbone.fingerprint != stale.backbone_fingerprint
+
+
+@pytest.mark.slow
+def test_other_weights_under_the_same_file_name_are_not_reused(
+    samples: list[Sample], tmp_path: Path
+) -> None:
+    import torch
+
+    from model.backbones.efficientnet_lite import load_efficientnet
+
+    weights = tmp_path / "lite0.pth"
+    state = load_efficientnet("efficientnet-lite0", None).state_dict()
+    torch.save(state, weights)
+    spec = FeatureSpec(domain="sketch", backbone_weights=str(weights))
+    run = dict(batch_size=BATCH, workers=0, progress=False)
+    first = extract_features(samples, spec, tmp_path / "cache", **run)
+    state["_conv_head.weight"] = state["_conv_head.weight"] * 0.5
+    torch.save(state, weights)  # same path, other weights
+    retrained = load_backbone("efficientnet-lite0", str(weights))
+    assert retrained.fingerprint  # its probe forward is not an extraction
+    with CountingBackbone(retrained) as counter:
+        second = extract_features(samples, spec, tmp_path / "cache", backbone=retrained, **run)
+    assert counter.images == len(samples)
+    assert first.backbone_fingerprint != second.backbone_fingerprint
 
 
 @pytest.mark.slow
 def test_an_interrupted_extraction_resumes(
     extracted: Extracted, backbone: Backbone, tmp_path: Path
 ) -> None:
-    key = cache_key(extracted.samples, extracted.clean_spec)
+    key = cache_key(extracted.samples, extracted.clean_spec, backbone.fingerprint)
     cache = tmp_path / "cache"
     folder = cache / key
     shutil.copytree(extracted.cache / key, folder)

@@ -15,8 +15,11 @@ it cannot.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from model.preprocess import Preprocessing
@@ -40,6 +43,34 @@ class Backbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the features depend on: name, preprocessing, every weight, and the output on
+        a fixed probe image. A fixed bug, another weights file under the same name or a library
+        that computes differently all change it; caches and exports are keyed by it."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = _fingerprint(self)
+        return self._fingerprint
+
+
+PROBE_SEED = 20201206  # the probe image is fixed forever: a new seed would re-key every cache
+
+
+def _fingerprint(backbone: Backbone) -> str:
+    h = hashlib.sha256(f"{backbone.name}\0{backbone.feature_dim}\0".encode())
+    h.update(backbone.preprocessing.model_dump_json().encode())
+    for key, tensor in backbone.net.state_dict().items():
+        h.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    size = backbone.preprocessing.image_size
+    probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(PROBE_SEED))
+    device = next(backbone.parameters()).device
+    with torch.inference_mode():
+        out = backbone.eval()(probe.to(device) * 2 - 1).float().cpu().numpy()
+    # Rounded, so that the last bits of another CPU's kernels do not re-key every cache.
+    h.update(np.round(out, 3).astype(np.float32).tobytes())
+    return h.hexdigest()
 
 
 Builder = Callable[[str | None], Backbone]
