@@ -1,11 +1,14 @@
-"""Zero-shot sketch -> photo retrieval on the real ../shared/data set, IIAE against baselines.
+"""Zero-shot sketch -> photo retrieval on the real ../shared/data set, k-fold over classes.
 
-    python -m bench.zero_shot [--shared ../shared/data] [--work runs/zero_shot] [--json OUT]
+    python -m bench.zero_shot [--shared ../shared/data] [--work runs/zero_shot] [--folds 5]
+        [--seeds 2] [--backbone efficientnet-lite0] [--candidates NAME ...] [--json OUT]
 
-Prepares the data (real Quick, Draw! sketches, real TuxPaint photos), trains each candidate
-recipe on the training classes, selects the recipe by mAP on *validation* classes (held out
-from the training classes; the test classes are never looked at for a choice), and reports
-every row on the unseen test classes of ``bench/splits/shared_test.txt``.
+Prepares the data (real Quick, Draw! sketches, real photos), splits its classes into k folds
+and, for each fold, trains every candidate recipe on the other folds' classes and scores it on
+the fold's classes, which no choice ever sees: early stopping and the choice between recipes
+use validation classes carved out of the training folds (``val_classes`` of each run). The
+training-free baselines (raw and per-domain standardised backbone features, standardised with
+the training folds' statistics) are scored on the same fold in the same run.
 """
 
 from __future__ import annotations
@@ -14,33 +17,25 @@ import argparse
 import json
 import platform
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.detect import load_dataset
-from index_builder.datasets.splits import resolve_split
-from index_builder.evaluate import evaluate_baselines, evaluate_run, format_table
+from index_builder.evaluate import evaluate_baselines, evaluate_run
 from index_builder.prepare import prepare_shared_data
 from index_builder.run import train_run
 from index_builder.sources import data_classes
 
-SPLIT = Path(__file__).parent / "splits" / "shared_test.txt"
-BACKBONE = "efficientnet-lite0"
-
-# Candidates: the paper's recipe, then what the thin data calls for (see BENCHMARKS.md).
-# All hold 12 training classes out for early stopping and for choosing between them.
+# Candidates: field values over the TrainConfig defaults, chosen between on validation classes.
 CANDIDATES: dict[str, dict] = {
-    "paper recipe": {},
+    "paper objective": {},
     "class head": {"w_cls": 1.0},
-    "class head, w_rec 100": {"w_cls": 1.0, "w_rec": 100.0},
-    "class head x5, augmented views": {"w_cls": 5.0, "sketch_views": 4, "photo_views": 16},
 }
+COMMON = {"val_classes": 12, "steps": 1500, "eval_every": 100}
 METRICS = ("map_all", "p_at_10", "p_at_100")
-COMMON = {"backbone": BACKBONE, "val_classes": 12, "steps": 1500, "eval_every": 100}
+BASELINES = ("raw", "standardized")
 
 
 def machine() -> str:
@@ -50,76 +45,117 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def train_candidate(name: str, seed: int, data: Path, work: Path, settings) -> tuple[dict, dict]:
-    """Train one recipe with one seed (its own validation classes); (validation, test)."""
-    cfg = TrainConfig(**{**COMMON, **CANDIDATES[name], "seed": seed})
-    run_dir = work / "runs" / f"{name.replace(' ', '_').replace(',', '')}-seed{seed}"
-    info = train_run(data, run_dir, cfg, None, SPLIT, settings)
-    best_val = max(h["val_map_all"] for h in info["val_history"])
-    val = {"val_map_all": best_val, "selected_step": info["selected_step"]}
-    return val, evaluate_run(run_dir, data, SPLIT, settings=settings)
+def class_folds(classes: list[str], k: int, seed: int = 0) -> list[list[str]]:
+    """The sorted classes dealt into ``k`` folds of near-equal size, in a seeded order."""
+    if not 2 <= k <= len(classes):
+        raise ValueError(f"{k} folds need between 2 and {len(classes)} classes")
+    order = np.random.default_rng(seed).permutation(len(classes))
+    return [sorted(classes[i] for i in order[f::k]) for f in range(k)]
 
 
-def mean_sd(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
-    """Mean of each metric over seeds, and ``<key>_sd`` its standard deviation."""
-    out = {}
-    for k in keys:
-        values = np.array([r[k] for r in rows])
-        out[k], out[f"{k}_sd"] = float(values.mean()), float(values.std())
-    return out
+def run_fold(
+    fold: int, test: list[str], data: Path, work: Path, backbone: str, candidates: list[str],
+    seeds: int, settings: BuilderSettings,
+) -> dict:  # fmt: skip
+    """Baselines and every candidate x seed on one fold: {row: {metric...}} and validation."""
+    split = work / "folds" / f"fold{fold}.txt"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text("\n".join(test) + "\n")
+    train = [c for c in data_classes(data) if c not in test]
+    base = evaluate_baselines(data, train, test, backbone, settings)
+    rows = {name: base[f"{backbone} {name} features"] for name in BASELINES}
+    validation = {}
+    for name in candidates:
+        tests, vals = [], []
+        for seed in range(seeds):
+            cfg = TrainConfig(**{**COMMON, **CANDIDATES[name], "backbone": backbone,
+                                 "seed": seed})  # fmt: skip
+            run_dir = work / "runs" / backbone / f"fold{fold}" / f"{_slug(name)}-seed{seed}"
+            info = train_run(data, run_dir, cfg, None, split, settings, progress=False)
+            vals.append(max(h["val_map_all"] for h in info["val_history"]))
+            tests.append(evaluate_run(run_dir, data, split, settings=settings))
+        rows[name] = {k: float(np.mean([t[k] for t in tests])) for k in METRICS}
+        validation[name] = float(np.mean(vals))
+    return {"test_classes": test, "rows": rows, "validation": validation}
 
 
-def p_at_10_ceiling(data: Path, test: list[str]) -> float:
-    """The best possible P@10: few photos per class cap it far below 1."""
-    ds = load_dataset(data).restrict(test)
-    photos = Counter(p.label for p in ds.photos)
-    return float(np.mean([min(photos[s.label], 10) / 10 for s in ds.sketches]))
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
-def run(shared: Path, work: Path, candidates: list[str], seeds: int) -> dict:
+def summarise(folds: list[dict]) -> dict:
+    """Mean and sd over folds of each row's metrics, the recipe chosen on validation, and how
+    it compares with the standardised baseline fold by fold."""
+    names = list(folds[0]["rows"])
+    summary = {
+        name: {
+            **{k: float(np.mean([f["rows"][name][k] for f in folds])) for k in METRICS},
+            **{f"{k}_sd": float(np.std([f["rows"][name][k] for f in folds])) for k in METRICS},
+        }
+        for name in names
+    }
+    candidates = list(folds[0]["validation"])
+    chosen = max(candidates, key=lambda n: np.mean([f["validation"][n] for f in folds]))
+    ratios = [f["rows"][chosen]["map_all"] / f["rows"]["standardized"]["map_all"] for f in folds]
+    return {
+        "rows": summary,
+        "chosen": chosen,
+        "validation": {n: float(np.mean([f["validation"][n] for f in folds])) for n in candidates},
+        "ratio_to_standardized": ratios,
+        "gain_of_means": summary[chosen]["map_all"] / summary["standardized"]["map_all"] - 1,
+    }
+
+
+def run(shared: Path, work: Path, backbone: str, k: int, seeds: int, candidates: list[str]):
     data = work / "data"
     print(prepare_shared_data(shared, data).summary())
     settings = BuilderSettings(cache_dir=work / "cache")
     settings.apply_torch_threads()
-    train, test = resolve_split(data_classes(data), None, SPLIT)
-    rows = evaluate_baselines(data, train, test, BACKBONE, settings)
-    validation = {}
-    for name in candidates:
+    folds = []
+    for i, test in enumerate(class_folds(data_classes(data), k)):
         t0 = time.time()
-        runs = [train_candidate(name, s, data, work, settings) for s in range(seeds)]
-        vals, tests = [v for v, _ in runs], [t for _, t in runs]
-        validation[name] = {**mean_sd(vals, ("val_map_all",)),
-                            "seconds_per_run": round((time.time() - t0) / seeds, 1)}  # fmt: skip
-        rows[f"IIAE: {name}"] = mean_sd(tests, METRICS)
-    chosen = max(validation, key=lambda n: validation[n]["val_map_all"])
-    return {
-        "machine": machine(), "split": str(SPLIT), "train_classes": train, "test_classes": test,
-        "seeds": seeds, "rows": rows, "validation": validation, "chosen": chosen,
-        "p_at_10_ceiling": p_at_10_ceiling(data, test),
-    }  # fmt: skip
+        folds.append(run_fold(i, test, data, work, backbone, candidates, seeds, settings))
+        print(f"fold {i}: {len(test)} test classes, {time.time() - t0:.0f} s", flush=True)
+    return {"machine": machine(), "backbone": backbone, "seeds": seeds, "folds": folds,
+            **summarise(folds)}  # fmt: skip
+
+
+def print_result(result: dict) -> None:
+    names = list(result["rows"])
+    print(f"\nmachine: {result['machine']}; backbone {result['backbone']}")
+    print(f"IIAE rows: mean over seeds 0..{result['seeds'] - 1} in each fold")
+    print("\nper fold, mAP@all on the fold's unseen classes:")
+    print("fold  classes " + "".join(n[:22].rjust(24) for n in names))
+    for i, fold in enumerate(result["folds"]):
+        cells = "".join(f"{fold['rows'][n]['map_all']:24.4f}" for n in names)
+        print(f"{i:4d} {len(fold['test_classes']):8d} {cells}")
+    print("\nmean +- sd over folds:")
+    print("model".ljust(26) + "".join(f"{k:>20s}" for k in METRICS))
+    for n in names:
+        row = result["rows"][n]
+        print(
+            n[:25].ljust(26) + "".join(f"{row[k]:12.4f} +- {row[k + '_sd']:.3f}" for k in METRICS)
+        )
+    print("\nvalidation mAP@all (mean over folds and seeds; the only basis of the choice):")
+    for n, v in result["validation"].items():
+        print(f"  {n:30s} {v:.4f}")
+    ratios = ", ".join(f"{r:.2f}" for r in result["ratio_to_standardized"])
+    print(f"chosen: {result['chosen']}; its mAP@all / standardised baseline per fold: {ratios}; "
+          f"mean gain {100 * result['gain_of_means']:+.1f} %")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("runs/zero_shot"))
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=2, help="runs per recipe and fold")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
-    parser.add_argument("--seeds", type=int, default=3, help="runs per recipe (seeds 0..N-1)")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = run(args.shared, args.work, args.candidates, args.seeds)
-    print(f"\nmachine: {result['machine']}")
-    print(f"data: {args.shared} (Quick, Draw! sketches, TuxPaint photos); "
-          f"{len(result['train_classes'])} train / {len(result['test_classes'])} unseen test "
-          f"classes ({result['split']})")  # fmt: skip
-    print(f"IIAE rows: mean over seeds 0..{result['seeds'] - 1} (_sd: standard deviation); P@10"
-          f" cannot exceed {result['p_at_10_ceiling']:.4f} here (few photos a class)")  # fmt: skip
-    print(format_table(result["rows"], ("map_all", "map_all_sd", "p_at_10", "p_at_10_sd")))
-    print("\nvalidation (12 classes held out of the training classes, per seed; every choice):")
-    for name, v in result["validation"].items():
-        print(f"  {name:36s} val mAP@all {v['val_map_all']:.4f} +- {v['val_map_all_sd']:.4f}"
-              f" ({v['seconds_per_run']} s a run)")  # fmt: skip
-    print(f"chosen by validation: {result['chosen']}")
+    result = run(args.shared, args.work, args.backbone, args.folds, args.seeds, args.candidates)
+    print_result(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from index_builder.config import BuilderSettings
 from index_builder.datasets.authors_features import is_authors_features, load_authors_features
-from index_builder.datasets.base import DatasetError, SketchPhotoSet
+from index_builder.datasets.base import DatasetError, SketchPhotoSet, check_classes_present
 from index_builder.datasets.detect import load_dataset
 from index_builder.features import FeatureSet, FeatureSpec, extract_features
 from model.preprocess import Preprocessing
@@ -40,14 +40,18 @@ def feature_sets(
             raise DatasetError(f"{root}: precomputed features cannot be augmented (views > 1)")
         return _authors_feature_sets(root, classes)
     settings = settings or BuilderSettings()
-    ds: SketchPhotoSet = load_dataset(root).restrict(classes)
+    # The whole data set goes through one cache entry, so that every split of its classes
+    # (folds, validation classes, test classes) reuses the same extraction.
+    ds: SketchPhotoSet = load_dataset(root)
+    check_classes_present(ds, classes)
     cache = settings.cache_dir / "features"
     out = []
     for domain, samples, views in (("sketch", ds.sketches, sketch_views),
                                    ("photo", ds.photos, photo_views)):  # fmt: skip
         spec = FeatureSpec(backbone=backbone, backbone_weights=backbone_weights,
                            domain=domain, views=views)  # fmt: skip
-        out.append(extract_features(samples, spec, cache, settings.batch_size, settings.workers))
+        every = extract_features(samples, spec, cache, settings.batch_size, settings.workers)
+        out.append(every.subset(set(classes)))
     return out[0], out[1]
 
 
