@@ -21,10 +21,12 @@ done
 
 if [ "$system" = 1 ] && command -v apt-get >/dev/null; then
   # tuxpaint-stamps-default: real photos for prepare and the tests;
+  # openclipart-png: clip-art drawings in index_builder/data/photo_map.tsv;
   # chromium: the browser the page test drives through Playwright (never Playwright's download);
   # docker-compose: validates docker-compose.yml (`docker-compose config`, no Docker engine needed)
   debs=()
   [ -d /usr/share/tuxpaint/stamps ] || debs+=(tuxpaint-stamps-default)
+  [ -d /usr/share/openclipart/png ] || debs+=(openclipart-png)
   [ -x /usr/bin/chromium ] || debs+=(chromium)
   [ -x /usr/bin/docker-compose ] || debs+=(docker-compose)
   if [ "${#debs[@]}" -gt 0 ]; then
