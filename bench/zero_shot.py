@@ -24,7 +24,7 @@ import torch
 
 from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.evaluate import evaluate_baselines, evaluate_run
-from index_builder.prepare import prepare_shared_data
+from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 from index_builder.run import train_run
 from index_builder.sources import data_classes
 
@@ -108,7 +108,7 @@ def summarise(folds: list[dict]) -> dict:
 
 def run(shared: Path, work: Path, backbone: str, k: int, seeds: int, candidates: list[str]):
     data = work / "data"
-    print(prepare_shared_data(shared, data).summary())
+    print(prepare_shared_data(shared, data, photo_table=PHOTO_MAP).summary())
     settings = BuilderSettings(cache_dir=work / "cache")
     settings.apply_torch_threads()
     folds = []

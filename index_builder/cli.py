@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="turn ../shared/data into the folder layout")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--photo-table", type=Path, default=None,
+                   help="class<TAB>source<TAB>path table of the photos (default: the curated "
+                        "index_builder/data/photo_map.tsv; the shared folder's "
+                        "tuxpaint_photos.tsv with --shared-table)")  # fmt: skip
+    p.add_argument(
+        "--shared-table",
+        action="store_true",
+        help="only the shared folder's tuxpaint_photos.tsv (78 classes)",
+    )
     p.add_argument("--stroke-width", type=float, default=3.0)
     p.add_argument("--margin", type=float, default=0.1)
 
@@ -119,10 +128,11 @@ def run_command(args: argparse.Namespace) -> int:
     settings = BuilderSettings()
     settings.apply_torch_threads()
     if args.command == "prepare":
-        from index_builder.prepare import prepare_shared_data
+        from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 
+        table = None if args.shared_table else (args.photo_table or PHOTO_MAP)
         report = prepare_shared_data(args.shared, args.out, stroke_width=args.stroke_width,
-                                     margin=args.margin)  # fmt: skip
+                                     margin=args.margin, photo_table=table)  # fmt: skip
         print(report.summary())
     elif args.command == "render-quickdraw":
         from index_builder.datasets.quickdraw import render_quickdraw

@@ -44,7 +44,7 @@ def test_counts_match_the_sources(shared: Path, prepared: PrepareReport) -> None
     assert sorted(p.name for p in (out / "photo").iterdir()) == sorted(SUBSET)
     for cls in SUBSET:
         photos = sorted(p.name for p in (out / "photo" / cls).iterdir())
-        assert photos == sorted(s.replace("/", "__") for s in table[cls])
+        assert photos == sorted(ref.name() for ref in table[cls])
         keys = {d.key_id for fmt in ("simplified", "raw")
                 for d in read_ndjson(shared / "quickdraw" / fmt / f"{cls}.ndjson")}  # fmt: skip
         assert {p.stem for p in (out / "sketch" / cls).iterdir()} == keys
@@ -58,10 +58,10 @@ def test_photo_backgrounds_are_white(shared: Path, prepared: PrepareReport) -> N
     table = read_photo_table(shared / "tuxpaint_photos.tsv")
     transparent_stamps = 0
     for cls in SUBSET:
-        for stamp in table[cls]:
-            with Image.open(STAMPS / stamp) as src:
+        for ref in table[cls]:
+            with Image.open(STAMPS / ref.path) as src:
                 alpha = np.asarray(src.convert("RGBA"))[..., 3]
-            with Image.open(prepared.out_root / "photo" / cls / stamp.replace("/", "__")) as out:
+            with Image.open(prepared.out_root / "photo" / cls / ref.name()) as out:
                 assert out.mode == "RGB" and out.size == (alpha.shape[1], alpha.shape[0])
                 pixels = np.asarray(out)
             clear = alpha == 0
@@ -124,7 +124,7 @@ def test_unreadable_stamp_is_named(tmp_path: Path) -> None:
     shared = tiny_shared(tmp_path / "shared", ["apple\tbroken.png"])
     (tmp_path / "stamps").mkdir()
     (tmp_path / "stamps" / "broken.png").write_bytes(b"not a png at all")
-    with pytest.raises(DatasetError, match="unreadable stamp") as caught:
+    with pytest.raises(DatasetError, match="unreadable picture") as caught:
         prepare_shared_data(shared, tmp_path / "out", tmp_path / "stamps")
     assert str(tmp_path / "stamps" / "broken.png") in str(caught.value)
     assert not list((tmp_path / "out" / "photo").rglob("*.png"))
