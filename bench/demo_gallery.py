@@ -8,9 +8,10 @@ other things), which is far harder. This bench measures that setting:
 
 - queries: real Quick, Draw! sketches (the first ``--per-class`` of each category) of every
   category the run never trained on: its test classes, and the Quick, Draw! categories with no
-  photos in ``tuxpaint_photos.tsv`` whose stamps can be found by file name;
+  pictures in the curated photo map (``index_builder/data/photo_map.tsv``) whose stamps can
+  be found by file name;
 - gallery: every image under the stamps folder, composited on white, as the demo indexes it;
-- relevant: the stamps listed for the category in the table, or whose file name names it
+- relevant: the stamps listed for the category in the photo map, or whose file name names it
   (``snail2.png`` for "snail"); stamps of the same thing under other names count as misses
   (and a few name matches are wrong: ``sea_lion.png`` for "lion"), so the figures are rough.
 
@@ -18,9 +19,11 @@ For contrast, the same metrics for the categories the run was fitted on, queried
 sketches it was fitted on: an upper bound, not a generalisation figure. (Its validation
 categories, used for early stopping, are in neither block.)
 
-Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos), the raw
-backbone features, the raw backbone features with each photo drawn as its outline (a
-sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
+Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos, fused
+with the standardised features where the run says so), the backbone features standardised
+per domain with the run's training statistics (the training-free baseline), the raw backbone
+features, the raw backbone features with each photo drawn as its outline (a sketch-like
+rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
 queries with a relevant stamp among the first 10 (what a user of the page sees first).
 Also: the rank of the first guitar stamp for six hand-made guitar drawings
 (``bench/drawings/guitars.json``; guitar is absent from ../shared/data, so unseen by every
@@ -44,7 +47,7 @@ from bench.zero_shot import machine
 from index_builder.datasets.quickdraw import read_ndjson
 from index_builder.gallery.scan import walk_images
 from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
-from index_builder.prepare import STAMPS_DIR, read_photo_table
+from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.export import load_run_encoders
 from model.preprocess import load_image, render_strokes, to_input_array
 
@@ -171,7 +174,8 @@ def run(run_dir: Path, shared: Path, stamps_dir: Path, per_class: int) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
     prep = backbone.preprocessing
     stamps = sorted(walk_images(stamps_dir))
-    table = read_photo_table(shared / "tuxpaint_photos.tsv")
+    table = {c: [r.path for r in refs if r.source == "tuxpaint"]
+             for c, refs in read_photo_table(PHOTO_MAP).items()}  # fmt: skip
     blocks = {
         "unseen": held_out_classes(info, table, shared, stamps),
         "trained": sorted(info["train_classes"]),  # fitted on; not the early-stopping ones
@@ -182,8 +186,15 @@ def run(run_dir: Path, shared: Path, stamps_dir: Path, per_class: int) -> dict:
     sketches += [render_strokes(s) for s in json.loads(GUITARS.read_text()).values()]
     photos = [load_image(stamps_dir / s) for s in stamps]
     outlines = [outline(stamps_dir / s) for s in stamps]
+    model = encoders["sketch"].model
+    fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
     candidates = {
-        f"IIAE {run_dir.name} (r^x vs r^y)": (encoders["sketch"], encoders["photo"], photos),
+        f"IIAE {run_dir.name} (r^x vs r^y{fused})": (encoders["sketch"], encoders["photo"], photos),
+        f"{backbone.name} standardised features": (
+            lambda x: model.scale_x(backbone(x)),
+            lambda y: model.scale_y(backbone(y)),
+            photos,
+        ),
         f"{backbone.name} raw features": (backbone, backbone, photos),
         f"{backbone.name} raw, photos as outlines": (backbone, backbone, outlines),
     }

@@ -38,6 +38,12 @@ class TrainConfig(BaseSettings):
     w_cls: float = Field(0.0, description="class head weight (0 = no head, as the authors)")
     anneal_steps: float = 2000.0
     input_dropout: float = 0.0
+    fusion_weight: float = Field(
+        0.0, description="share of the standardised features in the retrieval embedding"
+    )
+    choose_fusion: bool = Field(
+        False, description="choose fusion_weight on the validation classes (0, .25, .5, .75)"
+    )
     val_classes: int = Field(0, description="training classes held out for early stopping")
     eval_every: int = 200
     checkpoint_every: int = 500
@@ -57,6 +63,7 @@ class TrainConfig(BaseSettings):
             w_rec=self.w_rec,
             w_cls=self.w_cls,
             anneal_steps=self.anneal_steps,
+            fusion_weight=self.fusion_weight,
         )
 
 

@@ -13,7 +13,7 @@ from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.datasets.splits import resolve_split
 from index_builder.features import FeatureSet, default_device
 from index_builder.sources import data_classes, feature_sets
-from index_builder.train import ClassPairSampler, fit, zero_shot_map
+from index_builder.train import ClassPairSampler, choose_fusion_weight, fit, zero_shot_map
 from model.checkpoint import save_model
 from model.iiae import IIAE
 
@@ -132,6 +132,7 @@ def train_run(
     ckpt.save(steps)
     if ckpt.best_state is not None:
         model.load_state_dict(ckpt.best_state)
+    fusion = choose_fusion_weight(model, *val) if val and cfg.choose_fusion else {}
     info = {
         "backbone": cfg.backbone,
         "feature_backbone": sk.backbone,
@@ -144,6 +145,7 @@ def train_run(
         "steps": steps,
         "selected_step": ckpt.best_step if val else steps,
         "val_history": ckpt.history,
+        "fusion_val_map_all": {str(k): v for k, v in fusion.items()},
         "config": cfg.model_dump(),
     }
     save_model(model, run_dir, info)

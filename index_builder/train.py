@@ -108,3 +108,18 @@ def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> floa
     zx = embed(model, sketches.clean, "sketch")
     zy = embed(model, photos.clean, "photo")
     return retrieval_metrics(zx, sketches.labels, zy, photos.labels)["map_all"]
+
+
+FUSION_GRID = (0.0, 0.25, 0.5, 0.75)  # 1.0 would be the training-free baseline alone
+
+
+def choose_fusion_weight(
+    model: IIAE, sketches: FeatureSet, photos: FeatureSet, grid: tuple[float, ...] = FUSION_GRID
+) -> dict[float, float]:
+    """Validation mAP@all of each fusion weight; leaves ``model`` at the best one."""
+    scores = {}
+    for weight in grid:
+        model.cfg.fusion_weight = weight
+        scores[weight] = zero_shot_map(model, sketches, photos)
+    model.cfg.fusion_weight = max(scores, key=scores.__getitem__)
+    return scores

@@ -28,7 +28,7 @@ from model.encoder import (
     compute_fingerprint,
     sha256_file,
 )
-from model.iiae import IIAE, Encoder, Standardize
+from model.iiae import IIAE
 from model.preprocess import Preprocessing
 
 ONNX_FILES: dict[Domain, str] = {"sketch": "sketch_encoder.onnx", "photo": "photo_encoder.onnx"}
@@ -41,23 +41,22 @@ _EXPORT_NOISE = (
 
 
 class EmbeddingEncoder(nn.Module):
-    """Normalised images (B, 3, S, S) -> unit-norm retrieval embeddings (B, latent_dim)."""
+    """Normalised images (B, 3, S, S) -> unit-norm retrieval embeddings (B, embedding_dim):
+    the backbone, then the IIAE's ``embed_sketch`` (r^x) or ``embed_photo`` (r^y)."""
 
-    def __init__(self, backbone: nn.Module, scale: Standardize, shared: Encoder) -> None:
+    def __init__(self, backbone: nn.Module, model: IIAE, domain: Domain) -> None:
         super().__init__()
-        self.backbone, self.scale, self.shared = backbone, scale, shared
+        self.backbone, self.model, self.domain = backbone, model, domain
 
     def forward(self, image: Tensor) -> Tensor:
-        z = self.shared(self.scale(self.backbone(image))).mean
-        return nn.functional.normalize(z, dim=-1)
+        feats = self.backbone(image)
+        embed = self.model.embed_sketch if self.domain == "sketch" else self.model.embed_photo
+        return nn.functional.normalize(embed(feats), dim=-1)
 
 
 def build_encoders(model: IIAE, backbone: nn.Module) -> dict[Domain, EmbeddingEncoder]:
-    """The sketch (scale_x, r^x) and photo (scale_y, r^y) encoders, in eval mode."""
-    return {
-        "sketch": EmbeddingEncoder(backbone, model.scale_x, model.shared_x).eval(),
-        "photo": EmbeddingEncoder(backbone, model.scale_y, model.shared_y).eval(),
-    }
+    """The sketch (r^x) and photo (r^y) encoders, in eval mode."""
+    return {d: EmbeddingEncoder(backbone, model, d).eval() for d in DOMAINS}
 
 
 def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
@@ -128,14 +127,14 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_target(out_dir)
     encoders, info, backbone = load_run_encoders(run_dir)
+    embedding_dim = encoders["sketch"].model.cfg.embedding_dim
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         for domain in DOMAINS:
             export_module(encoders[domain], tmp / ONNX_FILES[domain],
-                          backbone.preprocessing.image_size, info["iiae"]["latent_dim"],
-                          opset)  # fmt: skip
-        meta = _metadata(tmp, run_dir, info, backbone, opset)
+                          backbone.preprocessing.image_size, embedding_dim, opset)  # fmt: skip
+        meta = _metadata(tmp, run_dir, info, backbone, opset, embedding_dim)
         (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:
@@ -145,7 +144,7 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
 
 
 def _metadata(
-    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int
+    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int, embedding_dim: int
 ) -> EncoderMetadata:
     files = {d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d]))
              for d in DOMAINS}  # fmt: skip
@@ -156,7 +155,7 @@ def _metadata(
         backbone_weights=info.get("config", {}).get("backbone_weights"),
         backbone_fingerprint=backbone.fingerprint,
         preprocessing=prep,
-        embedding_dim=info["iiae"]["latent_dim"],
+        embedding_dim=embedding_dim,
         opset=opset,
         train_classes=info.get("train_classes", []),
         val_classes=info.get("val_classes", []),

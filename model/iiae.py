@@ -36,6 +36,14 @@ class IIAEConfig(BaseModel):
     w_rec: float = 10.0
     w_cls: float = 0.0
     anneal_steps: float = 2000.0  # a(t) = 1 - exp(-t / anneal_steps)
+    # Share a of the standardised backbone features in the retrieval embedding,
+    # [sqrt(1 - a) r, sqrt(a) s] of unit-norm parts: 0 is the paper's (r^x / r^y alone).
+    fusion_weight: float = Field(0.0, ge=0.0, le=1.0)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the retrieval embedding (the fused one is latent + feature size)."""
+        return self.latent_dim + (self.input_dim_x if self.fusion_weight > 0 else 0)
 
 
 @dataclass
@@ -157,6 +165,8 @@ class IIAE(nn.Module):
 
     def __init__(self, cfg: IIAEConfig) -> None:
         super().__init__()
+        if cfg.fusion_weight > 0 and cfg.input_dim_x != cfg.input_dim_y:
+            raise ValueError("fusion needs sketch and photo features of one size")
         self.cfg = cfg
         self.scale_x = Standardize(cfg.input_dim_x)
         self.scale_y = Standardize(cfg.input_dim_y)
@@ -196,12 +206,26 @@ class IIAE(nn.Module):
         return g.sample() if self.training else g.mean
 
     def embed_sketch(self, x: Tensor) -> Tensor:
-        """Mean of r^x(z^s|x): the sketch's retrieval embedding (not normalised)."""
-        return self.shared_x(self.scale_x(x)).mean
+        """The sketch's retrieval embedding (not normalised): mean of r^x(z^s|x), fused with
+        the standardised features when ``fusion_weight`` > 0."""
+        return self._retrieval(self.scale_x(x), self.shared_x)
 
     def embed_photo(self, y: Tensor) -> Tensor:
-        """Mean of r^y(z^s|y): the photo's retrieval embedding (not normalised)."""
-        return self.shared_y(self.scale_y(y)).mean
+        """The photo's retrieval embedding (not normalised): mean of r^y(z^s|y), fused with
+        the standardised features when ``fusion_weight`` > 0."""
+        return self._retrieval(self.scale_y(y), self.shared_y)
+
+    def _retrieval(self, scaled: Tensor, shared: Encoder) -> Tensor:
+        z = shared(scaled).mean
+        a = self.cfg.fusion_weight
+        if a <= 0:
+            return z
+        # Unit-norm parts, so that ``a`` alone sets their balance in the cosine.
+        parts = (
+            math.sqrt(1 - a) * F.normalize(z, dim=-1),
+            math.sqrt(a) * F.normalize(scaled, dim=-1),
+        )
+        return torch.cat(parts, dim=-1)
 
     def exclusive_sketch(self, x: Tensor) -> Tensor:
         """Mean of q(z^x|x)."""

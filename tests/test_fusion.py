@@ -1,0 +1,108 @@
+"""The fused retrieval embedding: IIAE's r^x / r^y with the standardised backbone features."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from index_builder.features import FeatureSet
+from index_builder.train import choose_fusion_weight
+from model.export import build_encoders, export_module
+from model.iiae import IIAE, IIAEConfig
+from model.preprocess import Preprocessing
+
+SMALL = {"input_dim_x": 12, "input_dim_y": 12, "latent_dim": 4, "hidden_dims": (8, 6),
+         "joint_hidden_dim": 8, "decoder_hidden_dims": (6, 8)}  # fmt: skip
+
+
+def model_with(weight: float, seed: int = 0) -> IIAE:
+    torch.manual_seed(seed)
+    model = IIAE(IIAEConfig(**SMALL, fusion_weight=weight)).eval()
+    model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
+    model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
+    return model
+
+
+def test_no_fusion_is_the_papers_embedding() -> None:
+    model = model_with(0.0)
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed_sketch(x), model.shared_x(model.scale_x(x)).mean)
+    assert model.cfg.embedding_dim == 4
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.5, 0.75])
+def test_fused_cosine_is_the_weighted_mean_of_the_parts(weight: float) -> None:
+    fused, plain = model_with(weight), model_with(0.0)
+    x, y = torch.randn(6, 12), torch.randn(6, 12)
+    with torch.no_grad():
+        ex, ey = fused.embed_sketch(x), fused.embed_photo(y)
+        rx = nn.functional.normalize(plain.embed_sketch(x), dim=-1)
+        ry = nn.functional.normalize(plain.embed_photo(y), dim=-1)
+        sx = nn.functional.normalize(plain.scale_x(x), dim=-1)
+        sy = nn.functional.normalize(plain.scale_y(y), dim=-1)
+    assert ex.shape == (6, 4 + 12) and fused.cfg.embedding_dim == 16
+    torch.testing.assert_close(ex.norm(dim=-1), torch.ones(6))
+    expected = (1 - weight) * (rx @ ry.T) + weight * (sx @ sy.T)
+    torch.testing.assert_close(ex @ ey.T, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ex[:, :4], math.sqrt(1 - weight) * rx)
+
+
+def test_fusion_needs_features_of_one_size() -> None:
+    with pytest.raises(ValueError, match="one size"):
+        IIAE(IIAEConfig(**{**SMALL, "input_dim_y": 10}, fusion_weight=0.5))
+
+
+def _feature_set(feats: np.ndarray, labels: list[str]) -> FeatureSet:
+    return FeatureSet(feats[:, None, :].astype(np.float32), labels, labels, "test", Preprocessing())
+
+
+def test_the_weight_is_chosen_by_validation_map() -> None:
+    """Features that name their class outright, and an untrained r: the standardised part
+    wins, so a positive weight is chosen (the smallest of the best, on a tie) and kept."""
+    rng = np.random.default_rng(0)
+    labels = [f"c{i % 4}" for i in range(40)]
+    centres = rng.normal(size=(4, 12)) * 5
+    sketches = centres[[int(c[1]) for c in labels]] + rng.normal(size=(40, 12)) * 0.1
+    photos = centres[[int(c[1]) for c in labels]] + rng.normal(size=(40, 12)) * 0.1
+    model = model_with(0.0)
+    scores = choose_fusion_weight(
+        model, _feature_set(sketches, labels), _feature_set(photos, labels)
+    )
+    assert list(scores) == [0.0, 0.25, 0.5, 0.75]
+    best = max(scores.values())
+    assert model.cfg.fusion_weight == min(w for w, v in scores.items() if v == best) > 0
+    assert best > scores[0.0]
+
+
+class TinyBackbone(nn.Module):
+    """A stand-in image backbone: conv, then global average pooling to 12 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conv(images).mean(dim=(2, 3))
+
+
+def test_the_fused_encoders_export_to_onnx(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    encoders = build_encoders(model_with(0.5), TinyBackbone().eval())
+    images = torch.randn(3, 3, 16, 16)
+    for domain, encoder in encoders.items():
+        path = tmp_path / f"{domain}.onnx"
+        export_module(encoder, path, 16, 16, 17)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"image": images.numpy()})
+        with torch.no_grad():
+            expected = encoder(images).numpy()
+        assert got.shape == (3, 16)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
