@@ -32,10 +32,12 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig])
     for name, field in config.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field)
-        helptext = f"{field.description or name} (default: {field.default})"
+        helptext = f"{field.description or name} (default: {field.default}; a recipe may set it)"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=helptext)  # fmt: skip
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(kind), default=None, help=helptext)
         else:
             group.add_argument(flag, type=kind, default=None, help=helptext)
 
@@ -136,7 +138,8 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, TrainConfig)
         info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
         print(f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
-              f"-> {args.out}")  # fmt: skip
+              f"(recipe {cfg.recipe}) -> {args.out}")  # fmt: skip
+        _print_validation(info)
     elif args.command == "evaluate":
         from index_builder.evaluate import evaluate_run, format_table
 
@@ -156,6 +159,22 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command in ("build-index", "rebuild"):
         _gallery(args)
     return 0
+
+
+def _print_validation(info: dict) -> None:
+    """The model's validation mAP@all beside the training-free baseline; warn when not above."""
+    check = info.get("validation")
+    if not check:
+        return
+    print(f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
+          f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "
+          f"standardised backbone features {check['baseline_map_all']:.4f}")  # fmt: skip
+    if not check["model_better"]:
+        print(
+            "warning: the model does not beat the training-free standardised baseline on "
+            "the validation classes; prefer the baseline or another recipe",
+            file=sys.stderr,
+        )
 
 
 def _gallery(args: argparse.Namespace) -> None:

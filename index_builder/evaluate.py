@@ -82,6 +82,26 @@ def baseline_embeddings(
     return out[0], out[1]
 
 
+def standardized_baseline_map(
+    train: tuple[FeatureSet, FeatureSet], test: tuple[FeatureSet, FeatureSet]
+) -> float:
+    """mAP@all on ``test`` of backbone features z-scored per domain with ``train``'s stats."""
+    zx, zy = baseline_embeddings(train, test)
+    return score(zx, test[0], zy, test[1])["map_all"]
+
+
+def validation_check(
+    model_map: float, train: tuple[FeatureSet, FeatureSet], val: tuple[FeatureSet, FeatureSet]
+) -> dict:
+    """The model's validation mAP@all beside the training-free standardised baseline's.
+
+    The model's figure is of the step chosen on these classes, so it leans optimistic.
+    """
+    baseline = standardized_baseline_map(train, val)
+    return {"model_map_all": model_map, "baseline_map_all": baseline,
+            "model_better": model_map > baseline}  # fmt: skip
+
+
 def evaluate_baselines(
     data: Path,
     train_classes: list[str],
