@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from index_builder.config import BuilderSettings, TrainConfig
+from index_builder.datasets.sketchy import GALLERIES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError,
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--figure", type=Path, help="PNG of queries and their top photos")
     p.add_argument("--voc", action="store_true", help="also VOC-interpolated mAP")
+    p.add_argument("--gallery", choices=GALLERIES, default="extended",
+                   help="Sketchy photos searched: the extended photos (default), or SAKE's / "
+                        "ZSE-SBIR's set: those plus Sketchy's own photos")  # fmt: skip
 
     p = sub.add_parser("baselines", help="untrained backbone features, raw and standardised")
     _data_args(p)
@@ -144,7 +148,7 @@ def run_command(args: argparse.Namespace) -> int:
         from index_builder.evaluate import evaluate_run, format_table
 
         result = evaluate_run(args.run, args.data, args.test_classes, args.json, args.figure,
-                              args.voc, settings)  # fmt: skip
+                              args.voc, settings, args.gallery)  # fmt: skip
         print(format_table({result["model"]: result}))
         print(f"{result['n_queries']} queries, {result['n_gallery']} photos; "
               f"{result['convention']}")  # fmt: skip
@@ -191,12 +195,11 @@ def _gallery(args: argparse.Namespace) -> None:
 
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
-    from index_builder.datasets.splits import resolve_split
     from index_builder.evaluate import evaluate_baselines, format_table
-    from index_builder.sources import data_classes
+    from index_builder.sources import data_split
 
-    train, test = resolve_split(data_classes(args.data), args.train_classes, args.test_classes)
-    rows = evaluate_baselines(args.data, train, test, args.backbone, settings)
+    data, train, test = data_split(args.data, args.train_classes, args.test_classes)
+    rows = evaluate_baselines(data, train, test, args.backbone, settings)
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.splits import resolve_split
 from index_builder.evaluate import validation_check
 from index_builder.features import FeatureSet, default_device
-from index_builder.sources import data_classes, feature_sets
+from index_builder.sources import data_split, feature_sets
 from index_builder.train import ClassPairSampler, fit, make_optimizer, zero_shot_map
 from model.checkpoint import save_model
 from model.iiae import IIAE
@@ -121,7 +120,7 @@ def train_run(
     progress: bool = True,
 ) -> dict:
     """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
-    train, test = resolve_split(data_classes(data), train_classes, test_classes)
+    data, train, test = data_split(data, train_classes, test_classes)
     fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
     # Augmented views are a fixed pool (feature seed 0), shared by every training seed.
     sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
