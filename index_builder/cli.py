@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 
 from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.datasets.sketchy import GALLERIES
+from index_builder.recipes import RECIPES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError,
@@ -33,7 +34,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig])
     for name, field in config.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field)
-        helptext = f"{field.description or name} (default: {field.default}; a recipe may set it)"
+        by_recipe = "".join(f"; {r}: {v[name]}" for r, v in RECIPES.items() if name in v)
+        helptext = f"{field.description or name} (default: {field.default}{by_recipe})"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=helptext)  # fmt: skip
