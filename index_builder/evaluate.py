@@ -15,7 +15,13 @@ from index_builder.datasets.splits import match_classes, resolve_split
 from index_builder.features import FeatureSet
 from index_builder.metrics import l2_normalize, retrieval_metrics, top_k
 from index_builder.report_figure import save_retrieval_figure
-from index_builder.sources import AUTHORS_BACKBONE, data_classes, feature_sets, pick_split_dir
+from index_builder.sources import (
+    AUTHORS_BACKBONE,
+    check_one_kind,
+    data_classes,
+    feature_sets,
+    pick_split_dir,
+)
 from index_builder.train import embed
 from model.checkpoint import load_model
 
@@ -49,6 +55,9 @@ def evaluate_run(
     model, info = load_model(run_dir)
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
+        if gallery != "extended":
+            raise DatasetError(f"{data}: the feature files hold one gallery; --gallery "
+                               f"{gallery} needs Sketchy's images")  # fmt: skip
         data = pick_split_dir(data, None, test_classes or info.get("test_classes"))
     test = _test_classes(data, test_classes, info)
     sk, ph = feature_sets(data, test, info["backbone"], info["config"].get("backbone_weights"),
@@ -76,6 +85,7 @@ def evaluate_run(
 
 def check_inputs(run_dir: Path, info: dict, data: Path) -> None:
     """Refuse data of another kind than the run was trained on (feature files vs images)."""
+    check_one_kind(data)
     run_on_files = info.get("feature_backbone") == AUTHORS_BACKBONE
     data_is_files = is_authors_features(data)
     if run_on_files and not data_is_files:
