@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from index_builder.config import BuilderSettings, TrainConfig
+from index_builder.datasets.sketchy import GALLERIES
+from index_builder.recipes import RECIPES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError,
@@ -32,10 +34,13 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig])
     for name, field in config.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field)
-        helptext = f"{field.description or name} (default: {field.default})"
+        by_recipe = "".join(f"; {r}: {v[name]}" for r, v in RECIPES.items() if name in v)
+        helptext = f"{field.description or name} (default: {field.default}{by_recipe})"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=helptext)  # fmt: skip
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(kind), default=None, help=helptext)
         else:
             group.add_argument(flag, type=kind, default=None, help=helptext)
 
@@ -83,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--figure", type=Path, help="PNG of queries and their top photos")
     p.add_argument("--voc", action="store_true", help="also VOC-interpolated mAP")
+    p.add_argument("--gallery", choices=GALLERIES, default="extended",
+                   help="Sketchy photos searched: the extended photos (default), or SAKE's / "
+                        "ZSE-SBIR's set: those plus Sketchy's own photos")  # fmt: skip
 
     p = sub.add_parser("baselines", help="untrained backbone features, raw and standardised")
     _data_args(p)
@@ -146,12 +154,13 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, TrainConfig)
         info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
         print(f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
-              f"-> {args.out}")  # fmt: skip
+              f"(recipe {cfg.recipe}) -> {args.out}")  # fmt: skip
+        _print_validation(info)
     elif args.command == "evaluate":
         from index_builder.evaluate import evaluate_run, format_table
 
         result = evaluate_run(args.run, args.data, args.test_classes, args.json, args.figure,
-                              args.voc, settings)  # fmt: skip
+                              args.voc, settings, args.gallery)  # fmt: skip
         print(format_table({result["model"]: result}))
         print(f"{result['n_queries']} queries, {result['n_gallery']} photos; "
               f"{result['convention']}")  # fmt: skip
@@ -168,6 +177,22 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_validation(info: dict) -> None:
+    """The model's validation mAP@all beside the training-free baseline; warn when not above."""
+    check = info.get("validation")
+    if not check:
+        return
+    print(f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
+          f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "
+          f"standardised backbone features {check['baseline_map_all']:.4f}")  # fmt: skip
+    if not check["model_better"]:
+        print(
+            "warning: the model does not beat the training-free standardised baseline on "
+            "the validation classes; prefer the baseline or another recipe",
+            file=sys.stderr,
+        )
+
+
 def _gallery(args: argparse.Namespace) -> None:
     from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
 
@@ -182,12 +207,11 @@ def _gallery(args: argparse.Namespace) -> None:
 
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
-    from index_builder.datasets.splits import resolve_split
     from index_builder.evaluate import evaluate_baselines, format_table
-    from index_builder.sources import data_classes
+    from index_builder.sources import data_split
 
-    train, test = resolve_split(data_classes(args.data), args.train_classes, args.test_classes)
-    rows = evaluate_baselines(args.data, train, test, args.backbone, settings)
+    data, train, test = data_split(args.data, args.train_classes, args.test_classes)
+    rows = evaluate_baselines(data, train, test, args.backbone, settings)
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -3,19 +3,54 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from index_builder.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
 
 if TYPE_CHECKING:
     from model.iiae import IIAEConfig
 
 
+class _RecipeSource(PydanticBaseSettingsSource):
+    """The named recipe's values, below explicit arguments and environment variables."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        init: PydanticBaseSettingsSource,
+        env: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self.init, self.env = init, env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ answers for every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        given = self.init.init_kwargs if isinstance(self.init, InitSettingsSource) else {}
+        name = given.get("recipe") or self.env().get("recipe") or DEFAULT_RECIPE
+        return recipe_values(str(name))
+
+
 class TrainConfig(BaseSettings):
-    """The authors' ZS-SBIR recipe by default (docs/iiae.md section 3)."""
+    """Training settings: field defaults are the authors' hyperparameters (docs/iiae.md
+    section 3); a named recipe (``index_builder/recipes.py``) sets values over them, and
+    explicit arguments or ``SBIR_TRAIN_*`` variables override the recipe."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_TRAIN_")
+
+    recipe: str = Field(
+        DEFAULT_RECIPE, description=f"named recipe: {', '.join(RECIPES)}; flags override it"
+    )
 
     backbone: str = Field("efficientnet-lite0", description="feature backbone")
     backbone_weights: str | None = Field(None, description="local weights file of the backbone")
@@ -28,7 +63,15 @@ class TrainConfig(BaseSettings):
     steps: int | None = Field(None, description="optimisation steps (overrides epochs)")
     batch_classes: int | None = Field(None, description="classes per step (default: all)")
     pairs_per_class: int = Field(1, description="sketch/photo pairs per class per step")
-    standardize: bool = Field(True, description="z-score features with training statistics")
+    standardize: bool = Field(
+        True, description="z-score inputs and reconstruction targets (False: raw, as the authors)"
+    )
+    decoder: Literal["deep", "authors"] = Field(
+        "deep", description="deep: 128-512 LeakyReLU; authors: 128 ReLU, linear out"
+    )
+    init: Literal["torch", "glorot"] = Field(
+        "torch", description="weights: PyTorch defaults, or the authors' Glorot / N(1, .02) BN"
+    )
     sketch_views: int = Field(1, description="feature views per sketch (1 = no augmentation)")
     photo_views: int = Field(1, description="feature views per photo (1 = no augmentation)")
     latent_dim: int = 64
@@ -49,6 +92,24 @@ class TrainConfig(BaseSettings):
     checkpoint_every: int = 500
     log_every: int = 50
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        recipe = _RecipeSource(settings_cls, init_settings, env_settings)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, recipe
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str) -> str:
+        recipe_values(name)  # raises naming the known recipes
+        return name
+
     def iiae_config(self, dim_x: int, dim_y: int, num_classes: int) -> IIAEConfig:
         from model.iiae import IIAEConfig  # torch: only where a model is built
 
@@ -64,6 +125,9 @@ class TrainConfig(BaseSettings):
             w_cls=self.w_cls,
             anneal_steps=self.anneal_steps,
             fusion_weight=self.fusion_weight,
+            decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
+            decoder_activation="relu" if self.decoder == "authors" else "leaky_relu",
+            init=self.init,
         )
 
 

@@ -8,11 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from index_builder.config import BuilderSettings
-from index_builder.datasets.splits import resolve_split
+from index_builder.datasets.authors_features import is_authors_features
+from index_builder.datasets.base import DatasetError
+from index_builder.datasets.sketchy import Gallery
+from index_builder.datasets.splits import match_classes, resolve_split
 from index_builder.features import FeatureSet
 from index_builder.metrics import l2_normalize, retrieval_metrics, top_k
 from index_builder.report_figure import save_retrieval_figure
-from index_builder.sources import data_classes, feature_sets
+from index_builder.sources import (
+    AUTHORS_BACKBONE,
+    check_one_kind,
+    data_classes,
+    feature_sets,
+    pick_split_dir,
+)
 from index_builder.train import embed
 from model.checkpoint import load_model
 
@@ -37,16 +46,30 @@ def evaluate_run(
     figure_out: Path | None = None,
     voc: bool = False,
     settings: BuilderSettings | None = None,
+    gallery: Gallery = "extended",
 ) -> dict:
-    """Metrics of a trained run on the unseen classes (the run's own test split by default)."""
+    """Metrics of a trained run on the unseen classes (the run's own test split by default).
+
+    ``gallery="sake"`` searches Sketchy's own photos too, as SAKE and ZSE-SBIR do.
+    """
     model, info = load_model(run_dir)
+    check_inputs(run_dir, info, data)
+    if is_authors_features(data):
+        if gallery != "extended":
+            raise DatasetError(f"{data}: the feature files hold one gallery; --gallery "
+                               f"{gallery} needs Sketchy's images")  # fmt: skip
+        data = pick_split_dir(data, None, test_classes or info.get("test_classes"))
     test = _test_classes(data, test_classes, info)
     sk, ph = feature_sets(data, test, info["backbone"], info["config"].get("backbone_weights"),
-                          settings=settings)  # fmt: skip
+                          settings=settings, gallery=gallery)  # fmt: skip
+    if sk.features.shape[-1] != model.cfg.input_dim_x:
+        raise DatasetError(f"{data}: {sk.backbone} features are {sk.features.shape[-1]}-d; the "
+                           f"run {run_dir} reads {model.cfg.input_dim_x}-d")  # fmt: skip
     zx, zy = embed(model, sk.clean, "sketch"), embed(model, ph.clean, "photo")
     result = {
-        "model": f"IIAE ({info['backbone']}) {run_dir}",
+        "model": f"IIAE ({info.get('feature_backbone', info['backbone'])}) {run_dir}",
         "data": str(data),
+        "gallery": gallery,
         "test_classes": test,
         "convention": CONVENTION,
         **score(zx, sk, zy, ph, voc),
@@ -60,11 +83,33 @@ def evaluate_run(
     return result
 
 
+def check_inputs(run_dir: Path, info: dict, data: Path) -> None:
+    """Refuse data of another kind than the run was trained on (feature files vs images)."""
+    check_one_kind(data)
+    run_on_files = info.get("feature_backbone") == AUTHORS_BACKBONE
+    data_is_files = is_authors_features(data)
+    if run_on_files and not data_is_files:
+        raise DatasetError(
+            f"{run_dir} was trained on the IIAE authors' feature files ({AUTHORS_BACKBONE}); "
+            f"{data} holds none: pass their folder (SketchyVGG/split<N>) as --data"
+        )
+    if data_is_files and not run_on_files:
+        raise DatasetError(
+            f"{run_dir} was trained on images through {info['backbone']}; {data} holds the "
+            "authors' feature files, which that model cannot read: pass an image data set"
+        )
+
+
 def _test_classes(data: Path, test_classes: str | Path | None, info: dict) -> list[str]:
+    """``test_classes`` or the run's own, in the spelling of ``data``'s class folders."""
     if test_classes is None:
         if not info.get("test_classes"):
             raise ValueError("the run names no test classes: pass --test-classes")
-        return info["test_classes"]
+        matched, unknown = match_classes(info["test_classes"], data_classes(data))
+        if unknown:
+            raise DatasetError(f"{data} lacks the run's test class(es) "
+                               f"{', '.join(map(repr, unknown))}")  # fmt: skip
+        return sorted(matched)
     return resolve_split(data_classes(data), None, test_classes)[1]
 
 
@@ -80,6 +125,26 @@ def baseline_embeddings(
         ref = fit_on.clean
         out.append(l2_normalize((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6)))
     return out[0], out[1]
+
+
+def standardized_baseline_map(
+    train: tuple[FeatureSet, FeatureSet], test: tuple[FeatureSet, FeatureSet]
+) -> float:
+    """mAP@all on ``test`` of backbone features z-scored per domain with ``train``'s stats."""
+    zx, zy = baseline_embeddings(train, test)
+    return score(zx, test[0], zy, test[1])["map_all"]
+
+
+def validation_check(
+    model_map: float, train: tuple[FeatureSet, FeatureSet], val: tuple[FeatureSet, FeatureSet]
+) -> dict:
+    """The model's validation mAP@all beside the training-free standardised baseline's.
+
+    The model's figure is of the step chosen on these classes, so it leans optimistic.
+    """
+    baseline = standardized_baseline_map(train, val)
+    return {"model_map_all": model_map, "baseline_map_all": baseline,
+            "model_better": model_map > baseline}  # fmt: skip
 
 
 def evaluate_baselines(

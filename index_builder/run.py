@@ -4,28 +4,41 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.splits import resolve_split
+from index_builder.evaluate import validation_check
 from index_builder.features import FeatureSet, default_device
-from index_builder.sources import data_classes, feature_sets
-from index_builder.train import ClassPairSampler, choose_fusion_weight, fit, zero_shot_map
+from index_builder.sources import data_split, feature_sets
+from index_builder.train import (
+    ClassPairSampler,
+    choose_fusion_weight,
+    fit,
+    make_optimizer,
+    zero_shot_map,
+)
 from model.checkpoint import save_model
 from model.iiae import IIAE
 
 
 def pick_validation(train: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
-    """Hold ``n_val`` training classes out (seeded) for early stopping: (fit, validation)."""
-    if n_val <= 0:
+    """Hold ``n_val`` training classes out (seeded) for early stopping: (fit, validation).
+
+    At most a quarter of the training classes are held out (none when fewer than 4), so a
+    recipe's count works on small data sets too; a reduced count is reported.
+    """
+    n = min(n_val, len(train) // 4)
+    if n < n_val:
+        print(f"note: {n_val} validation classes asked for; {len(train)} training classes "
+              f"allow {n} (at most a quarter)", file=sys.stderr)  # fmt: skip
+    if n <= 0:
         return train, []
-    if n_val >= len(train) - 1:
-        raise ValueError(f"val_classes={n_val} leaves too few of {len(train)} training classes")
     order = np.random.default_rng(seed).permutation(len(train))
-    val = sorted(train[i] for i in order[:n_val])
+    val = sorted(train[i] for i in order[:n])
     return [c for c in train if c not in val], val
 
 
@@ -113,7 +126,7 @@ def train_run(
     progress: bool = True,
 ) -> dict:
     """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
-    train, test = resolve_split(data_classes(data), train_classes, test_classes)
+    data, train, test = data_split(data, train_classes, test_classes)
     fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
     # Augmented views are a fixed pool (feature seed 0), shared by every training seed.
     sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
@@ -122,8 +135,7 @@ def train_run(
     val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
     device = default_device()
     model = build_model(cfg, sk_fit, ph_fit, fit_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                           weight_decay=cfg.weight_decay)  # fmt: skip
+    opt = make_optimizer(model, cfg)
     sampler = ClassPairSampler(sk_fit, ph_fit, fit_classes, cfg)
     steps = cfg.steps or int(cfg.epochs * sampler.steps_per_epoch())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +145,9 @@ def train_run(
     if ckpt.best_state is not None:
         model.load_state_dict(ckpt.best_state)
     fusion = choose_fusion_weight(model, *val) if val and cfg.choose_fusion else {}
+    val_map = max(fusion.values(), default=ckpt.best_map)  # of the model as saved
     info = {
+        "recipe": cfg.recipe,
         "backbone": cfg.backbone,
         "feature_backbone": sk.backbone,
         "backbone_fingerprint": sk.backbone_fingerprint,
@@ -146,6 +160,7 @@ def train_run(
         "selected_step": ckpt.best_step if val else steps,
         "val_history": ckpt.history,
         "fusion_val_map_all": {str(k): v for k, v in fusion.items()},
+        "validation": validation_check(val_map, (sk_fit, ph_fit), val) if val else None,
         "config": cfg.model_dump(),
     }
     save_model(model, run_dir, info)

@@ -92,6 +92,12 @@ def fit(
         model.train()  # on_step may have switched to eval
 
 
+def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over every parameter (the authors': lr 2e-4, betas (0.5, 0.999), eps 1e-8)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            eps=1e-8, weight_decay=cfg.weight_decay)  # fmt: skip
+
+
 @torch.no_grad()
 def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
     """Retrieval embeddings (means of r^x or r^y) of (N, D) features, L2-normalised."""

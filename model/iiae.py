@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +20,21 @@ LOGVAR_MAX = math.log(1e4)  # 9.2103...: variance is clamped at <= 1e4
 
 
 class IIAEConfig(BaseModel):
-    """Architecture and objective weights; defaults are the paper's."""
+    """Architecture and objective weights.
+
+    The defaults are this project's first model (runs saved before a field existed load with
+    its default); the authors' code differs in ``decoder_hidden_dims=(128,)``,
+    ``decoder_activation="relu"`` and ``init="glorot"`` (the ``paper`` recipe).
+    """
 
     input_dim_x: int = Field(1280, description="sketch feature size")
     input_dim_y: int = Field(1280, description="photo feature size")
     latent_dim: int = 64
     hidden_dims: tuple[int, int] = (512, 256)
     joint_hidden_dim: int = 512
-    decoder_hidden_dims: tuple[int, int] = (128, 512)
+    decoder_hidden_dims: tuple[int, ...] = (128, 512)
+    decoder_activation: Literal["leaky_relu", "relu"] = "leaky_relu"
+    init: Literal["torch", "glorot"] = "torch"  # glorot: Glorot-uniform, 0 bias, BN N(1, .02)
     bn_momentum: float = 0.1  # PyTorch convention; TF's 0.9
     leaky_slope: float = 0.2
     num_classes: int = 0  # > 0 adds the class head on z^s
@@ -74,16 +82,25 @@ def kl_annealing(step: int | Tensor, anneal_steps: float) -> float:
     return 1.0 - math.exp(-float(step) / anneal_steps)
 
 
-def mlp(dims: list[int], cfg: IIAEConfig) -> nn.Sequential:
-    """Linear -> BatchNorm -> LeakyReLU for each consecutive pair of ``dims``."""
+def mlp(dims: list[int], cfg: IIAEConfig, activation: str = "leaky_relu") -> nn.Sequential:
+    """Linear -> BatchNorm -> activation for each consecutive pair of ``dims``."""
     layers: list[nn.Module] = []
     for d_in, d_out in itertools.pairwise(dims):
-        layers += [
-            nn.Linear(d_in, d_out),
-            nn.BatchNorm1d(d_out, momentum=cfg.bn_momentum),
-            nn.LeakyReLU(cfg.leaky_slope),
-        ]
+        act = nn.ReLU() if activation == "relu" else nn.LeakyReLU(cfg.leaky_slope)
+        layers += [nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out, momentum=cfg.bn_momentum), act]
     return nn.Sequential(*layers)
+
+
+def glorot_init(module: nn.Module) -> None:
+    """The authors' initialisation (TF ``dense`` and their ``batchnorm``): Glorot-uniform
+    weights and zero biases; BatchNorm scale ~ N(1, 0.02), shift 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 class GaussianHead(nn.Module):
@@ -117,11 +134,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[z^s, z^exclusive] -> 128 -> 512 -> d_out, linear output."""
+    """[z^s, z^exclusive] -> hidden layers (default 128 -> 512) -> d_out, linear output."""
 
     def __init__(self, d_out: int, cfg: IIAEConfig) -> None:
         super().__init__()
-        self.hidden = mlp([2 * cfg.latent_dim, *cfg.decoder_hidden_dims], cfg)
+        dims = [2 * cfg.latent_dim, *cfg.decoder_hidden_dims]
+        self.hidden = mlp(dims, cfg, cfg.decoder_activation)
         self.out = nn.Linear(cfg.decoder_hidden_dims[-1], d_out)
 
     def forward(self, z_shared: Tensor, z_exclusive: Tensor) -> Tensor:
@@ -185,6 +203,8 @@ class IIAE(nn.Module):
         self.class_head = (
             nn.Linear(cfg.latent_dim, cfg.num_classes) if cfg.num_classes > 0 else None
         )
+        if cfg.init == "glorot":
+            glorot_init(self)
 
     def forward(self, x: Tensor, y: Tensor) -> IIAEOutput:
         """Encode a paired batch; samples latents in training mode, takes means in eval."""

@@ -252,3 +252,47 @@ def fake_part(
             paths += [f"/data/Sketchy/{SKETCHY_PHOTOS}/{cls}/{n}" for n in photos]
         feats.append(centres[cls] + rng.normal(0, 0.3, (n_per_class, len(centres[cls]))))
     return np.concatenate(feats), paths
+
+
+# SEM-PCYC's download_datasets.sh renames these two class folders
+SEMPCYC_RENAMES = {"hot-air_balloon": "hot_air_balloon", "jack-o-lantern": "jack_o_lantern"}
+
+# arrangement -> (sketch folder, extended photo folder, Sketchy's own photo folder or None),
+# relative to the root a user passes
+ARRANGEMENTS: dict[str, tuple[str, str, str | None]] = {
+    "sem-pcyc": ("Sketchy/" + SKETCHY_SKETCHES, "Sketchy/" + SKETCHY_PHOTOS, None),
+    "iiae": ("dataset/Sketchy/" + SKETCHY_SKETCHES, "dataset/Sketchy/" + SKETCHY_PHOTOS, None),
+    "sake": ("Sketchy/" + SAKE_SKETCHES, "Sketchy/" + SAKE_PHOTOS,
+             "Sketchy/256x256/photo/tx_000000000000_ready"),
+    "archives": ("256x256/sketch/tx_000000000000", "EXTEND_image_sketchy",
+                 "256x256/photo/tx_000000000000"),
+    "doodle2search": ("Sketchy/sketch/tx_000000000000", "EXTEND_image_sketchy", None),
+}  # fmt: skip
+
+
+def make_sketchy_arrangement(
+    root: Path,
+    arrangement: str,
+    classes: Sequence[str],
+    sketches_per_class: int = 1,
+    photos_per_class: int = 1,
+    own_photos_per_class: int = 1,
+    seed: int = 0,
+) -> Path:
+    """Sketchy Extended as one published arrangement lays it out (``ARRANGEMENTS``); classes
+    are written as given (pass ``SEMPCYC_RENAMES``-renamed names for SEM-PCYC's). Own photos
+    (Sketchy's ``256x256/photo``) are ``own_<i>.jpg``. Returns ``root``."""
+    root = Path(root)
+    sketch_rel, photo_rel, own_rel = ARRANGEMENTS[arrangement]
+    write_sketchy(root / sketch_rel, root / photo_rel, classes, sketches_per_class,
+                  photos_per_class, seed)  # fmt: skip
+    if own_rel is not None:
+        for ci, cls in enumerate(classes):
+            names = [f"own_{i}.jpg" for i in range(own_photos_per_class)]
+            write_images(root / own_rel / cls, names, ci, "photo", seed + 1)
+    return root
+
+
+def sempcyc_names(classes: Sequence[str]) -> list[str]:
+    """Class names as SEM-PCYC's download script leaves them."""
+    return [SEMPCYC_RENAMES.get(c, c) for c in classes]

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from standins import (
+    ARRANGEMENTS,
     SAKE_PHOTOS,
     SKETCHY_PHOTOS,
     SKETCHY_SKETCHES,
     make_authors_features,
     make_folder_layout,
+    make_sketchy_arrangement,
     make_sketchy_authors_layout,
     make_sketchy_sake_layout,
+    sempcyc_names,
 )
 
 from index_builder.datasets.authors_features import is_authors_features, load_authors_features
@@ -27,9 +30,11 @@ from index_builder.datasets.sketchy import is_sketchy, load_sketchy
 from index_builder.datasets.splits import (
     BUILTIN_SPLITS,
     SKETCHY_CLASSES,
+    match_classes,
     read_class_list,
     resolve_split,
 )
+from index_builder.sources import data_split, pick_split_dir
 
 CLASSES = ["airplane", "jack-o-lantern", "teddy_bear", "wine_bottle"]
 
@@ -372,3 +377,166 @@ def test_authors_paths_as_bytes_objects_or_backslashes(tmp_path: Path) -> None:
     assert load_authors_features(tmp_path, 1)["test_image"].labels == ["wine_bottle"] * 2
     np.save(folder / "test_image_paths.npy", np.array(paths, dtype=object), allow_pickle=True)
     assert load_authors_features(tmp_path, 1)["test_image"].paths == paths
+
+
+# --- Sketchy Extended as users have it: every published arrangement ---------------------------
+
+ARR_CLASSES = ["airplane", "hot-air_balloon", "jack-o-lantern", "zebra"]
+
+
+@pytest.mark.parametrize(
+    ("arrangement", "layout"),
+    [("sem-pcyc", "sketchy-authors"), ("iiae", "sketchy-authors"), ("sake", "sketchy-sake"),
+     ("archives", "sketchy-archives"), ("doodle2search", "sketchy-doodle2search")],
+)  # fmt: skip
+def test_every_arrangement_is_found_with_sketches_and_photos_apart(
+    tmp_path: Path, arrangement: str, layout: str
+) -> None:
+    root = make_sketchy_arrangement(tmp_path, arrangement, ARR_CLASSES, 2, 3)
+    ds = load_dataset(root)
+    assert ds.meta["layout"] == layout
+    assert ds.classes() == sorted(ARR_CLASSES)
+    assert len(ds.sketches) == 8 and len(ds.photos) == 12
+    sketch_rel, photo_rel, _ = ARRANGEMENTS[arrangement]
+    assert all(str(s.path).startswith(str(root / sketch_rel)) for s in ds.sketches)
+    assert all(str(p.path).startswith(str(root / photo_rel)) for p in ds.photos)
+
+
+def test_the_archives_inner_256x256_folder_is_not_read_as_classes(tmp_path: Path) -> None:
+    root = make_sketchy_arrangement(tmp_path, "archives", ARR_CLASSES, 1, 2)
+    ds = load_dataset(root / "256x256")
+    assert ds.classes() == sorted(ARR_CLASSES)  # not ["tx_000000000000"]
+    assert all(p.path.parent.parent.name == "EXTEND_image_sketchy" for p in ds.photos)
+
+
+@pytest.mark.parametrize("arrangement", ["sake", "archives"])
+def test_sake_gallery_adds_sketchys_own_photos(tmp_path: Path, arrangement: str) -> None:
+    root = make_sketchy_arrangement(
+        tmp_path, arrangement, ARR_CLASSES, 1, 2, own_photos_per_class=3
+    )
+    extended, sake = load_dataset(root), load_dataset(root, "sake")
+    assert len(extended.photos) == 8 and len(sake.photos) == 8 + 12
+    assert sake.sketches == extended.sketches
+    own = [p for p in sake.photos if p.path.name.startswith("own_")]
+    assert {p.label for p in own} == set(ARR_CLASSES) and len(own) == 12
+
+
+def test_sake_gallery_without_own_photos_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_sketchy_arrangement(tmp_path, "sem-pcyc", ARR_CLASSES)
+    with pytest.raises(DatasetError, match="gallery 'sake' needs Sketchy's own photos"):
+        load_dataset(root, "sake")
+
+
+def test_no_arrangement_error_names_what_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "Sketchy" / "sketch" / "tx_000000000000" / "cat").mkdir(parents=True)
+    with pytest.raises(DatasetError) as err:
+        load_sketchy(tmp_path)
+    for looked in ("extended_photo", "EXTEND_image_sketchy", str(tmp_path / "Sketchy"),
+                   "dataset/Sketchy"):  # fmt: skip
+        assert looked in str(err.value)
+    with pytest.raises(DatasetError, match="SketchyVGG/split<N>"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("arrangement", "split", "n_test"),
+    [(a, s, n) for a in ARRANGEMENTS
+     for s, n in (("sketchy-split1", 25), ("sketchy-split1-sake", 25), ("sketchy-split2", 21))],
+)  # fmt: skip
+def test_every_arrangement_takes_every_builtin_split(
+    tmp_path_factory: pytest.TempPathFactory, arrangement: str, split: str, n_test: int
+) -> None:
+    root = _full_arrangement(tmp_path_factory, arrangement)
+    names = sempcyc_names(SKETCHY_CLASSES) if arrangement in ("sem-pcyc", "iiae") else None
+    folder, train, test = data_split(root, None, split)
+    assert folder == root and len(test) == n_test and len(train) == 125 - n_test
+    assert set(test) <= set(names or SKETCHY_CLASSES)  # the data set's own spelling
+
+
+_FULL: dict[str, Path] = {}
+
+
+def _full_arrangement(factory: pytest.TempPathFactory, arrangement: str) -> Path:
+    """All 125 classes (SEM-PCYC's renamed where it renames), one sketch and photo each."""
+    if arrangement not in _FULL:
+        renamed = arrangement in ("sem-pcyc", "iiae")
+        names = sempcyc_names(SKETCHY_CLASSES) if renamed else list(SKETCHY_CLASSES)
+        _FULL[arrangement] = make_sketchy_arrangement(factory.mktemp(arrangement), arrangement,
+                                                      names, 1, 1, 0)  # fmt: skip
+    return _FULL[arrangement]
+
+
+# --- class names across spellings -------------------------------------------------------------
+
+
+def test_builtin_splits_match_sempcyc_renamed_classes() -> None:
+    renamed = sempcyc_names(SKETCHY_CLASSES)
+    assert "jack_o_lantern" in renamed and "jack-o-lantern" not in renamed
+    for name in BUILTIN_SPLITS:
+        train, test = resolve_split(renamed, None, name)
+        assert set(train) | set(test) == set(renamed)
+        assert set(test) <= set(renamed)  # the data set's own spelling
+    spec = read_class_list("sketchy-split1")
+    assert resolve_split(renamed, None, "sketchy-split1")[1] == sorted(sempcyc_names(spec))
+
+
+def test_class_files_match_dashes_underscores_and_spaces(tmp_path: Path) -> None:
+    spec = tmp_path / "test.txt"
+    spec.write_text("hot air balloon\njack-o-lantern\nteddy-bear\n")
+    known = ["airplane", "hot_air_balloon", "jack_o_lantern", "teddy_bear"]
+    train, test = resolve_split(known, None, spec)
+    assert test == ["hot_air_balloon", "jack_o_lantern", "teddy_bear"] and train == ["airplane"]
+    assert match_classes(["a-b", "c"], ["a_b", "a-b"]) == (["a-b"], ["c"])  # exact first
+    assert match_classes(["a b"], ["a_b", "a-b"]) == ([], ["a b"])  # ambiguous: unknown
+
+
+# --- the authors' feature files carry their split ---------------------------------------------
+
+FEAT_CLASSES = ["airplane", "bell", "cup", "jack_o_lantern", "swan", "zebra"]
+
+
+def test_feature_files_train_with_their_own_split(tmp_path: Path) -> None:
+    make_authors_features(tmp_path, 1, FEAT_CLASSES, 2, dim=8, test_classes=["bell", "swan"])
+    folder, train, test = data_split(tmp_path, None, None)
+    assert folder == tmp_path / "SketchyVGG" / "split1"
+    assert test == ["bell", "swan"] and train == ["airplane", "cup", "jack_o_lantern", "zebra"]
+    spec = tmp_path / "same.txt"
+    spec.write_text("swan\nbell\n")
+    assert data_split(tmp_path, None, spec) == (folder, train, test)
+
+
+def test_a_list_contradicting_the_files_names_the_classes(tmp_path: Path) -> None:
+    make_authors_features(tmp_path, 1, FEAT_CLASSES, 2, dim=8, test_classes=["bell", "swan"])
+    spec = tmp_path / "other.txt"
+    spec.write_text("bell\nzebra\njack-o-lantern\n")
+    with pytest.raises(DatasetError) as err:
+        data_split(tmp_path, None, spec)
+    msg = str(err.value)
+    assert "'jack_o_lantern', 'zebra' are in the files' training part" in msg
+    assert "'swan' are in the files' test part" in msg and "Omit" in msg
+
+
+def test_a_folder_of_both_splits_picks_the_named_one_or_asks(tmp_path: Path) -> None:
+    make_authors_features(tmp_path, 1, FEAT_CLASSES, 2, dim=8, test_classes=["bell", "swan"])
+    make_authors_features(tmp_path, 2, FEAT_CLASSES, 2, dim=8, test_classes=["cup"])
+    vgg = tmp_path / "SketchyVGG"
+    assert pick_split_dir(vgg, None, "sketchy-split2") == vgg / "split2"
+    assert pick_split_dir(vgg, None, "sketchy-split1-sake") == vgg / "split1"
+    spec = tmp_path / "cup.txt"
+    spec.write_text("cup\n")
+    assert data_split(vgg, None, spec)[0] == vgg / "split2"
+    with pytest.raises(DatasetError, match=r"several splits.*split 1.*split 2.*--test-classes"):
+        data_split(vgg, None, None)
+    assert data_split(vgg / "split2", None, None)[2] == ["cup"]
+
+
+def test_iiae_root_finds_features_and_asks_when_images_are_there_too(tmp_path: Path) -> None:
+    make_authors_features(tmp_path / "dataset", 1, FEAT_CLASSES, 2, dim=8)
+    assert data_split(tmp_path, None, None)[0] == tmp_path / "dataset" / "SketchyVGG" / "split1"
+    make_sketchy_arrangement(tmp_path, "iiae", FEAT_CLASSES)
+    with pytest.raises(DatasetError) as err:
+        data_split(tmp_path, None, None)
+    msg = str(err.value)
+    assert "both images" in msg and f"--data {tmp_path / 'dataset' / 'Sketchy'}" in msg
+    (tmp_path / "t.txt").write_text("bell\n")
+    assert data_split(tmp_path / "dataset" / "Sketchy", None, tmp_path / "t.txt")[2] == ["bell"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from index_builder.train import PairBatch, fit
+from index_builder.config import TrainConfig
+from index_builder.features import FeatureSet
+from index_builder.run import build_model
+from index_builder.train import ClassPairSampler, PairBatch, fit, make_optimizer
 from model.iiae import (
     IIAE,
     LOGVAR_MAX,
@@ -18,9 +22,11 @@ from model.iiae import (
     IIAEConfig,
     IIAEOutput,
     iiae_loss,
+    kl_annealing,
     kl_gaussians,
     kl_standard_normal,
 )
+from model.preprocess import Preprocessing
 
 SMALL = {"latent_dim": 8, "hidden_dims": (32, 16), "joint_hidden_dim": 32,
          "decoder_hidden_dims": (16, 32)}  # fmt: skip
@@ -382,3 +388,159 @@ def test_fit_reduces_the_loss_on_a_toy_problem() -> None:
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert np.all(np.isfinite(losses))
     assert last < 0.5 * first, (first, last)
+
+
+# --- (h) recipes by name; the paper recipe as the authors' code -----------------------------
+
+
+def test_default_recipe_is_recommended_and_paper_is_the_authors() -> None:
+    rec = TrainConfig()
+    assert rec.recipe == "recommended"
+    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 1500, 12, 100)
+    assert (rec.standardize, rec.decoder, rec.init) == (True, "deep", "torch")
+    paper = TrainConfig(recipe="paper")
+    assert (paper.standardize, paper.decoder, paper.init) == (False, "authors", "glorot")
+    assert (paper.w_cls, paper.val_classes, paper.steps, paper.epochs) == (0.0, 0, None, 9.0)
+    assert (paper.lr, paper.beta1, paper.beta2, paper.weight_decay) == (2e-4, 0.5, 0.999, 0.0)
+    assert (paper.beta, paper.lam, paper.w_rec, paper.anneal_steps) == (0.5, 1.0, 10.0, 2000.0)
+    assert (paper.batch_classes, paper.pairs_per_class, paper.latent_dim) == (None, 1, 64)
+
+
+def test_explicit_values_and_env_override_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TrainConfig(recipe="paper", w_cls=2.0).w_cls == 2.0
+    monkeypatch.setenv("SBIR_TRAIN_RECIPE", "paper")
+    assert TrainConfig().recipe == "paper" and TrainConfig().w_cls == 0.0
+    assert TrainConfig(recipe="recommended").w_cls == 1.0  # an argument beats the env
+    monkeypatch.setenv("SBIR_TRAIN_W_CLS", "3")
+    assert TrainConfig().w_cls == 3.0  # an env value beats the recipe
+    assert TrainConfig(w_cls=4.0).w_cls == 4.0
+
+
+def test_unknown_recipe_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown recipe 'papr'.*paper, recommended"):
+        TrainConfig(recipe="papr")
+
+
+def _paper_model(d_x: int = 300, d_y: int = 200) -> IIAE:
+    torch.manual_seed(0)
+    return IIAE(TrainConfig(recipe="paper").iiae_config(d_x, d_y, 0))
+
+
+def test_paper_decoder_is_one_hidden_relu_layer_with_linear_out() -> None:
+    model = _paper_model(512, 300)
+    assert _linears(model.dec_x) == [(128, 128), (128, 512)]
+    assert _linears(model.dec_y) == [(128, 128), (128, 300)]
+    assert [type(m) for m in model.dec_x.hidden] == [nn.Linear, nn.BatchNorm1d, nn.ReLU]
+    assert isinstance(model.dec_x.out, nn.Linear)  # no activation after it
+    model.eval()
+    z = torch.randn(3, 64)
+    h = model.dec_x.hidden[0](torch.cat([z, -z], dim=-1))
+    expected = model.dec_x.out(torch.relu(model.dec_x.hidden[1](h)))
+    torch.testing.assert_close(model.dec_x(z, -z), expected)
+    # the encoders are unchanged: LeakyReLU 0.2
+    assert [type(m) for m in model.enc_x.first] == [nn.Linear, nn.BatchNorm1d, nn.LeakyReLU]
+
+
+def test_paper_initialisation_is_glorot_zero_bias_bn_near_one() -> None:
+    model = _paper_model()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            bound = math.sqrt(6 / (m.in_features + m.out_features))
+            w = m.weight.detach()
+            assert float(w.abs().max()) <= bound
+            assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)
+            assert torch.all(m.bias == 0)
+    gammas = torch.cat([m.weight.detach() for m in model.modules()
+                        if isinstance(m, nn.BatchNorm1d)])  # fmt: skip
+    assert float(gammas.mean()) == pytest.approx(1.0, abs=0.005)
+    assert float(gammas.std()) == pytest.approx(0.02, rel=0.1)
+    assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    torch_default = IIAE(TrainConfig().iiae_config(300, 200, 0))
+    assert any(float(m.bias.detach().abs().max()) > 0 for m in torch_default.modules()
+               if isinstance(m, nn.Linear))  # fmt: skip
+
+
+def _feature_set(values: np.ndarray, labels: list[str]) -> FeatureSet:
+    prep = Preprocessing(image_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return FeatureSet(values[:, None, :].astype(np.float32), labels, labels, "toy", prep)
+
+
+def test_paper_inputs_and_targets_are_the_raw_features() -> None:
+    sk = _feature_set(np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]]), ["a", "a", "b"])
+    ph = _feature_set(np.array([[2.0, -4.0], [4.0, 8.0], [0.0, 2.0]]), ["a", "b", "b"])
+    x, y = torch.tensor([[1.0, 10.0]]).repeat(2, 1), torch.tensor([[2.0, -4.0]]).repeat(2, 1)
+    paper = build_model(TrainConfig(recipe="paper"), sk, ph, ["a", "b"])
+    out = paper(x, y)
+    assert torch.equal(out.x_target, x) and torch.equal(out.y_target, y)
+    ours = build_model(TrainConfig(), sk, ph, ["a", "b"])
+    out = ours(x, y)  # z-scored with the training features: mean (3, 20), std (2, 10)
+    torch.testing.assert_close(out.x_target, torch.tensor([[-1.0, -1.0]]).repeat(2, 1))
+
+
+def test_class_paired_sampler_takes_one_pair_of_every_class_per_step() -> None:
+    counts = {"a": 3, "b": 5, "c": 7}
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    # feature value = 100 * class index + row, so each drawn row names its class
+    codes = np.array([100 * "abc".index(c) + i for i, c in enumerate(labels)], dtype=float)
+    sk = _feature_set(np.stack([codes, codes], 1), labels)
+    ph_labels = ["a", "a", "b", "c", "c"]
+    ph_codes = np.array([100 * "abc".index(c) for c in ph_labels], dtype=float)
+    ph = _feature_set(np.stack([ph_codes, ph_codes], 1), ph_labels)
+    sampler = ClassPairSampler(sk, ph, ["a", "b", "c"], TrainConfig(recipe="paper"))
+    assert sampler.steps_per_epoch() == 15 // 3  # training sketches // batch (one per class)
+    for _ in range(20):
+        batch = sampler()
+        assert sorted(batch.labels.tolist()) == [0, 1, 2]
+        assert torch.equal(batch.x[:, 0] // 100, batch.labels.float())
+        assert torch.equal(batch.y[:, 0] // 100, batch.labels.float())
+
+
+def test_optimiser_is_the_authors_adam() -> None:
+    model = _paper_model(20, 20)
+    opt = make_optimizer(model, TrainConfig(recipe="paper"))
+    assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
+        2e-4, (0.5, 0.999), 1e-8, 0.0,
+    )  # fmt: skip
+    assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the authors' global_step: 0 on the first update, t after t updates (and on resume)."""
+    import index_builder.train as train_module
+
+    seen: list[int] = []
+
+    def recording_loss(out, cfg, step, labels=None):
+        seen.append(step)
+        return iiae_loss(out, cfg, step, labels)
+
+    monkeypatch.setattr(train_module, "iiae_loss", recording_loss)
+    model = _paper_model(10, 14)
+    opt = make_optimizer(model, TrainConfig(recipe="paper"))
+    fit(model, _toy_sampler(0), opt, 3, progress=False)
+    fit(model, _toy_sampler(0), opt, 5, start_step=3, progress=False)
+    assert seen == [0, 1, 2, 3, 4]
+    assert kl_annealing(0, 2000.0) == 0.0
+
+
+def test_runs_saved_before_the_new_fields_load_as_before() -> None:
+    from model.checkpoint import load_model
+
+    model, info = load_model(Path(__file__).parent.parent / "models" / "demo")
+    assert "decoder_activation" not in info["iiae"] and "init" not in info["iiae"]
+    assert _linears(model.dec_x)[1:] == [(128, 512), (512, 1280)]
+    assert any(isinstance(m, nn.LeakyReLU) for m in model.dec_x.modules())
+
+
+def test_paper_model_round_trips_through_a_run_dir(tmp_path: Path) -> None:
+    from model.checkpoint import load_model, save_model
+
+    model = _paper_model(12, 12).eval()
+    save_model(model, tmp_path, {"recipe": "paper"})
+    loaded, info = load_model(tmp_path)
+    assert info["recipe"] == "paper" and loaded.cfg == model.cfg
+    x, z = torch.randn(4, 12), torch.randn(4, 64)
+    torch.testing.assert_close(loaded.embed_sketch(x), model.embed_sketch(x))
+    torch.testing.assert_close(loaded.dec_x(z, z), model.dec_x(z, z))

@@ -17,15 +17,18 @@ import pytest
 import torch
 from PIL import Image
 from standins import (
+    ARRANGEMENTS,
     SKETCHY_PHOTOS,
     make_authors_features,
+    make_sketchy_arrangement,
     make_sketchy_authors_layout,
     make_sketchy_sake_layout,
+    sempcyc_names,
 )
 
-from index_builder.cli import main
+from index_builder.cli import _print_validation, main
 from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.splits import resolve_split
+from index_builder.datasets.splits import SKETCHY_CLASSES, read_class_list, resolve_split
 from index_builder.metrics import retrieval_metrics
 from index_builder.run import build_model
 from index_builder.sources import data_classes, feature_sets
@@ -106,6 +109,11 @@ def test_train_writes_a_complete_run(run: Run) -> None:
     assert all(0.0 <= h["val_map_all"] <= 1.0 for h in info["val_history"])
     assert info["feature_backbone"] == "efficientnet-lite0"
     assert info["iiae"]["input_dim_x"] == info["iiae"]["input_dim_y"] == 1280
+    assert info["recipe"] == "recommended" and info["config"]["w_cls"] == 1.0
+    check = info["validation"]
+    assert check["model_map_all"] == max(h["val_map_all"] for h in info["val_history"])
+    assert 0.0 <= check["baseline_map_all"] <= 1.0
+    assert check["model_better"] == (check["model_map_all"] > check["baseline_map_all"])
     log = [json.loads(line) for line in _read_lines(run.out / "log.jsonl")]
     assert [entry["step"] for entry in log] == [10, 20, 30]
     assert all(np.isfinite(entry["total"]) for entry in log)
@@ -286,3 +294,86 @@ def test_training_learns_the_seen_classes(datasets: dict[str, Path], test_file: 
     after = seen_map()
     assert after >= chance + 0.5, (chance, before, after)
     assert after >= before + 0.2, (chance, before, after)
+
+
+def test_train_prints_validation_beside_the_baseline_and_warns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    info = {"val_classes": ["a", "b"], "selected_step": 300,
+            "validation": {"model_map_all": 0.25, "baseline_map_all": 0.3125,
+                           "model_better": False}}  # fmt: skip
+    _print_validation(info)
+    out, err = capsys.readouterr()
+    assert "model 0.2500 (step 300), standardised backbone features 0.3125" in out
+    assert "2 held-out" in out and err.startswith("warning: the model does not beat")
+    info["validation"] = {"model_map_all": 0.5, "baseline_map_all": 0.25, "model_better": True}
+    _print_validation(info)
+    out, err = capsys.readouterr()
+    assert "model 0.5000" in out and err == ""
+    _print_validation({"validation": None})
+    assert capsys.readouterr() == ("", "")
+
+
+# --- the paper recipe on Sketchy as users have it -------------------------------------------
+
+# Each arrangement is detected with each built-in split in test_datasets.py; end to end here on
+# two (feature extraction is the slow part): the split's test classes plus 5 training classes.
+E2E = {"sem-pcyc": "sketchy-split1", "sake": "sketchy-split1-sake"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arrangement", list(E2E))
+def test_paper_recipe_trains_on_published_arrangements_with_a_builtin_split(
+    arrangement: str, tmp_path: Path
+) -> None:
+    split, out = E2E[arrangement], tmp_path / "run"
+    test = read_class_list(split)
+    classes = test + [c for c in SKETCHY_CLASSES if c not in test][:5]
+    renamed = arrangement == "sem-pcyc"  # SEM-PCYC's script renames two classes
+    names = sempcyc_names(classes) if renamed else classes
+    root = make_sketchy_arrangement(tmp_path / "data", arrangement, names, 1, 1, 2)
+    assert main(["train", "--data", str(root), "--test-classes", split, "--recipe", "paper",
+                 "--out", str(out), "--log-every", "1"]) == 0  # fmt: skip
+    info = json.loads((out / "run.json").read_text())
+    assert info["recipe"] == "paper" and info["config"]["standardize"] is False
+    assert info["iiae"]["decoder_hidden_dims"] == [128] and info["iiae"]["init"] == "glorot"
+    assert info["test_classes"] == sorted(names[:25]) and len(info["train_classes"]) == 5
+    assert info["steps"] == 9  # 9 epochs of (training sketches // one per class) = 1 step
+    assert info["validation"] is None
+    gallery = "sake" if ARRANGEMENTS[arrangement][2] else "extended"
+    result_file = tmp_path / "result.json"
+    assert main(["evaluate", "--run", str(out), "--data", str(root), "--gallery", gallery,
+                 "--json", str(result_file)]) == 0  # fmt: skip
+    result = json.loads(result_file.read_text())
+    assert result["n_gallery"] == 25 * (3 if gallery == "sake" else 1)
+    assert result["model"].startswith("IIAE (efficientnet-lite0)")
+
+
+@pytest.mark.slow
+def test_paper_recipe_on_the_feature_files_with_no_class_list(
+    tmp_path: Path, datasets: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_authors_features(tmp_path / "released", 1, CLASSES, 4, test_classes=TEST)
+    out, result_file = tmp_path / "run", tmp_path / "result.json"
+    assert main(["train", "--data", str(data), "--recipe", "paper", "--out", str(out)]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["test_classes"] == TEST and info["data"] == str(data / "SketchyVGG" / "split1")
+    assert info["steps"] == 9 * (len(TRAIN) * 4 // len(TRAIN))
+    assert main(["evaluate", "--run", str(out), "--data", str(data), "--json",
+                 str(result_file)]) == 0  # fmt: skip
+    assert json.loads(result_file.read_text())["model"].startswith("IIAE (vgg16-authors)")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--data", str(datasets["sketchy-sake"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "trained on the IIAE authors' feature files" in err
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_feature_files_for_an_image_run(
+    run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_authors_features(tmp_path / "released", 1, CLASSES, 2, test_classes=TEST)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run.out), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on images through efficientnet-lite0" in err and str(data) in err

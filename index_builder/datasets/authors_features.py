@@ -1,7 +1,9 @@
 """The IIAE authors' released 512-d VGG features of Sketchy Extended.
 
 ``SketchyVGG/split{1,2}/{train,test}_{sketch,image}_{features,paths}.npy``: features are
-(N, D) floats; paths are N strings ending in ``<class>/<file>``.
+(N, D) floats; paths are N strings ending in ``<class>/<file>``. The files carry their split:
+the classes of the ``train_*`` parts are trained on, those of ``test_*`` are unseen. IIAE's
+code keeps them in ``<root>/dataset/SketchyVGG``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ def holds_split_files(folder: Path) -> bool:
 
 
 def find_split_dir(root: Path, split: int) -> Path | None:
-    """The split folder under ``root``, ``root/SketchyVGG``, or ``root`` itself."""
+    """The split folder under ``root``, ``root/SketchyVGG``, ``root/dataset/SketchyVGG``, or
+    ``root`` itself."""
     root = Path(root)
     name = f"split{split}"
-    for folder in (root / FEATURES_DIR / name, root / name):
+    for folder in (root / FEATURES_DIR / name, root / "dataset" / FEATURES_DIR / name,
+                   root / name):  # fmt: skip
         if holds_split_files(folder):
             return folder
     if re.fullmatch(r"split\d+", root.name) and root.name != name:
@@ -49,6 +53,28 @@ def is_authors_features(root: Path, split: int | None = None) -> bool:
     """Whether ``root`` holds the authors' features (of ``split``, or of split 1 or 2)."""
     splits = (1, 2) if split is None else (split,)
     return any(find_split_dir(root, s) is not None for s in splits)
+
+
+def split_dirs(root: Path) -> dict[int, Path]:
+    """Split number -> its folder, for each split found under ``root`` (one folder once)."""
+    found: dict[int, Path] = {}
+    for split in (1, 2):
+        folder = find_split_dir(root, split)
+        if folder is not None and folder not in found.values():
+            found[split] = folder
+    return found
+
+
+def file_split(folder: Path) -> tuple[list[str], list[str]]:
+    """The sorted (train, test) classes the files of one split folder carry."""
+    sides = []
+    for stage in ("train", "test"):
+        labels: set[str] = set()
+        for domain in ("sketch", "image"):
+            path_file = folder / f"{stage}_{domain}_paths.npy"
+            labels |= {label_of(p, path_file, i) for i, p in enumerate(load_paths(path_file))}
+        sides.append(sorted(labels))
+    return sides[0], sides[1]
 
 
 def load_authors_features(root: Path, split: int) -> dict[str, FeaturePart]:

@@ -1,7 +1,14 @@
-"""Zero-shot class splits: built-in Sketchy Extended lists or a text file, one class a line."""
+"""Zero-shot class splits: built-in Sketchy Extended lists or a text file, one class a line.
+
+Class names match across spellings: ``-``, ``_`` and spaces are alike (SEM-PCYC's download
+script renames ``hot-air_balloon`` to ``hot_air_balloon`` and ``jack-o-lantern`` to
+``jack_o_lantern``); a matched name takes the data set's own spelling.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from index_builder.datasets.base import DatasetError
@@ -53,6 +60,29 @@ def read_class_list(spec: str | Path) -> list[str]:
     return classes
 
 
+def class_key(name: str) -> str:
+    """A class name with ``-``, ``_`` and runs of spaces made alike."""
+    return re.sub(r"[-_ ]+", "_", name.strip())
+
+
+def match_classes(names: Iterable[str], known: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(``names`` in the data set's spelling, those the data set lacks); exact names first."""
+    known = list(known)
+    by_key: dict[str, list[str]] = {}
+    for k in known:
+        by_key.setdefault(class_key(k), []).append(k)
+    exact = set(known)
+    matched, unknown = [], []
+    for name in names:
+        if name in exact:
+            matched.append(name)
+        elif len(by_key.get(class_key(name), [])) == 1:
+            matched.append(by_key[class_key(name)][0])
+        else:
+            unknown.append(name)
+    return matched, unknown
+
+
 def resolve_split(
     all_classes: list[str], train: str | Path | None, test: str | Path | None
 ) -> tuple[list[str], list[str]]:
@@ -77,8 +107,7 @@ def checked_classes(spec: str | Path | None, known: set[str]) -> set[str] | None
     """The classes of ``spec``; DatasetError naming any class the data set lacks."""
     if spec is None:
         return None
-    classes = read_class_list(spec)
-    unknown = [c for c in classes if c not in known]
+    classes, unknown = match_classes(read_class_list(spec), sorted(known))
     if unknown:
         names = ", ".join(repr(c) for c in unknown)
         raise DatasetError(

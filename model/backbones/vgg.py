@@ -1,4 +1,8 @@
-"""VGG-16 as the paper used it: global-average-pooled conv5_3 features (512-d).
+"""ImageNet VGG-16, global-average-pooled conv5_3 features (512-d), one network for both domains.
+
+Not the paper's input: IIAE used SEM-PCYC's VGG-16 fine-tuned on Sketchy (fc7 then a
+4096 -> 512 layer, separate sketch and photo networks); only the authors' released feature
+files (``SketchyVGG``) are those inputs.
 
 The layers carry torchvision's names, so torchvision's ``vgg16-397923af.pth`` loads as is,
 without torchvision installed. Weights: a local file (``weights``), else a download when the
