@@ -28,12 +28,12 @@ from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 from index_builder.run import train_run
 from index_builder.sources import data_classes
 
-# Candidates: field values over the TrainConfig defaults, chosen between on validation classes.
+# Candidates: a recipe (index_builder/recipes.py) and values over it, chosen between on
+# validation classes. Each also reports its IIAE embedding alone (fusion weight 0) as a row.
 CANDIDATES: dict[str, dict] = {
-    "paper objective": {},
-    "class head": {"w_cls": 1.0},
+    "recommended": {"recipe": "recommended"},
+    "recommended, all classes a step": {"recipe": "recommended", "batch_classes": None},
 }
-COMMON = {"val_classes": 12, "steps": 1500, "eval_every": 100}
 METRICS = ("map_all", "p_at_10", "p_at_100")
 BASELINES = ("raw", "standardized")
 
@@ -64,19 +64,25 @@ def run_fold(
     train = [c for c in data_classes(data) if c not in test]
     base = evaluate_baselines(data, train, test, backbone, settings)
     rows = {name: base[f"{backbone} {name} features"] for name in BASELINES}
-    validation = {}
+    validation, fusion = {}, {}
     for name in candidates:
-        tests, vals = [], []
+        tests, alone, vals, weights = [], [], [], []
         for seed in range(seeds):
-            cfg = TrainConfig(**{**COMMON, **CANDIDATES[name], "backbone": backbone,
-                                 "seed": seed})  # fmt: skip
+            cfg = TrainConfig(**{**CANDIDATES[name], "backbone": backbone, "seed": seed})
             run_dir = work / "runs" / backbone / f"fold{fold}" / f"{_slug(name)}-seed{seed}"
             info = train_run(data, run_dir, cfg, None, split, settings, progress=False)
-            vals.append(max(h["val_map_all"] for h in info["val_history"]))
+            vals.append(info["validation"]["model_map_all"])
+            weights.append(json.loads((run_dir / "run.json").read_text())["iiae"]["fusion_weight"])
             tests.append(evaluate_run(run_dir, data, split, settings=settings))
-        rows[name] = {k: float(np.mean([t[k] for t in tests])) for k in METRICS}
-        validation[name] = float(np.mean(vals))
-    return {"test_classes": test, "rows": rows, "validation": validation}
+            alone.append(evaluate_run(run_dir, data, split, settings=settings, fusion_weight=0))
+        rows[name] = _mean_metrics(tests)
+        rows[f"{name}: IIAE alone"] = _mean_metrics(alone)
+        validation[name], fusion[name] = float(np.mean(vals)), weights
+    return {"test_classes": test, "rows": rows, "validation": validation, "fusion": fusion}
+
+
+def _mean_metrics(results: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in results])) for k in METRICS}
 
 
 def _slug(name: str) -> str:
@@ -138,7 +144,8 @@ def print_result(result: dict) -> None:
         )
     print("\nvalidation mAP@all (mean over folds and seeds; the only basis of the choice):")
     for n, v in result["validation"].items():
-        print(f"  {n:30s} {v:.4f}")
+        weights = [w for fold in result["folds"] for w in fold["fusion"][n]]
+        print(f"  {n:34s} {v:.4f}  (fusion weights chosen: {weights})")
     ratios = ", ".join(f"{r:.2f}" for r in result["ratio_to_standardized"])
     print(f"chosen: {result['chosen']}; its mAP@all / standardised baseline per fold: {ratios}; "
           f"mean gain {100 * result['gain_of_means']:+.1f} %")  # fmt: skip

@@ -47,12 +47,16 @@ def evaluate_run(
     voc: bool = False,
     settings: BuilderSettings | None = None,
     gallery: Gallery = "extended",
+    fusion_weight: float | None = None,
 ) -> dict:
     """Metrics of a trained run on the unseen classes (the run's own test split by default).
 
     ``gallery="sake"`` searches Sketchy's own photos too, as SAKE and ZSE-SBIR do.
+    ``fusion_weight`` overrides the run's (0: its IIAE embedding alone).
     """
     model, info = load_model(run_dir)
+    if fusion_weight is not None:
+        model.cfg.fusion_weight = fusion_weight
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
         if gallery != "extended":

@@ -396,7 +396,8 @@ def test_fit_reduces_the_loss_on_a_toy_problem() -> None:
 def test_default_recipe_is_recommended_and_paper_is_the_authors() -> None:
     rec = TrainConfig()
     assert rec.recipe == "recommended"
-    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 1500, 12, 100)
+    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 1500, 20, 100)
+    assert (rec.batch_classes, rec.choose_fusion, rec.fusion_weight) == (64, True, 0.0)
     assert (rec.standardize, rec.decoder, rec.init) == (True, "deep", "torch")
     paper = TrainConfig(recipe="paper")
     assert (paper.standardize, paper.decoder, paper.init) == (False, "authors", "glorot")
@@ -404,6 +405,7 @@ def test_default_recipe_is_recommended_and_paper_is_the_authors() -> None:
     assert (paper.lr, paper.beta1, paper.beta2, paper.weight_decay) == (2e-4, 0.5, 0.999, 0.0)
     assert (paper.beta, paper.lam, paper.w_rec, paper.anneal_steps) == (0.5, 1.0, 10.0, 2000.0)
     assert (paper.batch_classes, paper.pairs_per_class, paper.latent_dim) == (None, 1, 64)
+    assert (paper.choose_fusion, paper.fusion_weight) == (False, 0.0)
 
 
 def test_explicit_values_and_env_override_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
