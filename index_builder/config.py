@@ -84,6 +84,9 @@ class TrainConfig(BaseSettings):
     fusion_weight: float = Field(
         0.0, description="share of the standardised features in the retrieval embedding"
     )
+    fusion_dim: int = Field(
+        128, description="principal axes of the standardised features kept for the fusion"
+    )
     choose_fusion: bool = Field(
         False, description="choose fusion_weight on the validation classes (0, .25, .5, .75)"
     )
@@ -125,6 +128,7 @@ class TrainConfig(BaseSettings):
             w_cls=self.w_cls,
             anneal_steps=self.anneal_steps,
             fusion_weight=self.fusion_weight,
+            fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and dim_x == dim_y else 0,
             decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
             decoder_activation="relu" if self.decoder == "authors" else "leaky_relu",
             init=self.init,

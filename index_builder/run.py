@@ -48,12 +48,12 @@ def build_model(cfg: TrainConfig, sk: FeatureSet, ph: FeatureSet, classes: list[
     d_x, d_y = sk.features.shape[-1], ph.features.shape[-1]
     model = IIAE(cfg.iiae_config(d_x, d_y, len(classes)))
     if cfg.standardize:
-        model.scale_x.fit(
-            torch.from_numpy(np.array(sk.features, dtype=np.float32).reshape(-1, d_x))
-        )
-        model.scale_y.fit(
-            torch.from_numpy(np.array(ph.features, dtype=np.float32).reshape(-1, d_y))
-        )
+        x = torch.from_numpy(np.array(sk.features, dtype=np.float32).reshape(-1, d_x))
+        y = torch.from_numpy(np.array(ph.features, dtype=np.float32).reshape(-1, d_y))
+        model.scale_x.fit(x)
+        model.scale_y.fit(y)
+        if model.cfg.fusion_dim > 0:
+            model.fit_fusion_basis(x, y)
     return model
 
 

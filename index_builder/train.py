@@ -122,7 +122,10 @@ FUSION_GRID = (0.0, 0.25, 0.5, 0.75)  # 1.0 would be the training-free baseline 
 def choose_fusion_weight(
     model: IIAE, sketches: FeatureSet, photos: FeatureSet, grid: tuple[float, ...] = FUSION_GRID
 ) -> dict[float, float]:
-    """Validation mAP@all of each fusion weight; leaves ``model`` at the best one."""
+    """Validation mAP@all of each fusion weight; leaves ``model`` at the best one. Nothing
+    to choose (``{}``) where sketch and photo features differ in size."""
+    if model.cfg.input_dim_x != model.cfg.input_dim_y:
+        return {}
     scores = {}
     for weight in grid:
         model.cfg.fusion_weight = weight

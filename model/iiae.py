@@ -47,11 +47,16 @@ class IIAEConfig(BaseModel):
     # Share a of the standardised backbone features in the retrieval embedding,
     # [sqrt(1 - a) r, sqrt(a) s] of unit-norm parts: 0 is the paper's (r^x / r^y alone).
     fusion_weight: float = Field(0.0, ge=0.0, le=1.0)
+    # > 0: the standardised features enter the fusion projected on this many principal axes
+    # of the training features (a small index); 0: whole.
+    fusion_dim: int = Field(0, ge=0)
 
     @property
     def embedding_dim(self) -> int:
-        """Size of the retrieval embedding (the fused one is latent + feature size)."""
-        return self.latent_dim + (self.input_dim_x if self.fusion_weight > 0 else 0)
+        """Size of the retrieval embedding (the fused one adds the standardised features)."""
+        if self.fusion_weight <= 0:
+            return self.latent_dim
+        return self.latent_dim + (self.fusion_dim or self.input_dim_x)
 
 
 @dataclass
@@ -183,9 +188,11 @@ class IIAE(nn.Module):
 
     def __init__(self, cfg: IIAEConfig) -> None:
         super().__init__()
-        if cfg.fusion_weight > 0 and cfg.input_dim_x != cfg.input_dim_y:
+        if (cfg.fusion_weight > 0 or cfg.fusion_dim > 0) and cfg.input_dim_x != cfg.input_dim_y:
             raise ValueError("fusion needs sketch and photo features of one size")
         self.cfg = cfg
+        if cfg.fusion_dim > 0:  # the principal axes, until fitted the first coordinates
+            self.register_buffer("fusion_basis", torch.eye(cfg.input_dim_x)[:, : cfg.fusion_dim])
         self.scale_x = Standardize(cfg.input_dim_x)
         self.scale_y = Standardize(cfg.input_dim_y)
         self.dropout = nn.Dropout(cfg.input_dropout)
@@ -235,11 +242,21 @@ class IIAE(nn.Module):
         the standardised features when ``fusion_weight`` > 0."""
         return self._retrieval(self.scale_y(y), self.shared_y)
 
+    def fit_fusion_basis(self, x: Tensor, y: Tensor) -> None:
+        """Principal axes of both domains' standardised training features (raw ``x``, ``y``)."""
+        both = torch.cat([self.scale_x(x), self.scale_y(y)])
+        _, _, v = torch.linalg.svd(both - both.mean(dim=0), full_matrices=False)
+        axes = v[: self.cfg.fusion_dim].T  # fewer when there are fewer samples than axes
+        self.fusion_basis.zero_()
+        self.fusion_basis[:, : axes.shape[1]] = axes
+
     def _retrieval(self, scaled: Tensor, shared: Encoder) -> Tensor:
         z = shared(scaled).mean
         a = self.cfg.fusion_weight
         if a <= 0:
             return z
+        if self.cfg.fusion_dim > 0:
+            scaled = scaled @ self.fusion_basis
         # Unit-norm parts, so that ``a`` alone sets their balance in the cosine.
         parts = (
             math.sqrt(1 - a) * F.normalize(z, dim=-1),

@@ -54,6 +54,25 @@ def test_fused_cosine_is_the_weighted_mean_of_the_parts(weight: float) -> None:
     torch.testing.assert_close(ex[:, :4], math.sqrt(1 - weight) * rx)
 
 
+def test_projected_fusion_keeps_the_principal_axes() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(**SMALL, fusion_weight=0.5, fusion_dim=3)).eval()
+    # training features whose spread lies along three known directions
+    directions = torch.linalg.qr(torch.randn(12, 3))[0].T
+    x = torch.randn(200, 3) @ (directions * torch.tensor([[9.0], [5.0], [3.0]]))
+    y = torch.randn(200, 3) @ (directions * torch.tensor([[8.0], [6.0], [2.0]]))
+    model.scale_x.fit(x)
+    model.scale_y.fit(y)
+    model.fit_fusion_basis(x, y)
+    basis = model.fusion_basis
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
+    emb = model.embed_sketch(x[:5])
+    assert emb.shape == (5, 4 + 3) and model.cfg.embedding_dim == 7
+    scaled = model.scale_x(x[:5])
+    expected = math.sqrt(0.5) * nn.functional.normalize(scaled @ basis, dim=-1)
+    torch.testing.assert_close(emb[:, 4:], expected)
+
+
 def test_fusion_needs_features_of_one_size() -> None:
     with pytest.raises(ValueError, match="one size"):
         IIAE(IIAEConfig(**{**SMALL, "input_dim_y": 10}, fusion_weight=0.5))
