@@ -34,6 +34,7 @@ from index_builder.datasets.splits import (
     read_class_list,
     resolve_split,
 )
+from index_builder.evaluate import _test_classes
 from index_builder.sources import data_split, pick_split_dir
 
 CLASSES = ["airplane", "jack-o-lantern", "teddy_bear", "wine_bottle"]
@@ -540,3 +541,10 @@ def test_iiae_root_finds_features_and_asks_when_images_are_there_too(tmp_path: P
     assert "both images" in msg and f"--data {tmp_path / 'dataset' / 'Sketchy'}" in msg
     (tmp_path / "t.txt").write_text("bell\n")
     assert data_split(tmp_path / "dataset" / "Sketchy", None, tmp_path / "t.txt")[2] == ["bell"]
+
+
+def test_a_runs_stored_classes_take_the_data_sets_spelling(tmp_path: Path) -> None:
+    root = make_folder_layout(tmp_path, ["airplane", "jack_o_lantern"], 1, 1)
+    assert _test_classes(root, None, {"test_classes": ["jack-o-lantern"]}) == ["jack_o_lantern"]
+    with pytest.raises(DatasetError, match="lacks the run's test class"):
+        _test_classes(root, None, {"test_classes": ["zebra"]})
