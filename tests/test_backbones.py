@@ -69,7 +69,8 @@ def test_efficientnet_is_deterministic_in_eval_mode(effnet: Backbone) -> None:
         alone = effnet(x[1:])
     assert torch.equal(first, second)
     # eval-mode BatchNorm: an image's features do not depend on the rest of its batch
-    torch.testing.assert_close(alone[0], first[1], rtol=1e-4, atol=1e-5)
+    # batch-size-dependent kernels differ in the last bits (2.6e-5 seen on a loaded AMD EPYC)
+    torch.testing.assert_close(alone[0], first[1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
