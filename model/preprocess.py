@@ -33,12 +33,53 @@ class Preprocessing(BaseModel):
 
 
 def to_rgb_on_white(img: Image.Image) -> Image.Image:
-    """RGB image; transparency (RGBA, LA, palette with alpha) is composited onto white."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    """8-bit RGB with the image's tones kept; transparency is composited onto white.
+
+    Pillow's own ``convert`` clips 16- and 32-bit greyscale (``I;16*``, ``I``) and float
+    (``F``) pixels to 0..255, which turns a 16-bit photo white; these are scaled instead
+    (``_grey_to_8bit``). Alpha in any form (RGBA, LA, La, RGBa, PA, palette or greyscale with a
+    transparent colour) goes onto white; CMYK, YCbCr, LAB, HSV and 1-bit convert as Pillow does.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        transparent = img.info.get("transparency")
+        grey = _grey_to_8bit(img)
+        if isinstance(transparent, int):  # a tRNS grey level in the source's own scale
+            see_through = np.asarray(img) == transparent
+            alpha = Image.fromarray(np.where(see_through, 0, 255).astype(np.uint8))
+            grey = Image.merge("LA", (grey, alpha))
+        img = grey
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+        img = img.convert("RGBA") if img.mode == "RGBa" else img.convert("LA")
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """8-bit greyscale of a 16-bit, 32-bit integer or float image, keeping its tones.
+
+    16-bit modes span 0..65535. ``I`` (32-bit) holds 16-bit PNG and TIFF data in older Pillow
+    versions, so it is read as 0..65535 too unless every value fits 0..255 (then it is 8-bit
+    data widened). ``F`` is read as 0..1 when every value does, else as 0..255.
+    """
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+        scale = 255.0 if arr.size and arr.min() >= 0 and arr.max() <= 1.0 else 1.0
+        grey = arr * scale
+    elif img.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 255:
+        grey = arr.astype(np.float64)
+    else:
+        grey = arr.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
 
 
 def load_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:

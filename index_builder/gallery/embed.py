@@ -3,13 +3,19 @@
 Worker threads read, check and decode files into input arrays (Pillow and hashlib release the
 GIL) while the encoder runs the previous batch; up to ``PREFETCH`` batches are decoded ahead.
 A file that cannot be decoded, or whose bytes no longer match the hash it was scanned with,
-is skipped and reported, never fatal.
+is skipped and reported, never fatal; read errors and changed files are marked ``retry`` (the
+next rebuild tries them again), decode failures are not (the same bytes fail the same way).
+
+Memory: a file's header is read first, and a file declaring more than ``MAX_PIXELS`` pixels
+or larger than ``MAX_FILE_BYTES`` is refused before its bytes are read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from index_builder.gallery.scan import PhotoFile, Skipped
@@ -24,6 +31,7 @@ from model.encoder import OnnxEncoder
 from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
 
 MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs)
+MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 PREFETCH = 2
 _BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
 
@@ -39,6 +47,14 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a photo is unusable; ``retry`` when the cause may pass (a read error)."""
+
+    error: str
+    retry: bool = False
+
+
+@dataclass(frozen=True)
 class Decoded:
     """One photo as an encoder input, with its (width, height)."""
 
@@ -47,20 +63,48 @@ class Decoded:
 
 
 def decode_photo(
-    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS
-) -> Decoded | str:
-    """Read, check and preprocess one photo; the reason as a string when it is unusable."""
+    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
+) -> Decoded | Failure:  # fmt: skip
+    """Read, check and preprocess one photo; a Failure when it is unusable."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            refused = _refuse_early(handle, info, max_pixels, max_bytes)
+            if refused is not None:
+                return refused
+            handle.seek(0)
+            data = handle.read()
     except OSError as err:
-        return f"cannot read the file ({err.strerror})"
+        return Failure(f"cannot read the file ({err.strerror or err})", retry=True)
     if hashlib.sha256(data).hexdigest() != sha256:
-        return "the file changed while the index was being built"
+        return Failure("the file changed while the index was being built", retry=True)
     try:
         img = load_image(data, max_pixels)
     except ImageError as err:
-        return _BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: "))
+        return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
     return Decoded(to_input_array(img, prep), img.size)
+
+
+def _refuse_early(
+    handle: object, info: os.stat_result, max_pixels: int, max_bytes: int
+) -> Failure | None:
+    """A Failure for a file that is not regular, too large, or declares too many pixels in
+    its header; None when the file may be read."""
+    if not stat.S_ISREG(info.st_mode):
+        return Failure("not a regular file")
+    if info.st_size > max_bytes:
+        return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
+    try:
+        with Image.open(handle) as img:  # reads the header only
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if type(err) is OSError and err.errno is not None:
+            raise  # a read error, not a format error
+        return Failure(f"not a readable image ({err})")
+    if width * height > max_pixels:
+        return Failure(f"{width}x{height} pixels; at most {max_pixels} are accepted")
+    return None
 
 
 def embed_photos(
@@ -72,16 +116,20 @@ def embed_photos(
     progress: bool = False,
 ) -> Embedded:
     """Embed ``photos`` (paths relative to ``root``); unusable ones go to ``skipped``."""
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
+                         f"{workers})")  # fmt: skip
     prep = encoder.metadata.preprocessing
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     parts = [out.vectors]
     bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
-    with ThreadPoolExecutor(max(1, workers)) as pool, bar:
+    with ThreadPoolExecutor(workers) as pool, bar:
         for batch, results in _decoded_batches(pool, root, photos, batch_size, prep):
             arrays = []
             for photo, result in zip(batch, results, strict=True):
-                if isinstance(result, str):
-                    out.skipped.append(Skipped(photo.path, photo.sha256, result))
+                if isinstance(result, Failure):
+                    out.skipped.append(Skipped(photo.path, photo.sha256, result.error,
+                                               result.retry))  # fmt: skip
                     continue
                 arrays.append(result.array)
                 out.done.append(photo)
@@ -99,7 +147,7 @@ def _decoded_batches(
     photos: Sequence[PhotoFile],
     batch_size: int,
     prep: Preprocessing,
-) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | str]]]:
+) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | Failure]]]:
     """Batches of photos with their decode results, decoding ``PREFETCH`` batches ahead."""
     pending: deque[tuple[Sequence[PhotoFile], list[Future]]] = deque()
     starts = iter(range(0, len(photos), batch_size))
