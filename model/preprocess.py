@@ -48,8 +48,13 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
             alpha = Image.fromarray(np.where(see_through, 0, 255).astype(np.uint8))
             grey = Image.merge("LA", (grey, alpha))
         img = grey
-    if img.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
-        img = img.convert("RGBA") if img.mode == "RGBa" else img.convert("LA")
+    if img.mode == "RGBa":  # premultiplied alpha: un-premultiply first
+        img = img.convert("RGBA")
+    elif img.mode == "La":  # Pillow's La -> LA keeps the premultiplied grey
+        grey, alpha = (np.asarray(img)[..., i].astype(np.float64) for i in (0, 1))
+        straight = np.where(alpha > 0, grey * 255.0 / np.maximum(alpha, 1), 0.0)
+        grey8 = np.clip(np.rint(straight), 0, 255).astype(np.uint8)
+        img = Image.fromarray(np.stack([grey8, alpha.astype(np.uint8)], -1), "LA")
     if _has_alpha(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

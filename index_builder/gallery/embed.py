@@ -93,17 +93,19 @@ def _refuse_early(
     its header; None when the file may be read."""
     if not stat.S_ISREG(info.st_mode):
         return Failure("not a regular file")
-    if info.st_size > max_bytes:
-        return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
     try:
         with Image.open(handle) as img:  # reads the header only
             width, height = img.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        return Failure(f"a decompression bomb ({err})")
+    except (OSError, SyntaxError, ValueError) as err:
         if type(err) is OSError and err.errno is not None:
             raise  # a read error, not a format error
         return Failure(f"not a readable image ({err})")
     if width * height > max_pixels:
         return Failure(f"{width}x{height} pixels; at most {max_pixels} are accepted")
+    if info.st_size > max_bytes:
+        return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
     return None
 
 
