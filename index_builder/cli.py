@@ -124,7 +124,8 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
         return value
 
     p.add_argument("--batch-size", type=at_least_one, help="photos per encoder batch (32)")
-    p.add_argument("--workers", type=at_least_one, help="decoding threads (min(8, cores))")
+    p.add_argument("--workers", type=at_least_one, help="decoding threads (default: min(8, "
+                   "cores) within a 4 GB decode budget)")  # fmt: skip
     p.add_argument("--keep", type=at_least_one, help="served index versions to keep (3)")
     p.add_argument("--max-shrink", type=share, help="largest share of the served photos a "
                    "build may drop without --allow-shrink (0.2)")  # fmt: skip

@@ -69,23 +69,32 @@ def _has_alpha(img: Image.Image) -> bool:
     )
 
 
-def _grey_to_8bit(img: Image.Image) -> Image.Image:
+def _grey_to_8bit(img: Image.Image, rows: int = 256) -> Image.Image:
     """8-bit greyscale of a 16-bit, 32-bit integer or float image, keeping its tones.
 
     16-bit modes span 0..65535. ``I`` (32-bit) holds 16-bit PNG and TIFF data in older Pillow
     versions, so it is read as 0..65535 too unless every value fits 0..255 (then it is 8-bit
-    data widened). ``F`` is read as 0..1 when every value does, else as 0..255.
+    data widened). ``F`` is read as 0..1 when every value does, else as 0..255. Converted
+    ``rows`` at a time, so a large image costs little beyond its own pixels.
     """
     arr = np.asarray(img)
+    out = np.empty(arr.shape, np.uint8)
+    if arr.size == 0:
+        return Image.fromarray(out, "L")
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
     if img.mode == "F":
-        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
-        scale = 255.0 if arr.size and arr.min() >= 0 and arr.max() <= 1.0 else 1.0
-        grey = arr * scale
-    elif img.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 255:
-        grey = arr.astype(np.float64)
+        scale = 255.0 if lo >= 0 and hi <= 1.0 else 1.0
     else:
-        grey = arr.astype(np.float64) / 257.0
-    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+        scale = 1.0 if img.mode == "I" and lo >= 0 and hi <= 255 else 1.0 / 257.0
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start : start + rows].astype(np.float32)
+        if img.mode == "F":
+            np.nan_to_num(block, copy=False, nan=0.0)
+        block *= scale
+        np.rint(block, out=block)
+        np.clip(block, 0, 255, out=block)
+        out[start : start + rows] = block
+    return Image.fromarray(out, "L")
 
 
 def load_image(

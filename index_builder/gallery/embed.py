@@ -6,8 +6,13 @@ A file that cannot be decoded, or whose bytes no longer match the hash it was sc
 is skipped and reported, never fatal; read errors and changed files are marked ``retry`` (the
 next rebuild tries them again), decode failures are not (the same bytes fail the same way).
 
-Memory: a file's header is read first, and a file declaring more than ``MAX_PIXELS`` pixels
-or larger than ``MAX_FILE_BYTES`` is refused before its bytes are read.
+Memory: a file's header is read first; a file declaring too many pixels, or larger than
+``MAX_FILE_BYTES``, is refused before its bytes are read. JPEGs (up to ``MAX_PIXELS``) are
+decoded in draft mode, by libjpeg's DCT scaling, to no less than the encoder's input size, so
+a 100 MP JPEG costs ~11 MB; other formats are decoded whole, so their limit is lower
+(``MAX_DECODE_PIXELS``). Measured peaks (``bench/gallery_decode_memory.py``): at most ~8 bytes
+a pixel (RGBA, 16-bit grey), with the file's bytes ``PER_IMAGE_PEAK_BYTES`` bounds one decode;
+the default worker count keeps workers x that within ``MEMORY_BUDGET_BYTES``.
 """
 
 from __future__ import annotations
@@ -28,10 +33,22 @@ from tqdm import tqdm
 
 from index_builder.gallery.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
-from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
+from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image, to_input_array
 
-MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs)
-MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
+MAX_PIXELS = 100_000_000  # larger JPEGs are refused (the service's thumbnails use it too)
+MAX_DECODE_PIXELS = 32_000_000  # larger images of other formats are refused (decoded whole)
+MAX_FILE_BYTES = 128 * 2**20  # larger files are refused before they are read
+MAX_JPEG_SCANS = 100  # progressive JPEGs have about a dozen; thousands cost seconds each
+BYTES_PER_PIXEL = 16  # measured <= 8 (RGBA, 16-bit grey); twice that for the odd modes
+PER_IMAGE_PEAK_BYTES = MAX_FILE_BYTES + BYTES_PER_PIXEL * MAX_DECODE_PIXELS  # ~640 MB
+MEMORY_BUDGET_BYTES = 4 * 2**30  # the default workers decode within this
+
+
+def default_workers() -> int:
+    """Decoding threads: one a core, at most 8, and no more than the memory budget allows."""
+    return max(1, min(8, os.cpu_count() or 1, MEMORY_BUDGET_BYTES // PER_IMAGE_PEAK_BYTES))
+
+
 PREFETCH = 2
 _BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
 
@@ -64,13 +81,14 @@ class Decoded:
 
 def decode_photo(
     path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS,
-    max_bytes: int = MAX_FILE_BYTES,
+    max_bytes: int = MAX_FILE_BYTES, max_decode_pixels: int = MAX_DECODE_PIXELS,
 ) -> Decoded | Failure:  # fmt: skip
     """Read, check and preprocess one photo; a Failure when it is unusable."""
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
-            refused = _refuse_early(handle, info, max_pixels, max_bytes)
+            limits = (max_pixels, max_decode_pixels, max_bytes)
+            refused = _refuse_early(handle, info, *limits)
             if refused is not None:
                 return refused
             handle.seek(0)
@@ -80,30 +98,35 @@ def decode_photo(
     if hashlib.sha256(data).hexdigest() != sha256:
         return Failure("the file changed while the index was being built", retry=True)
     try:
-        img = load_image(data, max_pixels)
+        img = load_image(data, max_pixels, max_jpeg_scans=MAX_JPEG_SCANS,
+                         draft_size=prep.image_size)  # fmt: skip
     except ImageError as err:
         return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
     return Decoded(to_input_array(img, prep), img.size)
 
 
 def _refuse_early(
-    handle: object, info: os.stat_result, max_pixels: int, max_bytes: int
-) -> Failure | None:
+    handle: object, info: os.stat_result, max_pixels: int, max_decode_pixels: int,
+    max_bytes: int,
+) -> Failure | None:  # fmt: skip
     """A Failure for a file that is not regular, too large, or declares too many pixels in
-    its header; None when the file may be read."""
+    its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); None when the file
+    may be read."""
     if not stat.S_ISREG(info.st_mode):
         return Failure("not a regular file")
     try:
         with Image.open(handle) as img:  # reads the header only
-            width, height = img.size
+            (width, height), fmt = img.size, img.format
     except Image.DecompressionBombError as err:
         return Failure(f"a decompression bomb ({err})")
     except (OSError, SyntaxError, ValueError) as err:
         if type(err) is OSError and err.errno is not None:
             raise  # a read error, not a format error
         return Failure(f"not a readable image ({err})")
-    if width * height > max_pixels:
-        return Failure(f"{width}x{height} pixels; at most {max_pixels} are accepted")
+    limit = max_pixels if fmt in JPEG_FORMATS else min(max_pixels, max_decode_pixels)
+    if width * height > limit:
+        kind = "for a JPEG" if fmt in JPEG_FORMATS else f"for {fmt or 'this format'}"
+        return Failure(f"{width}x{height} pixels; at most {limit} are accepted {kind}")
     if info.st_size > max_bytes:
         return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
     return None

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index_builder.gallery.embed import Embedded, embed_photos
+from index_builder.gallery.embed import Embedded, default_workers, embed_photos
 from index_builder.gallery.faiss_index import build_index
 from index_builder.gallery.scan import PhotoFile, Scan, Skipped, display_path, scan_photos
 from index_builder.gallery.store import (
@@ -65,7 +65,7 @@ class GallerySettings(BaseSettings):
         0.2, ge=0.0, le=1.0, description="share of the served photos a rebuild may drop"
     )
     batch_size: int = Field(32, ge=1, description="photos per encoder batch")
-    workers: int = Field(min(8, os.cpu_count() or 1), ge=1, description="decoding threads")
+    workers: int = Field(default_factory=default_workers, ge=1, description="decoding threads")
     keep: int = Field(KEEP, ge=1, description="served index versions to keep")
 
 
@@ -79,7 +79,7 @@ class BuildOptions:
     guards: the share of served photos a build may drop, and the explicit overrides."""
 
     batch_size: int = 32
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    workers: int = field(default_factory=default_workers)
     keep: int = KEEP
     progress: bool = False
     max_shrink: float = 0.2
