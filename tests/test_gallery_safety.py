@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +295,28 @@ def _twins() -> dict[str, tuple[bytes, bytes]]:
               _encode(Image.fromarray(np.where(g >= 128, 255, 0).astype(np.uint8), "L"))),
         "I;16 with tRNS": (_trns16(g), _encode(Image.fromarray(
             np.stack([g, g, g, np.where(g == 7, 0, 255).astype(np.uint8)], -1), "RGBA"))),
+        # 16-bit PNGs Pillow opens as 8-bit modes (grey+alpha, RGB, RGBA)
+        "RGBA from 16-bit grey+alpha": (_png16(np.stack([g, alpha], -1), 4),
+                                        _encode(Image.fromarray(rgba_twin, "RGBA"))),
+        "RGB from 16-bit": (_png16(rgb, 2), _encode(Image.fromarray(rgb, "RGB"))),
+        "RGBA from 16-bit": (_png16(np.dstack([rgb, alpha]), 6),
+                             _encode(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))),
     }  # fmt: skip
+
+
+def _png16(pixels8: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (Pillow writes none but greyscale) of 8-bit ``pixels8`` x 257."""
+    height, width = pixels8.shape[:2]
+    rows = (pixels8.astype(">u2") * 257).reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))  # fmt: skip
 
 
 def _p_twin(palette: Image.Image, transparent: int) -> Image.Image:
