@@ -468,6 +468,11 @@ def test_pruning_keeps_the_last_served_version_and_removes_orphans(
     assert version_names(index) == ["v000002", "v000004"]  # v2 was served, v3 never was
     assert sorted(json.loads((index / SERVED).read_text())) == ["v000002", "v000004"]
     assert not list(index.glob(".CURRENT.*"))
+    # killed after moving CURRENT to v4 but before recording it: the next commit records it
+    (index / SERVED).write_text(json.dumps({"v000002": ""}))
+    shutil.copy(sorted(photos.rglob("*.png"))[2], photos / "c0" / "copy3.png")
+    assert _rebuild(index, "--keep", "2") == 0
+    assert version_names(index) == ["v000004", "v000005"]
 
 
 # --- 9. clear CLI errors --------------------------------------------------------------------

@@ -168,10 +168,13 @@ def rebuild(
         photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)
         encoder = OnnxEncoder(model_dir, "photo")
         reason = _full_reason(full, previous, problem, encoder.fingerprint)
-        bases = [] if full else _bases(index_dir, previous, encoder.fingerprint)
+        bases = [] if full else _bases(index_dir, previous, encoder.fingerprint, older=False)
         started = time.perf_counter()
         scan = scan_photos(photos, options.workers, options.progress)
         plan = plan_build(scan, bases)
+        if plan.to_embed and not full:  # older kept versions may hold them (verified: costs)
+            bases = _bases(index_dir, previous, encoder.fingerprint, older=True)
+            plan = plan_build(scan, bases)
         if reason is None and not plan.to_embed and _same_state(scan, plan, bases[0], encoder):
             return BuildResult(index_dir, None, bases[0].report, bases[0].manifest)
         reference = previous or _newest_served(index_dir)
@@ -251,10 +254,14 @@ def _previous(index_dir: Path) -> tuple[LoadedIndex | None, str | None]:
         return None, f"the current version is unusable ({err})"
 
 
-def _bases(index_dir: Path, previous: LoadedIndex | None, fingerprint: str) -> list[LoadedIndex]:
-    """Versions whose vectors may be reused: the current one first, then the other kept
-    served versions by the same model, newest first (a damaged one is passed over)."""
+def _bases(
+    index_dir: Path, previous: LoadedIndex | None, fingerprint: str, older: bool
+) -> list[LoadedIndex]:
+    """Versions whose vectors may be reused: the current one first, then with ``older`` the
+    other kept served versions by the same model, newest first (damaged ones passed over)."""
     bases = [previous] if previous is not None and previous.fingerprint == fingerprint else []
+    if not older:
+        return bases
     served = read_served(index_dir)
     for name in reversed(version_names(index_dir)):
         if name not in served or (previous is not None and name == previous.version):

@@ -372,8 +372,11 @@ def commit_version(index_dir: Path, payload: Payload, keep: int = KEEP) -> str:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _mark_served(index_dir, version, checksums)  # before CURRENT: a served version is listed
+    # SERVED records what CURRENT points to, before it moves and after: a build killed in
+    # between leaves CURRENT's version unrecorded until the next commit records it first.
+    _mark_served(index_dir)
     _write_pointer(index_dir, Pointer(version=version, checksums_sha256=checksums))
+    _mark_served(index_dir)
     prune(index_dir, keep)
     return version
 
@@ -405,8 +408,16 @@ def _replace_file(index_dir: Path, name: str, text: str) -> None:
     _fsync_dir(index_dir)
 
 
-def _mark_served(index_dir: Path, version: str, checksums_sha256: str) -> None:
-    served = _served_or_legacy(index_dir) | {version: checksums_sha256}
+def _mark_served(index_dir: Path) -> None:
+    """Add CURRENT's version to SERVED."""
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return
+    served = _served_or_legacy(index_dir)
+    if pointer is None or served.get(pointer.version) == pointer.checksums_sha256:
+        return
+    served[pointer.version] = pointer.checksums_sha256
     _replace_file(index_dir, SERVED, json.dumps(dict(sorted(served.items())), indent=1))
 
 
