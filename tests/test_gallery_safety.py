@@ -431,6 +431,15 @@ def test_huge_files_and_headers_are_refused_before_reading(tmp_path: Path) -> No
     assert isinstance(result, Failure) and result.error.startswith(f"{3 * 2**30} bytes; at most")
 
 
+def test_the_stored_size_is_the_photos_not_the_drafts(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.zeros((800, 1200, 3), np.uint8)).save(path, exif=exif.tobytes())
+    result = decode_photo(path, sha256_file(path), Preprocessing(image_size=32))
+    assert isinstance(result, Decoded) and result.size == (800, 1200)  # drafted at 1/8
+
+
 # --- 7. paths as given ----------------------------------------------------------------------
 
 

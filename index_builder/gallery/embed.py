@@ -50,6 +50,7 @@ def default_workers() -> int:
 
 
 PREFETCH = 2
+ORIENTATION = 0x0112  # the EXIF tag
 _BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
 
 
@@ -88,9 +89,9 @@ def decode_photo(
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
             limits = (max_pixels, max_decode_pixels, max_bytes)
-            refused = _refuse_early(handle, info, *limits)
-            if refused is not None:
-                return refused
+            size = _check_header(handle, info, *limits)
+            if isinstance(size, Failure):
+                return size
             handle.seek(0)
             data = handle.read()
     except OSError as err:
@@ -102,21 +103,22 @@ def decode_photo(
                          draft_size=prep.image_size)  # fmt: skip
     except ImageError as err:
         return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
-    return Decoded(to_input_array(img, prep), img.size)
+    return Decoded(to_input_array(img, prep), size)  # the photo's size, not the draft's
 
 
-def _refuse_early(
+def _check_header(
     handle: object, info: os.stat_result, max_pixels: int, max_decode_pixels: int,
     max_bytes: int,
-) -> Failure | None:  # fmt: skip
+) -> Failure | tuple[int, int]:  # fmt: skip
     """A Failure for a file that is not regular, too large, or declares too many pixels in
-    its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); None when the file
-    may be read."""
+    its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); else the photo's
+    (width, height) as shown (EXIF orientation applied)."""
     if not stat.S_ISREG(info.st_mode):
         return Failure("not a regular file")
     try:
         with Image.open(handle) as img:  # reads the header only
             (width, height), fmt = img.size, img.format
+            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
     except Image.DecompressionBombError as err:
         return Failure(f"a decompression bomb ({err})")
     except (OSError, SyntaxError, ValueError) as err:
@@ -129,7 +131,7 @@ def _refuse_early(
         return Failure(f"{width}x{height} pixels; at most {limit} are accepted {kind}")
     if info.st_size > max_bytes:
         return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
-    return None
+    return (height, width) if turned else (width, height)
 
 
 def embed_photos(
