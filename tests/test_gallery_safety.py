@@ -507,6 +507,10 @@ def test_operator_mistakes_get_clear_errors_and_change_nothing(
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "TYPO").exists() and not (tmp_path / "i1" / POINTER).exists()
+    (tmp_path / "volume").mkdir()  # an existing empty folder (a fresh volume) takes a first build
+    assert main(["rebuild", "--index", str(tmp_path / "volume"), "--photos", str(photos),
+                 "--model", str(model), *QUIET]) == 0  # fmt: skip
+    assert load_current(tmp_path / "volume").manifest.count == 10
     binary = tmp_path / "list.txt"
     binary.write_bytes("c0/p0.png\n".encode("utf-16"))
     assert main(["build-index", "--model", str(model), "--photos", str(binary), "--out",

@@ -302,16 +302,18 @@ def _first_line(err: Exception) -> str:
 @contextmanager
 def locked(index_dir: Path, create: bool = False) -> Iterator[None]:
     """Hold INDEX_DIR's build lock (released on exit, or by the OS if the process dies);
-    ``create`` makes the directory, else it must hold an index already."""
+    ``create`` makes the directory, else it must hold an index already or be an existing
+    empty folder (a fresh volume): a mistyped path is never created."""
     if create:
         if index_dir.exists() and not index_dir.is_dir():
             raise NotADirectoryError(f"{index_dir}: a file, not an index directory; choose "
                                      "another --out")  # fmt: skip
         index_dir.mkdir(parents=True, exist_ok=True)
-    elif not is_index_dir(index_dir):
+    elif not is_index_dir(index_dir) and not _is_empty_dir(index_dir):
         raise FileNotFoundError(f"{index_dir}: no gallery index here (no {POINTER} or "
                                 f"{VERSIONS}/); check the path, or create one with `python -m "
-                                "index_builder build-index`")  # fmt: skip
+                                "index_builder build-index` (or `rebuild` into an existing "
+                                "empty folder)")  # fmt: skip
     with open(index_dir / LOCK, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -322,6 +324,10 @@ def locked(index_dir: Path, create: bool = False) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not [p for p in path.iterdir() if p.name != LOCK]
 
 
 def is_index_dir(index_dir: Path) -> bool:
