@@ -42,6 +42,7 @@ from index_builder.gallery.store import (
     Payload,
     Report,
     SkippedItem,
+    check_index_dir,
     commit_version,
     load_current,
     load_version,
@@ -162,7 +163,9 @@ def rebuild(
     embedded by ``model_dir`` (default: the current version's model). INDEX_DIR must hold an
     index unless ``create``."""
     index_dir, options = Path(index_dir), options or BuildOptions()
-    with locked(index_dir, create=create):
+    if not create:
+        check_index_dir(index_dir)
+    with locked(index_dir):
         remove_stale(index_dir)
         previous, problem = _previous(index_dir)
         photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)

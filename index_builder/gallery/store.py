@@ -300,20 +300,9 @@ def _first_line(err: Exception) -> str:
 
 
 @contextmanager
-def locked(index_dir: Path, create: bool = False) -> Iterator[None]:
-    """Hold INDEX_DIR's build lock (released on exit, or by the OS if the process dies);
-    ``create`` makes the directory, else it must hold an index already or be an existing
-    empty folder (a fresh volume): a mistyped path is never created."""
-    if create:
-        if index_dir.exists() and not index_dir.is_dir():
-            raise NotADirectoryError(f"{index_dir}: a file, not an index directory; choose "
-                                     "another --out")  # fmt: skip
-        index_dir.mkdir(parents=True, exist_ok=True)
-    elif not is_index_dir(index_dir) and not _is_empty_dir(index_dir):
-        raise FileNotFoundError(f"{index_dir}: no gallery index here (no {POINTER} or "
-                                f"{VERSIONS}/); check the path, or create one with `python -m "
-                                "index_builder build-index` (or `rebuild` into an existing "
-                                "empty folder)")  # fmt: skip
+def locked(index_dir: Path) -> Iterator[None]:
+    """Hold INDEX_DIR's build lock (released on exit, or by the OS if the process dies)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / LOCK, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -326,8 +315,20 @@ def locked(index_dir: Path, create: bool = False) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not [p for p in path.iterdir() if p.name != LOCK]
+def check_index_dir(index_dir: Path) -> None:
+    """Raise unless INDEX_DIR holds an index or is an existing empty folder (a fresh volume),
+    so that a mistyped ``--index`` is never created."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise NotADirectoryError(f"{index_dir}: a file, not an index directory")
+    if is_index_dir(index_dir):
+        return
+    if index_dir.is_dir() and not [p for p in index_dir.iterdir() if p.name != LOCK]:
+        return
+    raise FileNotFoundError(
+        f"{index_dir}: no gallery index here (no {POINTER} or {VERSIONS}/); check the path, or "
+        "create one with `python -m index_builder build-index` (or `rebuild` into an existing "
+        "empty folder)"
+    )
 
 
 def is_index_dir(index_dir: Path) -> bool:
@@ -420,9 +421,9 @@ def _mark_served(index_dir: Path) -> None:
         pointer = read_pointer(index_dir)
     except IndexIntegrityError:
         return
-    served = _served_or_legacy(index_dir)
-    if pointer is None or served.get(pointer.version) == pointer.checksums_sha256:
+    if pointer is None or read_served(index_dir).get(pointer.version) == pointer.checksums_sha256:
         return
+    served = _served_or_legacy(index_dir)
     served[pointer.version] = pointer.checksums_sha256
     _replace_file(index_dir, SERVED, json.dumps(dict(sorted(served.items())), indent=1))
 
