@@ -120,9 +120,35 @@ def _gallery_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _gallery_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding threads")
-    p.add_argument("--keep", type=int, default=3, help="index versions to keep")
+    """Flags shared by build-index and rebuild; unset ones take SBIR_GALLERY_* or defaults."""
+
+    def at_least_one(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        return value
+
+    def share(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+        return value
+
+    p.add_argument("--batch-size", type=at_least_one, help="photos per encoder batch (32)")
+    p.add_argument("--workers", type=at_least_one, help="decoding threads (default: min(8, "
+                   "cores) within a 4 GB decode budget)")  # fmt: skip
+    p.add_argument("--keep", type=at_least_one, help="served index versions to keep (3)")
+    p.add_argument("--max-shrink", type=share, help="largest share of the served photos a "
+                   "build may drop without --allow-shrink (0.2)")  # fmt: skip
+    p.add_argument("--allow-shrink", action="store_true", help="accept a build that drops "
+                   "more than --max-shrink, or that cannot read some folders")  # fmt: skip
+    p.add_argument("--allow-empty", action="store_true", help="accept a build with no photo")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -194,15 +220,29 @@ def _print_validation(info: dict) -> None:
 
 
 def _gallery(args: argparse.Namespace) -> None:
-    from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
+    from index_builder.gallery.rebuild import (
+        BuildOptions,
+        GallerySettings,
+        build_new_index,
+        rebuild,
+    )
 
-    workers = {"workers": args.workers} if args.workers else {}
-    options = BuildOptions(batch_size=args.batch_size, keep=args.keep,
-                           progress=not args.no_progress, **workers)  # fmt: skip
-    if args.command == "build-index":
-        result = build_new_index(args.model, args.photos, args.out, options)
-    else:
-        result = rebuild(args.index, args.photos, args.model, args.full, options)
+    settings = GallerySettings()
+    names = ("batch_size", "workers", "keep", "max_shrink")
+    pick = {
+        n: getattr(settings, n) if getattr(args, n) is None else getattr(args, n) for n in names
+    }
+    options = BuildOptions(**pick, progress=not args.no_progress, allow_shrink=args.allow_shrink,
+                           allow_empty=args.allow_empty)  # fmt: skip
+    try:
+        if args.command == "build-index":
+            result = build_new_index(args.model, args.photos, args.out, options)
+        else:
+            result = rebuild(args.index, args.photos, args.model, args.full, options)
+    except OSError as err:  # one not named in USER_ERRORS: a message, never a traceback
+        if isinstance(err, USER_ERRORS) or err.filename is None:
+            raise
+        raise ValueError(f"{err.filename}: {err.strerror or err}") from err
     print(result.summary())
 
 

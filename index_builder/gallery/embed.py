@@ -3,13 +3,24 @@
 Worker threads read, check and decode files into input arrays (Pillow and hashlib release the
 GIL) while the encoder runs the previous batch; up to ``PREFETCH`` batches are decoded ahead.
 A file that cannot be decoded, or whose bytes no longer match the hash it was scanned with,
-is skipped and reported, never fatal.
+is skipped and reported, never fatal; read errors and changed files are marked ``retry`` (the
+next rebuild tries them again), decode failures are not (the same bytes fail the same way).
+
+Memory: a file's header is read first; a file declaring too many pixels, or larger than
+``MAX_FILE_BYTES``, is refused before its bytes are read. JPEGs (up to ``MAX_PIXELS``) are
+decoded in draft mode, by libjpeg's DCT scaling, to no less than the encoder's input size, so
+a 100 MP JPEG costs ~11 MB; other formats are decoded whole, so their limit is lower
+(``MAX_DECODE_PIXELS``). Measured peaks (``bench/gallery_decode_memory.py``): at most ~8 bytes
+a pixel (RGBA, 16-bit grey), with the file's bytes ``PER_IMAGE_PEAK_BYTES`` bounds one decode;
+the default worker count keeps workers x that within ``MEMORY_BUDGET_BYTES``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,14 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from index_builder.gallery.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
-from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
+from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image, to_input_array
 
-MAX_PIXELS = 100_000_000  # larger images are refused (decompression bombs)
+MAX_PIXELS = 100_000_000  # larger JPEGs are refused (the service's thumbnails use it too)
+MAX_DECODE_PIXELS = 32_000_000  # larger images of other formats are refused (decoded whole)
+MAX_FILE_BYTES = 128 * 2**20  # larger files are refused before they are read
+MAX_JPEG_SCANS = 100  # progressive JPEGs have about a dozen; thousands cost seconds each
+BYTES_PER_PIXEL = 16  # measured <= 8 (RGBA, 16-bit grey); twice that for the odd modes
+PER_IMAGE_PEAK_BYTES = MAX_FILE_BYTES + BYTES_PER_PIXEL * MAX_DECODE_PIXELS  # ~640 MB
+MEMORY_BUDGET_BYTES = 4 * 2**30  # the default workers decode within this
+
+
+def default_workers() -> int:
+    """Decoding threads: one a core, at most 8, and no more than the memory budget allows."""
+    return max(1, min(8, os.cpu_count() or 1, MEMORY_BUDGET_BYTES // PER_IMAGE_PEAK_BYTES))
+
+
 PREFETCH = 2
+ORIENTATION = 0x0112  # the EXIF tag
 _BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
 
 
@@ -39,6 +65,14 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a photo is unusable; ``retry`` when the cause may pass (a read error)."""
+
+    error: str
+    retry: bool = False
+
+
+@dataclass(frozen=True)
 class Decoded:
     """One photo as an encoder input, with its (width, height)."""
 
@@ -47,20 +81,57 @@ class Decoded:
 
 
 def decode_photo(
-    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS
-) -> Decoded | str:
-    """Read, check and preprocess one photo; the reason as a string when it is unusable."""
+    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES, max_decode_pixels: int = MAX_DECODE_PIXELS,
+) -> Decoded | Failure:  # fmt: skip
+    """Read, check and preprocess one photo; a Failure when it is unusable."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            limits = (max_pixels, max_decode_pixels, max_bytes)
+            size = _check_header(handle, info, *limits)
+            if isinstance(size, Failure):
+                return size
+            handle.seek(0)
+            data = handle.read()
     except OSError as err:
-        return f"cannot read the file ({err.strerror})"
+        return Failure(f"cannot read the file ({err.strerror or err})", retry=True)
     if hashlib.sha256(data).hexdigest() != sha256:
-        return "the file changed while the index was being built"
+        return Failure("the file changed while the index was being built", retry=True)
     try:
-        img = load_image(data, max_pixels)
+        img = load_image(data, max_pixels, max_jpeg_scans=MAX_JPEG_SCANS,
+                         draft_size=prep.image_size)  # fmt: skip
     except ImageError as err:
-        return _BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: "))
-    return Decoded(to_input_array(img, prep), img.size)
+        return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
+    return Decoded(to_input_array(img, prep), size)  # the photo's size, not the draft's
+
+
+def _check_header(
+    handle: object, info: os.stat_result, max_pixels: int, max_decode_pixels: int,
+    max_bytes: int,
+) -> Failure | tuple[int, int]:  # fmt: skip
+    """A Failure for a file that is not regular, too large, or declares too many pixels in
+    its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); else the photo's
+    (width, height) as shown (EXIF orientation applied)."""
+    if not stat.S_ISREG(info.st_mode):
+        return Failure("not a regular file")
+    try:
+        with Image.open(handle) as img:  # reads the header only
+            (width, height), fmt = img.size, img.format
+            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    except Image.DecompressionBombError as err:
+        return Failure(f"a decompression bomb ({err})")
+    except (OSError, SyntaxError, ValueError) as err:
+        if type(err) is OSError and err.errno is not None:
+            raise  # a read error, not a format error
+        return Failure(f"not a readable image ({err})")
+    limit = max_pixels if fmt in JPEG_FORMATS else min(max_pixels, max_decode_pixels)
+    if width * height > limit:
+        kind = "for a JPEG" if fmt in JPEG_FORMATS else f"for {fmt or 'this format'}"
+        return Failure(f"{width}x{height} pixels; at most {limit} are accepted {kind}")
+    if info.st_size > max_bytes:
+        return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
+    return (height, width) if turned else (width, height)
 
 
 def embed_photos(
@@ -72,16 +143,20 @@ def embed_photos(
     progress: bool = False,
 ) -> Embedded:
     """Embed ``photos`` (paths relative to ``root``); unusable ones go to ``skipped``."""
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
+                         f"{workers})")  # fmt: skip
     prep = encoder.metadata.preprocessing
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     parts = [out.vectors]
     bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
-    with ThreadPoolExecutor(max(1, workers)) as pool, bar:
+    with ThreadPoolExecutor(workers) as pool, bar:
         for batch, results in _decoded_batches(pool, root, photos, batch_size, prep):
             arrays = []
             for photo, result in zip(batch, results, strict=True):
-                if isinstance(result, str):
-                    out.skipped.append(Skipped(photo.path, photo.sha256, result))
+                if isinstance(result, Failure):
+                    out.skipped.append(Skipped(photo.path, photo.sha256, result.error,
+                                               result.retry))  # fmt: skip
                     continue
                 arrays.append(result.array)
                 out.done.append(photo)
@@ -99,7 +174,7 @@ def _decoded_batches(
     photos: Sequence[PhotoFile],
     batch_size: int,
     prep: Preprocessing,
-) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | str]]]:
+) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | Failure]]]:
     """Batches of photos with their decode results, decoding ``PREFETCH`` batches ahead."""
     pending: deque[tuple[Sequence[PhotoFile], list[Future]]] = deque()
     starts = iter(range(0, len(photos), batch_size))

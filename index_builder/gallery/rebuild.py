@@ -1,12 +1,19 @@
-"""Full and incremental gallery builds.
+"""Full and incremental gallery builds, guarded against losing the gallery.
 
-An incremental build compares the photos on disk with the current version by content hash:
-photos whose sha256 the current version already holds (unchanged, moved or copied) reuse its
-vector, photos it skipped as unusable stay skipped, and only the rest are embedded. A full
-build embeds everything; it is what ``build-index`` does, what ``--full`` asks for, and what a
-model change (another fingerprint), a missing or unreadable current version forces.
-Ids are rows in path order, so both kinds give the same version for the same photos. When
-nothing changed, no version is written (re-running a finished build is a no-op).
+An incremental build compares the photos on disk with the kept versions by content hash:
+photos whose sha256 a kept version made by the same model holds (unchanged, moved, copied, or
+only in an older version, as after a bad rebuild) reuse its vector, photos it failed to decode
+stay skipped, and only the rest are embedded. Read errors are not remembered: such files are
+tried again by the next build. A full build embeds everything; it is what ``build-index`` does
+and what ``--full`` asks for; a model change, a missing or unreadable current version reuse
+what kept versions of the new model hold, if any. Ids are rows in path order, so both kinds
+give the same version for the same photos. When nothing changed, no version is written
+(re-running a finished build is a no-op).
+
+Guards: a build that would index no photo, that found folders it cannot read, or that would
+drop more than ``max_shrink`` of the photos the current version serves is refused before it
+embeds anything and again before it commits, unless ``allow_empty`` / ``allow_shrink`` say so
+(an unmounted disk or a permission change must not empty the served gallery).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index_builder.gallery.embed import Embedded, embed_photos
+from index_builder.gallery.embed import Embedded, default_workers, embed_photos
 from index_builder.gallery.faiss_index import build_index
-from index_builder.gallery.scan import PhotoFile, Scan, Skipped, scan_photos
+from index_builder.gallery.scan import PhotoFile, Scan, Skipped, display_path, scan_photos
 from index_builder.gallery.store import (
     KEEP,
     VERSIONS,
@@ -33,23 +42,58 @@ from index_builder.gallery.store import (
     Payload,
     Report,
     SkippedItem,
+    check_index_dir,
     commit_version,
     load_current,
+    load_version,
     locked,
     read_pointer,
+    read_served,
     remove_stale,
+    version_names,
 )
 from model.encoder import OnnxEncoder
+
+SHOWN_SKIPS = 20  # skipped files listed in the summary (all are in report.json)
+
+
+class GallerySettings(BaseSettings):
+    """Gallery build defaults (``SBIR_GALLERY_<NAME>``; the CLI flags override them)."""
+
+    model_config = SettingsConfigDict(env_prefix="SBIR_GALLERY_")
+
+    max_shrink: float = Field(
+        0.2, ge=0.0, le=1.0, description="share of the served photos a rebuild may drop"
+    )
+    batch_size: int = Field(32, ge=1, description="photos per encoder batch")
+    workers: int = Field(default_factory=default_workers, ge=1, description="decoding threads")
+    keep: int = Field(KEEP, ge=1, description="served index versions to keep")
+
+
+class GuardError(ValueError):
+    """A build refused because it would lose photos the gallery serves (or index none)."""
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to embed: batch size, decoding threads, versions kept, progress bars."""
+    """How to embed (batch size, decoding threads), versions kept, progress bars, and the
+    guards: the share of served photos a build may drop, and the explicit overrides."""
 
     batch_size: int = 32
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    workers: int = field(default_factory=default_workers)
     keep: int = KEEP
     progress: bool = False
+    max_shrink: float = 0.2
+    allow_shrink: bool = False
+    allow_empty: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, "
+                                 f"not {getattr(self, name)}")  # fmt: skip
+        if not 0.0 <= self.max_shrink <= 1.0:
+            raise ValueError(f"max-shrink must be between 0 and 1, not {self.max_shrink}")
 
 
 @dataclass(frozen=True)
@@ -71,21 +115,24 @@ class BuildResult:
                 f"{self.index_dir}: up to date at {m.version} (no photo changed)",
                 f"  {m.count} photos indexed, {len(r.skipped)} skipped", index,
             ])  # fmt: skip
+        more = len(r.skipped) - SHOWN_SKIPS
         return "\n".join([
             f"{self.index_dir}: wrote {self.version} ({r.mode}: {r.reason})",
             f"  {m.count} photos indexed; {r.added} added, {r.changed} changed, "
             f"{r.removed} removed, {r.unchanged} unchanged; {r.embedded} embedded, "
             f"{r.reused} reused, {len(r.skipped)} skipped",
             index,
-            *(f"  skipped {s.path}: {s.error}" for s in r.skipped[:20]),
+            *(f"  skipped {display_path(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
+            *([f"  ... and {more} more skipped (all in {self.index_dir / VERSIONS / self.version}"
+               "/report.json)"] if more > 0 else []),
         ])  # fmt: skip
 
 
 @dataclass
 class Plan:
-    """Per scanned photo: reuse a previous vector, keep it skipped, or embed it."""
+    """Per scanned photo: reuse a kept vector, keep it skipped, or embed it."""
 
-    reuse: dict[str, int] = field(default_factory=dict)  # path -> previous row
+    reuse: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (base, row)
     carried: list[Skipped] = field(default_factory=list)
     to_embed: list[PhotoFile] = field(default_factory=list)
 
@@ -95,11 +142,13 @@ def build_new_index(
 ) -> BuildResult:
     """``build-index``: a full build into an INDEX_DIR that holds no index yet."""
     index_dir = Path(index_dir)
-    if read_pointer(index_dir) is not None:
+    if index_dir.exists() and not index_dir.is_dir():
+        raise NotADirectoryError(f"{index_dir}: a file, not a folder; choose another --out")
+    if (index_dir / "CURRENT").exists():
         raise ValueError(f"{index_dir}: already holds an index; use `rebuild` to update it")
     if index_dir.is_dir() and {p.name for p in index_dir.iterdir()} - {VERSIONS, ".lock"}:
         raise ValueError(f"{index_dir}: not empty and not an index directory; choose another")
-    return rebuild(index_dir, photos, model_dir, full=True, options=options)
+    return rebuild(index_dir, photos, model_dir, full=True, options=options, create=True)
 
 
 def rebuild(
@@ -108,56 +157,144 @@ def rebuild(
     model_dir: str | Path | None = None,
     full: bool = False,
     options: BuildOptions | None = None,
+    create: bool = False,
 ) -> BuildResult:
     """Bring INDEX_DIR up to date with ``photos`` (default: the current version's source)
-    embedded by ``model_dir`` (default: the current version's model)."""
+    embedded by ``model_dir`` (default: the current version's model). INDEX_DIR must hold an
+    index unless ``create``."""
     index_dir, options = Path(index_dir), options or BuildOptions()
+    if not create:
+        check_index_dir(index_dir)
     with locked(index_dir):
         remove_stale(index_dir)
         previous, problem = _previous(index_dir)
-        photos, model_dir = _defaults(index_dir, previous, photos, model_dir)
+        photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)
         encoder = OnnxEncoder(model_dir, "photo")
         reason = _full_reason(full, previous, problem, encoder.fingerprint)
-        base = None if reason else previous
+        bases = [] if full else _bases(index_dir, previous, encoder.fingerprint, older=False)
         started = time.perf_counter()
         scan = scan_photos(photos, options.workers, options.progress)
-        plan = plan_build(scan, base)
-        if base is not None and not plan.to_embed and _same_state(scan, plan, base, encoder):
-            return BuildResult(index_dir, None, base.report, base.manifest)
-        job = _Job(index_dir, encoder, scan, plan, base, previous, reason)
+        plan = plan_build(scan, bases)
+        if plan.to_embed and not full:  # older kept versions may hold them (verified: costs)
+            bases = _bases(index_dir, previous, encoder.fingerprint, older=True)
+            plan = plan_build(scan, bases)
+        if reason is None and not plan.to_embed and _same_state(scan, plan, bases[0], encoder):
+            return BuildResult(index_dir, None, bases[0].report, bases[0].manifest)
+        reference = previous or _newest_served(index_dir)
+        expected = [*plan.reuse, *(p.path for p in plan.to_embed)]
+        check_guards(scan, _hashes(scan, expected), reference, options, "would be")
+        job = _Job(index_dir, encoder, scan, plan, bases, previous, reference, reason)
         return _build(job, {"scan": time.perf_counter() - started}, options)
+
+
+def check_guards(
+    scan: Scan, kept: set[str], reference: LoadedIndex | None, options: BuildOptions,
+    tense: str = "would be",
+) -> None:  # fmt: skip
+    """Raise GuardError for an empty gallery, unreadable folders, or a drop of more than
+    ``options.max_shrink`` of ``reference``'s photos; ``kept``: the sha256 of the photos the
+    new version holds."""
+    where = display_path(scan.source)
+    if not kept and not options.allow_empty:
+        raise GuardError(
+            f"{where}: no photo {tense} indexed ({len(scan.files)} image files found, "
+            f"{len(scan.unreadable)} skipped); is the disk mounted and the path right? Pass "
+            "--allow-empty to write an empty index anyway"
+        )
+    if scan.unreadable_folders and not options.allow_shrink:
+        folders = ", ".join(display_path(f) for f in scan.unreadable_folders[:5])
+        more = len(scan.unreadable_folders) - 5
+        raise GuardError(
+            f"{where}: {len(scan.unreadable_folders)} folders cannot be read ({folders}"
+            f"{f' and {more} more' if more > 0 else ''}); their photos would be left out. Fix "
+            "their permissions, or pass --allow-shrink to index without them"
+        )
+    if reference is None or options.allow_shrink:
+        return
+    before = {it.sha256 for it in reference.manifest.items}
+    dropped = len(before - kept)
+    if before and dropped > options.max_shrink * len(before):
+        raise GuardError(
+            f"{where}: {dropped} of the {len(before)} photos served by {reference.version} "
+            f"{tense} dropped ({dropped / len(before):.0%}, more than the {options.max_shrink:.0%} "
+            f"allowed; {len(scan.files)} image files found, {len(scan.unreadable)} skipped). "
+            "Check that the photos are all there (a mounted disk, permissions, the right "
+            "--photos), or pass --allow-shrink to accept the smaller gallery"
+        )
+
+
+def _hashes(scan: Scan, paths: list[str] | set[str]) -> set[str]:
+    wanted = set(paths)
+    return {p.sha256 for p in scan.files if p.path in wanted}
 
 
 def _defaults(
     index_dir: Path,
     previous: LoadedIndex | None,
+    problem: str | None,
     photos: str | Path | None,
     model_dir: str | Path | None,
-) -> tuple[str | Path, str | Path]:
-    """The photos and model to use: given ones, else the current version's."""
+) -> tuple[str, str]:
+    """The photos and model to use: given ones (absolute, links not resolved), else the
+    current version's."""
     if previous is not None:
         photos = photos or previous.manifest.source
         model_dir = model_dir or previous.manifest.model.model_dir
     if not photos or not model_dir:
+        why = f" ({problem})" if problem else ""
         raise ValueError(f"{index_dir}: no usable current version to take the photos and the "
-                         "model from; give --photos and --model")  # fmt: skip
-    return photos, model_dir
+                         f"model from{why}; give --photos and --model")  # fmt: skip
+    return os.path.abspath(photos), os.path.abspath(model_dir)
 
 
 def _previous(index_dir: Path) -> tuple[LoadedIndex | None, str | None]:
     """The current version, verified, or None and why it cannot be used."""
-    if read_pointer(index_dir) is None:
-        return None, None
     try:
+        if read_pointer(index_dir) is None:
+            return None, None
         return load_current(index_dir), None
     except (IndexIntegrityError, FileNotFoundError) as err:
         return None, f"the current version is unusable ({err})"
 
 
+def _bases(
+    index_dir: Path, previous: LoadedIndex | None, fingerprint: str, older: bool
+) -> list[LoadedIndex]:
+    """Versions whose vectors may be reused: the current one first, then with ``older`` the
+    other kept served versions by the same model, newest first (damaged ones passed over)."""
+    bases = [previous] if previous is not None and previous.fingerprint == fingerprint else []
+    if not older:
+        return bases
+    served = read_served(index_dir)
+    for name in reversed(version_names(index_dir)):
+        if name not in served or (previous is not None and name == previous.version):
+            continue
+        try:
+            loaded = load_version(index_dir, name, served[name] or None)
+        except (IndexIntegrityError, OSError):
+            continue
+        if loaded.fingerprint == fingerprint:
+            bases.append(loaded)
+    return bases
+
+
+def _newest_served(index_dir: Path) -> LoadedIndex | None:
+    """The newest readable served version (what the guards compare with when CURRENT is
+    unreadable)."""
+    served = read_served(index_dir)
+    for name in reversed(version_names(index_dir)):
+        if name in served:
+            try:
+                return load_version(index_dir, name, served[name] or None)
+            except (IndexIntegrityError, OSError):
+                continue
+    return None
+
+
 def _full_reason(
     full: bool, previous: LoadedIndex | None, problem: str | None, fingerprint: str
 ) -> str | None:
-    """Why this build must embed everything; None for an incremental one."""
+    """Why this build cannot be an incremental one from the current version; None if it can."""
     if previous is None:
         return problem or "new index"
     if full:
@@ -168,11 +305,24 @@ def _full_reason(
     return None
 
 
-def plan_build(scan: Scan, base: LoadedIndex | None) -> Plan:
-    """Sort the scanned photos into reuse / keep skipped / embed, by content hash."""
+def _remembered(skipped: SkippedItem) -> bool:
+    """Whether a skip recorded earlier stands for the same bytes: decode failures do; read
+    errors (also those recorded before ``retry`` existed) do not."""
+    transient = ("cannot read the file", "the file changed while")
+    return (
+        skipped.sha256 is not None and not skipped.retry and not skipped.error.startswith(transient)
+    )
+
+
+def plan_build(scan: Scan, bases: list[LoadedIndex]) -> Plan:
+    """Sort the scanned photos into reuse / keep skipped / embed, by content hash; the first
+    base holding a hash gives its vector."""
     plan = Plan()
-    rows = {} if base is None else {it.sha256: it.id for it in base.manifest.items}
-    skipped = {} if base is None else {s.sha256: s.error for s in base.report.skipped if s.sha256}
+    rows: dict[str, tuple[int, int]] = {}
+    skipped: dict[str, str] = {}
+    for b, base in reversed(list(enumerate(bases))):  # earlier bases win
+        rows |= {it.sha256: (b, it.id) for it in base.manifest.items}
+        skipped |= {s.sha256: s.error for s in base.report.skipped if _remembered(s)}  # type: ignore[misc]
     for photo in scan.files:
         if photo.sha256 in rows:
             plan.reuse[photo.path] = rows[photo.sha256]
@@ -185,8 +335,10 @@ def plan_build(scan: Scan, base: LoadedIndex | None) -> Plan:
 
 def _same_state(scan: Scan, plan: Plan, base: LoadedIndex, encoder: OnnxEncoder) -> bool:
     """Whether the photos, their classes, the skipped ones and the model directory are
-    exactly as in ``base``."""
+    exactly as in ``base`` (the current version), all reused from it."""
     m = base.manifest
+    if any(b != 0 for b, _ in plan.reuse.values()):
+        return False
     now = [(p.path, p.sha256, p.cls) for p in scan.files if p.path in plan.reuse]
     before = [(it.path, it.sha256, it.cls) for it in m.items]
     skipped_now = sorted((s.path, s.sha256, s.error) for s in [*plan.carried, *scan.unreadable])
@@ -197,20 +349,21 @@ def _same_state(scan: Scan, plan: Plan, base: LoadedIndex, encoder: OnnxEncoder)
 
 
 def _model_dir(encoder: OnnxEncoder) -> str:
-    return str(Path(str(encoder.metadata.model_dir)).resolve())
+    return os.path.abspath(str(encoder.metadata.model_dir))
 
 
 @dataclass(frozen=True)
 class _Job:
-    """One build's inputs: ``base`` is what vectors are reused from (None for a full build),
+    """One build's inputs: ``bases`` are what vectors are reused from (none for a full build),
     ``previous`` the current version the report compares with."""
 
     index_dir: Path
     encoder: OnnxEncoder
     scan: Scan
     plan: Plan
-    base: LoadedIndex | None
+    bases: list[LoadedIndex]
     previous: LoadedIndex | None
+    reference: LoadedIndex | None  # what the guards compare with
     reason: str | None
 
 
@@ -220,7 +373,8 @@ def _build(job: _Job, seconds: dict[str, float], options: BuildOptions) -> Build
     embedded = embed_photos(encoder, scan.root, plan.to_embed, options.batch_size,
                             options.workers, options.progress)  # fmt: skip
     t1 = time.perf_counter()
-    vectors, items = assemble(scan, plan, embedded, job.base)
+    vectors, items = assemble(scan, plan, embedded, job.bases)
+    check_guards(scan, {it.sha256 for it in items}, job.reference, options, "would be")
     built = build_index(vectors)
     t2 = time.perf_counter()
     seconds |= {"embed": t1 - t0, "index": t2 - t1}
@@ -239,19 +393,19 @@ def _build(job: _Job, seconds: dict[str, float], options: BuildOptions) -> Build
 
 
 def assemble(
-    scan: Scan, plan: Plan, embedded: Embedded, base: LoadedIndex | None
+    scan: Scan, plan: Plan, embedded: Embedded, bases: list[LoadedIndex]
 ) -> tuple[np.ndarray, list[ManifestItem]]:
     """Vectors and manifest items of the new version, in path order."""
     new_rows = {p.path: i for i, p in enumerate(embedded.done)}
-    old_items = base.manifest.items if base is not None else []
     items: list[ManifestItem] = []
-    reused: list[tuple[int, int]] = []  # (new id, old row)
+    reused: dict[int, list[tuple[int, int]]] = {}  # base -> [(new id, its row)]
     fresh: list[tuple[int, int]] = []  # (new id, row of ``embedded``)
     for photo in scan.files:
         if photo.path in plan.reuse:
-            row = plan.reuse[photo.path]
-            reused.append((len(items), row))
-            size = (old_items[row].width, old_items[row].height)
+            b, row = plan.reuse[photo.path]
+            reused.setdefault(b, []).append((len(items), row))
+            old = bases[b].manifest.items[row]
+            size = (old.width, old.height)
         elif photo.path in new_rows:
             fresh.append((len(items), new_rows[photo.path]))
             size = embedded.sizes[new_rows[photo.path]]
@@ -260,9 +414,9 @@ def assemble(
         items.append(ManifestItem(id=len(items), path=photo.path, cls=photo.cls, width=size[0],
                                   height=size[1], sha256=photo.sha256))  # fmt: skip
     vectors = np.zeros((len(items), embedded.vectors.shape[1]), np.float32)
-    if reused and base is not None:
-        ids, rows = np.array(reused).T
-        vectors[ids] = base.vectors()[rows]
+    for b, pairs in reused.items():
+        ids, rows = np.array(pairs).T
+        vectors[ids] = bases[b].vectors()[rows]
     if fresh:
         ids, rows = np.array(fresh).T
         vectors[ids] = embedded.vectors[rows]
@@ -272,11 +426,13 @@ def assemble(
 def _report(job: _Job, embedded: Embedded, seconds: dict[str, float]) -> Report:
     """What changed since the current version, what was embedded, reused and skipped."""
     scan, plan, reason = job.scan, job.plan, job.reason
+    if reason and plan.reuse:
+        reason += "; vectors reused from kept versions of this model"
     before = _previous_paths(job.previous)
     now = {p.path: p.sha256 for p in scan.files} | {s.path: s.sha256 for s in scan.unreadable}
     skipped = sorted([*plan.carried, *embedded.skipped, *scan.unreadable], key=lambda s: s.path)
     return Report(
-        mode="full" if reason else "incremental",
+        mode="full" if reason and not plan.reuse else "incremental",
         reason=reason or "photos changed",
         added=len(now.keys() - before.keys()),
         changed=sum(1 for p, h in now.items() if p in before and before[p] != h),
@@ -284,7 +440,9 @@ def _report(job: _Job, embedded: Embedded, seconds: dict[str, float]) -> Report:
         unchanged=sum(1 for p, h in now.items() if p in before and before[p] == h),
         embedded=len(embedded.done),
         reused=len(plan.reuse),
-        skipped=[SkippedItem(path=s.path, sha256=s.sha256, error=s.error) for s in skipped],
+        skipped=[
+            SkippedItem(path=s.path, sha256=s.sha256, error=s.error, retry=s.retry) for s in skipped
+        ],
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
 

@@ -1,8 +1,9 @@
-"""Versioned, checksummed gallery index directories with an atomically swapped pointer.
+r"""Versioned, checksummed gallery index directories with an atomically swapped pointer.
 
 Layout of an INDEX_DIR::
 
     CURRENT                 {"version": "v000003", "checksums_sha256": ...} (os.replace'd)
+    SERVED                  every version CURRENT has pointed to, with its checksums' sha256
     .lock                   held (flock) by the one build running
     versions/v000003/       index.faiss, vectors.npy, manifest.json, report.json, checksums.json
     versions/.staging-*/    a build in progress (or an interrupted one, removed by the next)
@@ -11,8 +12,14 @@ A build writes its files into a staging folder, fsyncs them, renames the folder 
 version and only then replaces ``CURRENT``; readers follow ``CURRENT``, so they only ever see a
 complete version, and an interrupted build leaves ``CURRENT`` as it was. ``checksums.json``
 holds every file's size and sha256 and ``CURRENT`` holds the sha256 of ``checksums.json``:
-loading a truncated or tampered file fails with IndexIntegrityError. Old versions are pruned
-(the newest ``keep`` and the current one stay).
+loading a truncated or tampered file fails with IndexIntegrityError. Old versions are pruned:
+the newest ``keep`` versions that were served (made current) stay, the current one always;
+versions never served (a build killed between writing its folder and moving ``CURRENT``) and
+leftover pointer temporaries are removed. Photo paths may hold surrogate escapes (file names
+that are not UTF-8); the JSON files store them as ``\udcNN`` escapes, losslessly.
+
+An unreadable ``CURRENT`` (empty, garbage) never blocks a way forward: ``rebuild --photos P
+--model M`` writes a new version and moves the pointer (vectors of kept versions are reused).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import faiss
 import numpy as np
@@ -37,6 +44,7 @@ from index_builder.gallery.scan import sha256_file
 
 FORMAT_VERSION = 1
 POINTER = "CURRENT"
+SERVED = "SERVED"
 VERSIONS = "versions"
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
@@ -44,6 +52,7 @@ INDEX_FILE, VECTORS_FILE = "index.faiss", "vectors.npy"
 MANIFEST_FILE, REPORT_FILE, CHECKSUMS_FILE = "manifest.json", "report.json", "checksums.json"
 DATA_FILES = (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, REPORT_FILE)
 KEEP = 3
+M = TypeVar("M", bound=BaseModel)
 
 
 class IndexIntegrityError(RuntimeError):
@@ -97,11 +106,13 @@ class Manifest(BaseModel):
 
 
 class SkippedItem(BaseModel):
-    """A photo left out, and why (sha256 None when the file could not be read at all)."""
+    """A photo left out, and why (sha256 None when the file could not be read at all);
+    ``retry``: a failure that may not recur (read errors), so not remembered."""
 
     path: str
     sha256: str | None
     error: str
+    retry: bool = False
 
 
 class Report(BaseModel):
@@ -179,8 +190,37 @@ def read_pointer(index_dir: Path) -> Pointer | None:
         return None
     try:
         return Pointer.model_validate_json(path.read_bytes())
-    except ValidationError as err:
-        raise IndexIntegrityError(f"{path}: unreadable pointer ({err.errors()[0]['msg']})") from err
+    except (OSError, ValidationError) as err:
+        why = err.errors()[0]["msg"] if isinstance(err, ValidationError) else err.strerror
+        raise IndexIntegrityError(
+            f"{path}: unreadable pointer ({why}); to recover, run `python -m index_builder "
+            f"rebuild --index {index_dir} --photos PHOTOS --model MODEL_DIR` (the photos and "
+            f"model of each version are in {VERSIONS}/*/{MANIFEST_FILE})"
+        ) from err
+
+
+def read_served(index_dir: Path) -> dict[str, str]:
+    """Version -> checksums sha256 of every version CURRENT has pointed to (may be partial:
+    index directories from before SERVED existed, or a damaged file, give what is readable)."""
+    try:
+        served = json.loads((Path(index_dir) / SERVED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in served.items()} if isinstance(served, dict) else {}
+
+
+def to_json(model: BaseModel, indent: int | None = None) -> str:
+    """JSON of a model; strings with surrogate escapes (non-UTF-8 file names) are written as
+    ``\\udcNN`` escapes, which pydantic's own serialiser refuses."""
+    return json.dumps(model.model_dump(mode="json", by_alias=True), indent=indent)
+
+
+def from_json(cls: type[M], data: bytes | str) -> M:
+    """The model ``to_json`` wrote (pydantic's own parser refuses lone surrogates)."""
+    try:
+        return cls.model_validate(json.loads(data))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err})") from err
 
 
 def load_current(
@@ -210,10 +250,10 @@ def load_version(index_dir: Path, version: str, checksums_sha256: str | None = N
     if checksums_sha256 is not None:
         verify_version(folder, checksums_sha256)
     try:
-        manifest = Manifest.model_validate_json((folder / MANIFEST_FILE).read_bytes())
-        report = Report.model_validate_json((folder / REPORT_FILE).read_bytes())
+        manifest = from_json(Manifest, (folder / MANIFEST_FILE).read_bytes())
+        report = from_json(Report, (folder / REPORT_FILE).read_bytes())
         index = read_index(folder / INDEX_FILE, manifest.index.nprobe)
-    except (OSError, ValidationError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise IndexIntegrityError(f"{folder}: cannot be read ({_first_line(err)})") from err
     _check_consistent(folder, index, manifest)
     return LoadedIndex(Path(index_dir), version, folder, index, manifest, report)
@@ -225,7 +265,10 @@ def verify_version(folder: Path, checksums_sha256: str) -> None:
     if not listing.is_file() or sha256_file(listing) != checksums_sha256:
         raise IndexIntegrityError(f"{listing}: missing or modified (its sha256 differs from "
                                   f"the one in {POINTER})")  # fmt: skip
-    expected = json.loads(listing.read_text())
+    try:
+        expected = json.loads(listing.read_text())
+    except ValueError as err:
+        raise IndexIntegrityError(f"{listing}: unreadable ({err})") from err
     for name in DATA_FILES:
         path, want = folder / name, expected.get(name)
         if want is None or not path.is_file():
@@ -272,12 +315,38 @@ def locked(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_index_dir(index_dir: Path) -> None:
+    """Raise unless INDEX_DIR holds an index or is an existing empty folder (a fresh volume),
+    so that a mistyped ``--index`` is never created."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise NotADirectoryError(f"{index_dir}: a file, not an index directory")
+    if is_index_dir(index_dir):
+        return
+    if index_dir.is_dir() and not [p for p in index_dir.iterdir() if p.name != LOCK]:
+        return
+    raise FileNotFoundError(
+        f"{index_dir}: no gallery index here (no {POINTER} or {VERSIONS}/); check the path, or "
+        "create one with `python -m index_builder build-index` (or `rebuild` into an existing "
+        "empty folder)"
+    )
+
+
+def is_index_dir(index_dir: Path) -> bool:
+    """Whether ``index_dir`` holds an index (a pointer, or at least a versions folder)."""
+    return (index_dir / POINTER).exists() or (index_dir / VERSIONS).is_dir()
+
+
 def remove_stale(index_dir: Path) -> None:
-    """Delete staging folders that interrupted builds left (call with the lock held)."""
+    """Delete staging folders and pointer temporaries that interrupted builds left (call with
+    the lock held)."""
     versions = index_dir / VERSIONS
     if versions.is_dir():
         for stale in versions.glob(STAGING_PREFIX + "*"):
             shutil.rmtree(stale, ignore_errors=True)
+    for tmp in index_dir.glob(f".{POINTER}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for tmp in index_dir.glob(f".{SERVED}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def version_names(index_dir: Path) -> list[str]:
@@ -310,7 +379,11 @@ def commit_version(index_dir: Path, payload: Payload, keep: int = KEEP) -> str:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # SERVED records what CURRENT points to, before it moves and after: a build killed in
+    # between leaves CURRENT's version unrecorded until the next commit records it first.
+    _mark_served(index_dir)
     _write_pointer(index_dir, Pointer(version=version, checksums_sha256=checksums))
+    _mark_served(index_dir)
     prune(index_dir, keep)
     return version
 
@@ -319,8 +392,8 @@ def _write_files(folder: Path, payload: Payload) -> str:
     """The data files and checksums.json; returns checksums.json's sha256."""
     write_index(payload.index, folder / INDEX_FILE)
     np.save(folder / VECTORS_FILE, np.ascontiguousarray(payload.vectors, dtype=np.float32))
-    (folder / MANIFEST_FILE).write_text(payload.manifest.model_dump_json(by_alias=True))
-    (folder / REPORT_FILE).write_text(payload.report.model_dump_json(indent=2))
+    (folder / MANIFEST_FILE).write_text(to_json(payload.manifest))
+    (folder / REPORT_FILE).write_text(to_json(payload.report, indent=2))
     listing = {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
                for n in DATA_FILES}  # fmt: skip
     (folder / CHECKSUMS_FILE).write_text(json.dumps(listing, indent=2))
@@ -330,23 +403,65 @@ def _write_files(folder: Path, payload: Payload) -> str:
 
 
 def _write_pointer(index_dir: Path, pointer: Pointer) -> None:
-    tmp = index_dir / f".{POINTER}.{os.getpid()}.tmp"
-    tmp.write_text(pointer.model_dump_json())
+    _replace_file(index_dir, POINTER, pointer.model_dump_json())
+
+
+def _replace_file(index_dir: Path, name: str, text: str) -> None:
+    """Write ``index_dir/name`` atomically (temporary file, fsync, rename, fsync the folder)."""
+    tmp = index_dir / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(text)
     _fsync_file(tmp)
-    os.replace(tmp, index_dir / POINTER)
+    os.replace(tmp, index_dir / name)
     _fsync_dir(index_dir)
 
 
+def _mark_served(index_dir: Path) -> None:
+    """Add CURRENT's version to SERVED."""
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return
+    if pointer is None or read_served(index_dir).get(pointer.version) == pointer.checksums_sha256:
+        return
+    served = _served_or_legacy(index_dir)
+    served[pointer.version] = pointer.checksums_sha256
+    _replace_file(index_dir, SERVED, json.dumps(dict(sorted(served.items())), indent=1))
+
+
+def _served_or_legacy(index_dir: Path) -> dict[str, str]:
+    """SERVED; in an index directory from before it existed, the current version and every
+    older one count as served (their checksums unknown: "")."""
+    served = read_served(index_dir)
+    if served or not (index_dir / POINTER).exists():
+        return served
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return {}
+    if pointer is None:
+        return {}
+    older = {n: "" for n in version_names(index_dir) if n <= pointer.version}
+    return older | {pointer.version: pointer.checksums_sha256}
+
+
 def prune(index_dir: Path, keep: int = KEEP) -> list[str]:
-    """Delete all but the newest ``keep`` versions (never the current one); their names."""
-    pointer = read_pointer(index_dir)
+    """Keep the newest ``keep`` served versions and the current one; delete the rest (and every
+    version never served); their names. Call with the lock held."""
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return []  # nothing is known to be safe to delete
+    served = _served_or_legacy(index_dir)
     names = version_names(index_dir)
-    doomed = [n for n in names[: max(0, len(names) - max(keep, 1))]
-              if pointer is None or n != pointer.version]  # fmt: skip
+    kept = [n for n in names if n in served][-max(keep, 1) :]
+    doomed = [n for n in names if n not in kept and (pointer is None or n != pointer.version)]
     for name in doomed:  # renamed first, so a half-deleted folder never looks like a version
         trash = index_dir / VERSIONS / f"{STAGING_PREFIX}prune-{name}"
         (index_dir / VERSIONS / name).rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+    if doomed:
+        remaining = {n: served[n] for n in version_names(index_dir) if n in served}
+        _replace_file(index_dir, SERVED, json.dumps(remaining, indent=1))
     return doomed
 
 

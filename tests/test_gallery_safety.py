@@ -1,0 +1,557 @@
+"""The builder never loses or corrupts the gallery: guarded commits, every file name, a safe
+walk, correct pixels, retried read errors, bounded reads, paths as given, served-version
+pruning and clear CLI errors, on small generated trees.
+
+The encoder is the session's exported test model (``service_assets`` in conftest), so these
+tests add no training of their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ServiceAssets
+from PIL import Image
+
+from index_builder.cli import main
+from index_builder.gallery import scan as scan_module
+from index_builder.gallery.embed import Decoded, Failure, decode_photo
+from index_builder.gallery.rebuild import BuildOptions, GuardError, plan_build, rebuild
+from index_builder.gallery.scan import PhotoFile, Scan, display_path, scan_photos, sha256_file
+from index_builder.gallery.store import (
+    POINTER,
+    SERVED,
+    VERSIONS,
+    Report,
+    SkippedItem,
+    load_current,
+    load_version,
+    version_names,
+)
+from model.encoder import OnnxEncoder
+from model.preprocess import Preprocessing, load_image, to_rgb_on_white
+
+QUIET = ["--no-progress", "--workers", "2", "--batch-size", "8"]
+OPTIONS = BuildOptions(batch_size=8, workers=2)
+LATIN1 = os.fsdecode(b"caf\xe9")  # a name that is not UTF-8: surrogate-escaped
+
+
+@pytest.fixture
+def photos(service_assets: ServiceAssets, tmp_path: Path) -> Path:
+    """Ten real photos in two class folders."""
+    root = tmp_path / "photos"
+    sources = sorted(service_assets.photos.rglob("*.png"))[:10]
+    for i, src in enumerate(sources):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / f"c{i % 2}" / f"p{i}.png")
+    return root
+
+
+@pytest.fixture
+def model(service_assets: ServiceAssets) -> Path:
+    return service_assets.model_dir
+
+
+def _build(model: Path, photos: Path, out: Path, *extra: str) -> int:
+    return main(["build-index", "--model", str(model), "--photos", str(photos), "--out",
+                 str(out), *QUIET, *extra])  # fmt: skip
+
+
+def _rebuild(index: Path, *extra: str) -> int:
+    return main(["rebuild", "--index", str(index), *QUIET, *extra])
+
+
+@pytest.fixture
+def index(model: Path, photos: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "index"
+    assert _build(model, photos, out) == 0
+    return out
+
+
+def _state(index: Path) -> tuple[bytes, list[str]]:
+    return (index / POINTER).read_bytes(), version_names(index)
+
+
+# --- 1. guarded commits ---------------------------------------------------------------------
+
+
+def test_an_empty_photo_root_is_refused_and_recovery_reembeds_nothing(
+    index: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _state(index)
+    away = photos.rename(tmp_path / "unmounted")
+    photos.mkdir()  # an unmounted disk: the mount point is there, empty
+    capsys.readouterr()
+    assert _rebuild(index) == 2
+    err = capsys.readouterr().err
+    assert "no photo would be indexed" in err and "--allow-empty" in err and str(photos) in err
+    assert _state(index) == before
+    # explicitly asked for: an empty version is written and served
+    assert _rebuild(index, "--allow-empty", "--allow-shrink") == 0
+    assert load_current(index).manifest.count == 0
+    # the disk is back: every vector comes from the kept version, nothing is embedded
+    photos.rmdir()
+    away.rename(photos)
+    assert _rebuild(index) == 0
+    loaded = load_current(index)
+    assert loaded.version == "v000003" and loaded.manifest.count == 10
+    assert (loaded.report.embedded, loaded.report.reused) == (0, 10)
+
+
+def test_a_rebuild_that_drops_too_much_is_refused_unless_allowed(
+    index: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _state(index)
+    for path in sorted(photos.rglob("*.png"))[:3]:  # 30% > 20%
+        path.unlink()
+    capsys.readouterr()
+    assert _rebuild(index) == 2
+    err = capsys.readouterr().err
+    assert "3 of the 10 photos served by v000001 would be dropped (30%" in err
+    assert "--allow-shrink" in err
+    assert _state(index) == before
+    with pytest.raises(GuardError, match="would be dropped"):
+        rebuild(index, options=OPTIONS)
+    assert _rebuild(index, "--max-shrink", "0.3") == 0
+    assert load_current(index).manifest.count == 7
+
+
+def test_an_empty_gallery_does_not_build(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _build(model, tmp_path / "empty", tmp_path / "index") == 2
+    assert "no photo would be indexed" in capsys.readouterr().err
+    assert not (tmp_path / "index" / POINTER).exists()
+
+
+def _unreadable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` unlistable: chmod 000, or where root ignores that, a scandir that
+    fails there as the kernel would."""
+    if os.geteuid() != 0:
+        folder.chmod(0)
+        return
+    real = os.scandir
+
+    def scandir(path: object) -> object:
+        if Path(os.fspath(path)) == folder:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan_module.os, "scandir", scandir)
+
+
+def test_an_unreadable_folder_is_refused_then_reported_as_skipped(
+    index: Path, photos: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _state(index)
+    _unreadable(photos / "c1", monkeypatch)
+    capsys.readouterr()
+    assert _rebuild(index) == 2
+    err = capsys.readouterr().err
+    assert "1 folders cannot be read (c1/)" in err and "--allow-shrink" in err
+    assert _state(index) == before
+    assert _rebuild(index, "--allow-shrink") == 0
+    report = load_current(index).report
+    assert [(s.path, s.error) for s in report.skipped] == [
+        ("c1/", "cannot read the folder (Permission denied)")]  # fmt: skip
+    assert load_current(index).manifest.count == 5
+    (photos / "c1").chmod(0o755)
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "-1"), ("--batch-size", "0"),
+                                        ("--workers", "0"), ("--keep", "0"),
+                                        ("--batch-size", "x"), ("--max-shrink", "2")])  # fmt: skip
+def test_bad_flags_are_refused_before_anything_runs(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["rebuild", "--index", str(tmp_path / "i"), flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
+
+
+# --- 2. every file name works or is named ---------------------------------------------------
+
+
+def test_names_that_are_not_utf8_are_stored_and_reported_losslessly(
+    model: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = sorted(photos.rglob("*.png"))[0]
+    shutil.copy(good, photos / "c0" / f"{LATIN1}.png")
+    (photos / LATIN1).mkdir()  # a class folder with such a name too
+    shutil.copy(good, photos / LATIN1 / "x.png")
+    (photos / "c1" / f"{LATIN1}-broken.png").write_bytes(b"not a png")
+    assert _build(model, photos, tmp_path / "index") == 0
+    out = capsys.readouterr().out
+    assert "skipped c1/caf\\xe9-broken.png: not a readable image" in out
+    loaded = load_current(tmp_path / "index")
+    items = {it.path: it for it in loaded.manifest.items}
+    assert {f"c0/{LATIN1}.png", f"{LATIN1}/x.png"} <= set(items)
+    assert items[f"{LATIN1}/x.png"].cls == LATIN1
+    for item in items.values():  # every stored name finds its file again
+        assert sha256_file(loaded.photo_path(item.id)) == item.sha256
+    assert loaded.report.skipped[0].path == f"c1/{LATIN1}-broken.png"
+    assert rebuild(tmp_path / "index", options=OPTIONS).version is None  # stable round trip
+    assert display_path(f"{LATIN1}.png") == "caf\\xe9.png"
+
+
+# --- 3. a safe walk -------------------------------------------------------------------------
+
+
+def test_the_walk_survives_loops_special_files_and_pseudo_filesystems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "photos"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "one.png").write_bytes(b"1")
+    (root / "top.jpg").write_bytes(b"2")
+    (root / "a" / "loop").symlink_to("..")  # back to the root
+    (root / "a" / "self").symlink_to(".")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.png").write_bytes(b"3")
+    (root / "link1").symlink_to(outside)
+    (root / "link2").symlink_to(outside)  # the same folder twice: entered once
+    (root / "proc").symlink_to("/proc")
+    os.mkfifo(root / "a" / "pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "a" / "sock.png"))
+    (root / "a" / "phone.HEIC").write_bytes(b"heic")
+    (root / "a" / "drawing.svg").write_bytes(b"<svg/>")
+    (root / "a" / "notes.txt").write_text("not an image, not reported")
+    result: list[Scan] = []
+    walker = threading.Thread(target=lambda: result.append(scan_photos(root, 2, progress=True)))
+    walker.start()
+    walker.join(60)
+    sock.close()
+    assert not walker.is_alive(), "the walk hung"
+    scan = result[0]
+    assert [f.path for f in scan.files] == ["a/one.png", "link1/o.png", "top.jpg"]
+    skipped = {s.path: s.error for s in scan.unreadable}
+    assert skipped == {
+        "a/drawing.svg": "unsupported format (SVG); convert it to JPEG or PNG to index it",
+        "a/phone.HEIC": "unsupported format (HEIC); convert it to JPEG or PNG to index it",
+        "a/pipe.png": "a FIFO, not a photo",
+        "a/sock.png": "a socket, not a photo",
+    }
+    assert "find photos" in capsys.readouterr().err  # progress while walking
+
+
+def test_a_listed_fifo_is_never_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "list.txt").write_text("pipe.png\n")
+    scan = scan_photos(tmp_path / "list.txt")
+    assert [(s.path, s.error) for s in scan.unreadable] == [
+        ("pipe.png", "cannot read the file (a FIFO, not a photo)")]  # fmt: skip
+
+
+# --- 4. correct pixels ----------------------------------------------------------------------
+
+
+def _grey() -> np.ndarray:
+    """An 8-bit greyscale ramp with every tone."""
+    return (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+
+
+def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _twins() -> dict[str, tuple[bytes, bytes]]:
+    """Mode -> (file in that mode, its 8-bit twin)."""
+    g = _grey()
+    rgb = np.stack([g, 255 - g, g // 2], -1)
+    alpha = ((np.arange(64)[None, :] * 4) % 256).astype(np.uint8).repeat(64, 0)
+    l8 = _encode(Image.fromarray(g, "L"))
+    rgba_twin = np.stack([g, g, g, alpha], -1)
+    palette = Image.fromarray(rgb, "RGB").quantize(256)
+    cmyk = Image.fromarray(rgb, "RGB").convert("CMYK")
+    return {
+        "I;16": (_encode(Image.fromarray(g.astype(np.uint16) * 257)), l8),
+        "I;16B": (_encode(Image.frombytes("I;16B", (64, 64), (g.astype(">u2") * 257).tobytes()),
+                          "TIFF"), l8),
+        "I": (_encode(Image.fromarray(g.astype(np.int32) * 257, "I"), "TIFF"), l8),
+        "F": (_encode(Image.fromarray(g.astype(np.float32) / 255, "F"), "TIFF"), l8),
+        "LA": (_encode(Image.fromarray(np.stack([g, alpha], -1), "LA")),
+               _encode(Image.fromarray(rgba_twin, "RGBA"))),
+        "P with tRNS": (_encode_with(palette, transparency=3),
+                        _encode(_p_twin(palette, 3))),
+        "CMYK": (_encode(cmyk, "TIFF"), _encode(cmyk.convert("RGB"))),
+        "1": (_encode(Image.fromarray(g >= 128).convert("1")),
+              _encode(Image.fromarray(np.where(g >= 128, 255, 0).astype(np.uint8), "L"))),
+        "I;16 with tRNS": (_trns16(g), _encode(Image.fromarray(
+            np.stack([g, g, g, np.where(g == 7, 0, 255).astype(np.uint8)], -1), "RGBA"))),
+        # 16-bit PNGs Pillow opens as 8-bit modes (grey+alpha, RGB, RGBA)
+        "RGBA from 16-bit grey+alpha": (_png16(np.stack([g, alpha], -1), 4),
+                                        _encode(Image.fromarray(rgba_twin, "RGBA"))),
+        "RGB from 16-bit": (_png16(rgb, 2), _encode(Image.fromarray(rgb, "RGB"))),
+        "RGBA from 16-bit": (_png16(np.dstack([rgb, alpha]), 6),
+                             _encode(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))),
+    }  # fmt: skip
+
+
+def _png16(pixels8: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (Pillow writes none but greyscale) of 8-bit ``pixels8`` x 257."""
+    height, width = pixels8.shape[:2]
+    rows = (pixels8.astype(">u2") * 257).reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def _p_twin(palette: Image.Image, transparent: int) -> Image.Image:
+    rgba = np.asarray(palette.convert("RGBA")).copy()
+    rgba[..., 3] = np.where(np.asarray(palette) == transparent, 0, 255)
+    return Image.fromarray(rgba, "RGBA")
+
+
+def _trns16(g: np.ndarray) -> bytes:
+    img = Image.fromarray(g.astype(np.uint16) * 257)
+    return _encode_with(img, transparency=7 * 257)
+
+
+def _encode_with(img: Image.Image, **params: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **params)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", list(_twins()))
+def test_every_mode_loads_like_its_8bit_twin(mode: str) -> None:
+    data, twin = _twins()[mode]
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == mode.split(" ")[0]  # the file really is in that mode
+    loaded = load_image(data)
+    expected = np.asarray(load_image(twin), dtype=np.int16)
+    got = np.asarray(loaded, dtype=np.int16)
+    assert loaded.mode == "RGB" and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1, mode
+
+
+def test_premultiplied_and_palette_alpha_modes_go_onto_white() -> None:
+    g = _grey()
+    alpha = np.full((64, 64), 128, np.uint8)
+    straight = Image.fromarray(np.stack([g, g, g, alpha], -1), "RGBA")
+    expected = np.asarray(to_rgb_on_white(straight), np.int16)
+    g_pre = (g.astype(np.uint16) * 128 // 255).astype(np.uint8)  # Pillow's RGBA -> La drops alpha
+    premultiplied = Image.fromarray(np.stack([g_pre, alpha], -1), "LA")
+    premultiplied = Image.frombytes("La", (64, 64), premultiplied.tobytes())
+    images = {m: straight.convert(m) for m in ("PA", "RGBa", "LA")} | {"La": premultiplied}
+    for mode, img in images.items():
+        assert img.mode == mode
+        got = np.asarray(to_rgb_on_white(img), np.int16)
+        assert np.abs(got - expected).max() <= 3, mode  # premultiplying rounds
+
+
+def test_a_16bit_photo_embeds_like_its_8bit_twin(model: Path, tmp_path: Path) -> None:
+    g = _grey()
+    encoder = OnnxEncoder(model, "photo")
+    deep = load_image(_encode(Image.fromarray(g.astype(np.uint16) * 257)))
+    flat = load_image(_encode(Image.fromarray(g, "L")))
+    white = Image.new("RGB", (64, 64), "white")
+    v = encoder.embed_images([deep, flat, white])
+    assert float(v[0] @ v[1]) > 0.999
+    assert float(v[0] @ v[2]) < float(v[0] @ v[1]) - 0.01  # not the blank image it once was
+
+
+# --- 5. only deterministic failures are remembered ------------------------------------------
+
+
+def test_read_errors_are_retried_and_decode_failures_remembered(tmp_path: Path) -> None:
+    prep = Preprocessing(image_size=32)
+    png = _encode(Image.fromarray(_grey(), "L"))
+    (tmp_path / "ok.png").write_bytes(png)
+    assert isinstance(decode_photo(tmp_path / "ok.png", sha256_file(tmp_path / "ok.png"), prep),
+                      Decoded)  # fmt: skip
+    gone = decode_photo(tmp_path / "gone.png", "0" * 64, prep)
+    assert isinstance(gone, Failure) and gone.retry and "cannot read the file" in gone.error
+    changed = decode_photo(tmp_path / "ok.png", "0" * 64, prep)
+    assert isinstance(changed, Failure) and changed.retry
+    (tmp_path / "bad.png").write_bytes(png[: len(png) // 2])
+    bad = decode_photo(tmp_path / "bad.png", sha256_file(tmp_path / "bad.png"), prep)
+    assert isinstance(bad, Failure) and not bad.retry and "not a readable image" in bad.error
+    # the next plan tries the read error again, whatever the name of a copy, but not the
+    # decode failure; an old report's read error (before ``retry``) is retried too
+    report = Report(mode="full", reason="x", skipped=[
+        SkippedItem(path="r.png", sha256="a" * 64, error="cannot read the file (I/O)", retry=True),
+        SkippedItem(path="old.png", sha256="c" * 64, error="cannot read the file (Input/output)"),
+        SkippedItem(path="d.png", sha256="b" * 64, error="not a readable image (x)"),
+    ])  # fmt: skip
+
+    class Base:  # plan_build reads only these two fields of a loaded version
+        manifest = type("M", (), {"items": []})()
+
+    Base.report = report  # type: ignore[attr-defined]
+    files = [PhotoFile("copy.png", None, "a" * 64), PhotoFile("d.png", None, "b" * 64),
+             PhotoFile("old.png", None, "c" * 64)]  # fmt: skip
+    plan = plan_build(Scan(tmp_path, tmp_path, files, []), [Base()])  # type: ignore[list-item]
+    assert [p.path for p in plan.to_embed] == ["copy.png", "old.png"]
+    assert [s.path for s in plan.carried] == ["d.png"]
+
+
+# --- 6. bounded memory ----------------------------------------------------------------------
+
+
+def test_huge_files_and_headers_are_refused_before_reading(tmp_path: Path) -> None:
+    prep = Preprocessing(image_size=32)
+    header = _encode(Image.new("L", (8_000, 8_000)))[:64]  # IHDR declares 64 MP
+    bomb = tmp_path / "bomb.png"
+    with open(bomb, "wb") as f:
+        f.write(header)
+        f.truncate(3 * 2**30)  # 3 GB, sparse: costs nothing unless read
+    result = decode_photo(bomb, "0" * 64, prep, max_pixels=10_000_000)
+    assert isinstance(result, Failure) and not result.retry
+    assert result.error == "8000x8000 pixels; at most 10000000 are accepted for PNG"
+    small = _encode(Image.new("L", (8, 8)))
+    padded = tmp_path / "padded.png"
+    with open(padded, "wb") as f:
+        f.write(small)
+        f.truncate(3 * 2**30)
+    result = decode_photo(padded, "0" * 64, prep)
+    assert isinstance(result, Failure) and result.error.startswith(f"{3 * 2**30} bytes; at most")
+
+
+def test_the_stored_size_is_the_photos_not_the_drafts(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.zeros((800, 1200, 3), np.uint8)).save(path, exif=exif.tobytes())
+    result = decode_photo(path, sha256_file(path), Preprocessing(image_size=32))
+    assert isinstance(result, Decoded) and result.size == (800, 1200)  # drafted at 1/8
+
+
+# --- 7. paths as given ----------------------------------------------------------------------
+
+
+def test_a_repointed_photo_link_is_followed(
+    model: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = Path(shutil.copytree(photos, tmp_path / "second"))
+    shutil.copy(sorted(photos.rglob("*.png"))[0], second / "c0" / "extra.png")
+    link = tmp_path / "current-photos"
+    link.symlink_to(photos)
+    assert _build(model, link, tmp_path / "index") == 0
+    loaded = load_current(tmp_path / "index")
+    assert loaded.manifest.photos_root == str(link) and loaded.manifest.source == str(link)
+    link.unlink()
+    link.symlink_to(second)
+    result = rebuild(tmp_path / "index", options=OPTIONS)
+    assert result.version == "v000002" and result.report.added == 1
+    assert load_current(tmp_path / "index").manifest.count == 11
+
+
+# --- 8. pruning counts served versions ------------------------------------------------------
+
+
+def test_pruning_keeps_the_last_served_version_and_removes_orphans(
+    index: Path, photos: Path
+) -> None:
+    shutil.copy(sorted(photos.rglob("*.png"))[0], photos / "c0" / "copy1.png")
+    assert _rebuild(index, "--keep", "2") == 0  # v2 served
+    # a build killed after writing v3 but before moving CURRENT, and its pointer temporary
+    shutil.copytree(index / VERSIONS / "v000002", index / VERSIONS / "v000003")
+    (index / f".{POINTER}.4242.tmp").write_text("{}")
+    shutil.copy(sorted(photos.rglob("*.png"))[1], photos / "c0" / "copy2.png")
+    assert _rebuild(index, "--keep", "2") == 0
+    assert load_current(index).version == "v000004"
+    assert version_names(index) == ["v000002", "v000004"]  # v2 was served, v3 never was
+    assert sorted(json.loads((index / SERVED).read_text())) == ["v000002", "v000004"]
+    assert not list(index.glob(".CURRENT.*"))
+    # killed after moving CURRENT to v4 but before recording it: the next commit records it
+    (index / SERVED).write_text(json.dumps({"v000002": ""}))
+    shutil.copy(sorted(photos.rglob("*.png"))[2], photos / "c0" / "copy3.png")
+    assert _rebuild(index, "--keep", "2") == 0
+    assert version_names(index) == ["v000004", "v000005"]
+
+
+# --- 9. clear CLI errors --------------------------------------------------------------------
+
+
+def test_operator_mistakes_get_clear_errors_and_change_nothing(
+    model: Path, photos: Path, index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = sorted(photos.rglob("*.png"))[0]
+    cases = [
+        (["build-index", "--model", str(model), "--photos", str(image), "--out",
+          str(tmp_path / "i1")], f"{image}: an image, not a folder or list file"),
+        (["build-index", "--model", str(model), "--photos", str(photos), "--out", str(image)],
+         f"{image}: a file, not a folder"),
+        (["rebuild", "--index", str(tmp_path / "TYPO"), "--photos", str(photos), "--model",
+          str(model)], f"{tmp_path / 'TYPO'}: no gallery index here"),
+        (["build-index", "--model", str(tmp_path / "nomodel"), "--photos", str(photos),
+          "--out", str(tmp_path / "i2")], "not a model directory"),
+    ]  # fmt: skip
+    for args, message in cases:
+        capsys.readouterr()
+        assert main([*args, *QUIET]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "TYPO").exists() and not (tmp_path / "i1" / POINTER).exists()
+    (tmp_path / "volume").mkdir()  # an existing empty folder (a fresh volume) takes a first build
+    assert main(["rebuild", "--index", str(tmp_path / "volume"), "--photos", str(photos),
+                 "--model", str(model), *QUIET]) == 0  # fmt: skip
+    assert load_current(tmp_path / "volume").manifest.count == 10
+    binary = tmp_path / "list.txt"
+    binary.write_bytes("c0/p0.png\n".encode("utf-16"))
+    assert main(["build-index", "--model", str(model), "--photos", str(binary), "--out",
+                 str(tmp_path / "i3"), *QUIET]) == 2  # fmt: skip
+    assert f"{binary}:1: binary data" in capsys.readouterr().err
+
+
+def test_list_files_with_a_bom_or_latin1_names_work(
+    model: Path, photos: Path, tmp_path: Path
+) -> None:
+    os.rename(photos / "c0" / "p0.png", photos / "c0" / f"{LATIN1}.png")
+    listing = photos / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbfc0/caf\xe9.png\nc0/p2.png\tcats\n")
+    assert _build(model, listing, tmp_path / "index") == 0
+    items = load_current(tmp_path / "index").manifest.items
+    assert [(it.path, it.cls) for it in items] == [(f"c0/{LATIN1}.png", "c0"),
+                                                   ("c0/p2.png", "cats")]  # fmt: skip
+
+
+def test_an_unreadable_current_has_a_way_forward(
+    index: Path, model: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for garbage in (b"", b"garbage"):
+        (index / POINTER).write_bytes(garbage)
+        capsys.readouterr()
+        assert _rebuild(index) == 2
+        err = capsys.readouterr().err
+        assert "unreadable pointer" in err and "--photos PHOTOS --model MODEL_DIR" in err
+    assert _rebuild(index, "--photos", str(photos), "--model", str(model)) == 0
+    loaded = load_current(index)
+    assert loaded.version == "v000002" and loaded.report.embedded == 0  # reused from v1
+    assert load_version(index, "v000001").manifest.count == 10
+
+
+def test_the_summary_counts_skips_beyond_the_first_twenty(
+    index: Path, photos: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(25):
+        (photos / "c0" / f"bad{i:02d}.png").write_bytes(b"x" * (i + 1))
+    capsys.readouterr()
+    assert _rebuild(index) == 0
+    out = capsys.readouterr().out
+    assert out.count("  skipped c0/bad") == 20 and "... and 5 more skipped" in out
+    assert len(load_current(index).report.skipped) == 25
