@@ -32,7 +32,7 @@ from index_builder.sources import data_classes
 # validation classes. Each also reports its IIAE embedding alone (fusion weight 0) as a row.
 CANDIDATES: dict[str, dict] = {
     "recommended": {"recipe": "recommended"},
-    "recommended, all classes a step": {"recipe": "recommended", "batch_classes": None},
+    "recommended, no class head": {"recipe": "recommended", "w_cls": 0.0},
 }
 METRICS = ("map_all", "p_at_10", "p_at_100")
 BASELINES = ("raw", "standardized")

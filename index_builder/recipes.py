@@ -24,9 +24,9 @@ RECIPES: dict[str, dict[str, object]] = {
     # embedding fused with the standardised features at the weight the validation classes pick.
     "recommended": {
         "w_cls": 1.0,
-        "steps": 1500,
+        "steps": 3000,
         "val_classes": 20,
-        "eval_every": 100,
+        "eval_every": 200,
         "batch_classes": 64,
         "choose_fusion": True,
     },

@@ -396,7 +396,7 @@ def test_fit_reduces_the_loss_on_a_toy_problem() -> None:
 def test_default_recipe_is_recommended_and_paper_is_the_authors() -> None:
     rec = TrainConfig()
     assert rec.recipe == "recommended"
-    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 1500, 20, 100)
+    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 3000, 20, 200)
     assert (rec.batch_classes, rec.choose_fusion, rec.fusion_weight) == (64, True, 0.0)
     assert (rec.standardize, rec.decoder, rec.init) == (True, "deep", "torch")
     paper = TrainConfig(recipe="paper")
