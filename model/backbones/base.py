@@ -54,25 +54,6 @@ class Backbone(nn.Module):
         return self._fingerprint
 
 
-PROBE_SEED = 20201206  # the probe image is fixed forever: a new seed would re-key every cache
-
-
-def _fingerprint(backbone: Backbone) -> str:
-    h = hashlib.sha256(f"{backbone.name}\0{backbone.feature_dim}\0".encode())
-    h.update(backbone.preprocessing.model_dump_json().encode())
-    for key, tensor in backbone.net.state_dict().items():
-        h.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    size = backbone.preprocessing.image_size
-    probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(PROBE_SEED))
-    device = next(backbone.parameters()).device
-    with torch.inference_mode():
-        out = backbone.eval()(probe.to(device) * 2 - 1).float().cpu().numpy()
-    # Rounded, so that the last bits of another CPU's kernels do not re-key every cache.
-    h.update(np.round(out, 3).astype(np.float32).tobytes())
-    return h.hexdigest()
-
-
 Builder = Callable[[str | None], Backbone]
 _REGISTRY: dict[str, Builder] = {}
 
@@ -98,3 +79,32 @@ def load_backbone(name: str, weights: str | None = None) -> Backbone:
             f"unknown backbone {name!r}; available: {', '.join(available_backbones())}"
         )
     return _REGISTRY[name](weights).eval()
+
+
+PROBE_SEED = 20201206  # the probe is fixed forever: a new seed would re-key every cache
+SIGNATURE_AXES = 16
+
+
+def _fingerprint(backbone: Backbone) -> str:
+    h = hashlib.sha256(f"{backbone.name}\0{backbone.feature_dim}\0".encode())
+    h.update(backbone.preprocessing.model_dump_json().encode())
+    for key, tensor in backbone.net.state_dict().items():
+        h.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(_computation_signature(backbone).tobytes())
+    return h.hexdigest()
+
+
+def _computation_signature(backbone: Backbone) -> np.ndarray:
+    """What the network computes on a fixed probe image, coarse enough that another CPU's
+    last bits do not change it: the unit-norm output on 16 fixed random axes, to 2 decimals.
+    A changed activation or layer moves these by far more than 0.01."""
+    size = backbone.preprocessing.image_size
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    probe = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+    device = next(backbone.parameters()).device
+    with torch.inference_mode():
+        out = backbone.eval()(probe.to(device)).double().cpu().numpy()[0]
+    axes = np.random.default_rng(PROBE_SEED).standard_normal((out.size, SIGNATURE_AXES))
+    axes /= np.linalg.norm(axes, axis=0)
+    return np.round(out / np.linalg.norm(out) @ axes * np.sqrt(out.size), 2) + 0.0  # no -0.0
