@@ -6,11 +6,12 @@ Numpy and Pillow only, so the serving side needs no PyTorch.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
 
 Strokes = Sequence[Sequence[Sequence[float]]]  # [[x0, x1, ...], [y0, y1, ...], ([t...])]
@@ -41,25 +42,93 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image file or bytes to RGB on white, raising ImageError on any failure
-    (ImageTooLargeError, read from the header before decoding, past ``max_pixels``)."""
+def load_image(
+    source: str | Path | bytes,
+    max_pixels: int | None = None,
+    *,
+    max_jpeg_scans: int | None = None,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode an image file or bytes to RGB on white, raising ImageError on any failure.
+
+    Bounds on the cost of decoding, all checked before the pixels are decoded:
+    ``max_pixels`` (the header's width x height; ImageTooLargeError past it),
+    ``max_jpeg_scans`` (a JPEG's start-of-scan markers, counted in its bytes:
+    a progressive JPEG repeating a scan thousands of times costs seconds to decode; real
+    ones have a dozen or so). ``draft_size`` makes a much larger image smaller while it
+    is decoded (JPEG: libjpeg's DCT scaling) or right after (others: ``Image.reduce``),
+    never below ``draft_size`` on either side.
+    """
     name = "<upload>" if isinstance(source, bytes) else str(source)
     try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        data = source if isinstance(source, bytes) else None
+        if data is None and max_jpeg_scans is not None:
+            data = Path(source).read_bytes()  # the markers are counted in the bytes
+        handle = io.BytesIO(data) if data is not None else open(source, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} are accepted"
-                )
+            _check_cost(img, name, data, max_pixels, max_jpeg_scans)
+            if draft_size is not None and img.format in JPEG_FORMATS:
+                img.draft(None, (draft_size, draft_size))  # mode unchanged, size >= draft_size
             img.load()
-            return to_rgb_on_white(ImageOps.exif_transpose(img))
+            out = _reduce(img, draft_size) if draft_size is not None else img
+            return to_rgb_on_white(ImageOps.exif_transpose(out))
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"{name}: a decompression bomb ({err})") from err
+        # Pillow's own refusal, before the header reached max_pixels; its message
+        # quotes Pillow's limit, so name the caller's instead.
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(
+            f"{name}: declares too many pixels (a decompression bomb); at most {limit} are accepted"
+        ) from err
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{name}: not a readable image (unknown format)") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{name}: not a readable image ({err})") from err
+        raise ImageError(f"{name}: not a readable image ({_clean(err)})") from err
+
+
+JPEG_FORMATS = ("JPEG", "MPO")  # Pillow opens multi-picture JPEGs as MPO
+JPEG_SOS = b"\xff\xda"  # start of scan; entropy-coded 0xFF bytes are stuffed (0xFF00)
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _check_cost(
+    img: Image.Image,
+    name: str,
+    data: bytes | None,
+    max_pixels: int | None,
+    max_jpeg_scans: int | None,
+) -> None:
+    """Refuse an opened (not yet decoded) image past the pixel or JPEG-scan limit."""
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} are accepted"
+        )
+    if max_jpeg_scans is not None and data is not None and img.format in JPEG_FORMATS:
+        scans = data.count(JPEG_SOS)
+        if scans > max_jpeg_scans:
+            raise ImageTooLargeError(
+                f"{name}: a JPEG of {scans} scans; at most {max_jpeg_scans} are accepted"
+            )
+
+
+def _reduce(img: Image.Image, size: int) -> Image.Image:
+    """``img`` shrunk by a whole factor (box filter) while both sides stay >= ``size``."""
+    factor = min(img.width // size, img.height // size)
+    if factor < 2 or img.mode not in REDUCIBLE_MODES:
+        return img
+    reduced = img.reduce(factor)
+    reduced.info = img.info  # keep the EXIF orientation and transparency
+    return reduced
+
+
+# Modes whose pixels may be averaged; palette (indices) and bilevel images keep their size.
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
+
+
+def _clean(err: BaseException) -> str:
+    """An exception's message without object reprs such as ``<_io.BytesIO object at 0x..>``."""
+    return _REPR.sub("the data", str(err)).strip() or type(err).__name__
 
 
 def to_input_array(img: Image.Image, prep: Preprocessing) -> np.ndarray:
