@@ -157,6 +157,7 @@ async def parse_multipart(
 def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
     """A JSON body with ``image_base64`` or ``strokes`` (and ``k``), checked strictly and
     cheaply: counts before values, and only the first fault is described (blocking)."""
+    check_value_count(body, settings)
     data = load_json(body)
     if not isinstance(data, dict):
         raise invalid("body", f"the JSON body must be an object, not {json_type(data)}")
@@ -175,6 +176,19 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
     if image is not None:
         return SketchRequest(k=k, image=decode_base64(image))
     return SketchRequest(k=k, strokes=check_strokes(strokes, settings))
+
+
+def check_value_count(body: bytes, settings: ServiceSettings) -> None:
+    """Refuse, before parsing, a body with more commas than any valid search has: values
+    are comma-separated, at most three per point (x, y, t) and a few per stroke, and a
+    valid body's only string with commas is a data: URL's one. Parsing millions of values
+    holds the interpreter (and so the event loop) for seconds; counting them does not."""
+    most = 3 * settings.max_points + 4 * settings.max_strokes + 16
+    commas = body.count(b",")
+    if commas > most:
+        raise InputError(422, "too_many_values", f"the body holds {commas} values or more; "
+                         f"a drawing has at most {settings.max_points} points in "
+                         f"{settings.max_strokes} strokes")  # fmt: skip
 
 
 def load_json(body: bytes) -> Any:
