@@ -286,7 +286,7 @@ async def on_reload_error(_: Request, err: Exception) -> JSONResponse:
 
 async def on_unexpected(_: Request, err: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=err)
-    return error(500, "internal_error", f"unexpected {type(err).__name__}; see the server log")
+    return error(500, "internal_error", "an unexpected error; see the server log")
 
 
 HANDLERS = {

@@ -30,7 +30,9 @@ class ServiceSettings(BaseSettings):
         64, ge=1, description="most scans in a JPEG sketch (real ones have about 10)"
     )
     max_strokes: int = Field(1_000, ge=1, description="most strokes in one drawing")
-    max_points: int = Field(100_000, ge=1, description="most points in one drawing")
+    max_points: int = Field(
+        20_000, ge=1, description="most points in one drawing (rendering costs ~25 us each)"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token of /v1/admin/*")
     max_batch: int = Field(8, ge=1, description="largest micro-batch (1: no batching)")
     batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a micro-batch")
