@@ -41,10 +41,10 @@ class ServiceSettings(BaseSettings):
         description="threads decoding and rendering sketches and thumbnails",
     )  # fmt: skip
     decode_queue: int = Field(
-        32, ge=0, description="sketches that may wait for a decode thread; more get a 503"
+        128, ge=0, description="sketches that may wait for a decode thread; more get a 503"
     )
     decode_wait_s: float = Field(
-        2.0, gt=0, description="longest wait for a decode thread; then a 503"
+        3.0, gt=0, description="longest wait for a decode thread; then a 503"
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body not all arrived by then gets a 408"
