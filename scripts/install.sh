@@ -24,11 +24,13 @@ if [ "$system" = 1 ] && command -v apt-get >/dev/null; then
   # openclipart-png: clip-art drawings in index_builder/data/photo_map.tsv;
   # chromium: the browser the page test drives through Playwright (never Playwright's download);
   # docker-compose: validates docker-compose.yml (`docker-compose config`, no Docker engine needed)
+  # nginx: the reverse proxy tests/test_nginx.py runs docker/nginx.conf with
   debs=()
   [ -d /usr/share/tuxpaint/stamps ] || debs+=(tuxpaint-stamps-default)
   [ -d /usr/share/openclipart/png ] || debs+=(openclipart-png)
   [ -x /usr/bin/chromium ] || debs+=(chromium)
   [ -x /usr/bin/docker-compose ] || debs+=(docker-compose)
+  [ -x /usr/sbin/nginx ] || debs+=(nginx)
   if [ "${#debs[@]}" -gt 0 ]; then
     echo "== Debian packages (${debs[*]})"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null

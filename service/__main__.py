@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=not args.no_access_log,
-                timeout_graceful_shutdown=10)  # fmt: skip
+                timeout_graceful_shutdown=10, limit_concurrency=settings.max_connections,
+                timeout_keep_alive=settings.keep_alive_s, server_header=False)  # fmt: skip
     return 0
 
 

@@ -21,11 +21,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.batching import BatcherClosed
 from service.inputs import InputError, SearchJson, read_search_request
 from service.metrics import MetricsMiddleware
-from service.runtime import PhotoUnavailable, Runtime
+from service.runtime import Busy, PhotoUnavailable, Runtime
 from service.schemas import (
     ErrorResponse,
     Health,
@@ -42,7 +43,12 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 API_VERSION = "1"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
-PHOTO_ID = Annotated[int, Path(ge=0, description="a photo id from a search result")]
+# A canonical decimal (no sign, no leading zeros, no '1.0'): one id, one URL.
+PHOTO_ID = Annotated[
+    str,
+    Path(pattern=r"^(0|[1-9][0-9]{0,17})$", max_length=18,
+         description="a photo id from a search result (a non-negative integer)"),
+]  # fmt: skip
 VERSION = Annotated[
     str | None,
     Query(max_length=64, description="the index version of the id (search results name it); "
@@ -70,10 +76,11 @@ async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
     (``image_base64``) or as strokes (``strokes``); ``k`` photos come back, best first."""
     started = time.perf_counter()
     rt.engine.check_ready()  # 503 before reading the body
-    query = await read_search_request(request, rt.settings)
+    rt.check_capacity()
+    query = await read_search_request(request, rt.settings, rt.offload)
     hits, decode_s = await rt.search(query)
     return SearchResponse(
-        results=results(request, hits),
+        results=results(request, hits, rt.settings.public_base_url),
         took_ms=round((time.perf_counter() - started) * 1000, 3),
         index_version=hits.snapshot.version,
         timing=Timing(decode_ms=ms(decode_s), queue_ms=ms(hits.queue_s),
@@ -82,17 +89,20 @@ async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
     )  # fmt: skip
 
 
-def results(request: Request, hits: Hits) -> list[SearchResult]:
+def results(request: Request, hits: Hits, base_url: str) -> list[SearchResult]:
+    """The hits with their URLs: relative, or under the configured public base URL, never
+    built from the request's Host header (a client could name any host there)."""
     version, items = hits.snapshot.version, hits.snapshot.index.manifest.items
+    base = base_url.rstrip("/") + request.scope.get("root_path", "")
     out = []
     for score, photo_id in zip(hits.scores.tolist(), hits.ids.tolist(), strict=True):
         if photo_id < 0:  # faiss pads short results with -1
             continue
         item = items[photo_id]
-        url = request.url_for("photo", photo_id=photo_id).include_query_params(v=version)
-        thumb = request.url_for("thumbnail", photo_id=photo_id).include_query_params(v=version)
+        url = base + request.app.url_path_for("photo", photo_id=str(photo_id)) + f"?v={version}"
+        thumb = base + request.app.url_path_for("thumbnail", photo_id=str(photo_id))
         out.append(SearchResult(id=photo_id, score=score, path=item.path, cls=item.cls,
-                                url=str(url), thumbnail_url=str(thumb)))  # fmt: skip
+                                url=url, thumbnail_url=f"{thumb}?v={version}"))  # fmt: skip
     return out
 
 
@@ -133,14 +143,14 @@ def search_openapi(settings: ServiceSettings) -> dict[str, Any]:
 
 async def photo(photo_id: PHOTO_ID, rt: RuntimeDep, v: VERSION = None) -> FileResponse:
     """The photo file of a search result."""
-    path = rt.photo_file(photo_id, v)
+    path = rt.photo_file(int(photo_id), v)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
 
 
 async def thumbnail(photo_id: PHOTO_ID, rt: RuntimeDep, v: VERSION = None) -> FileResponse:
     """A JPEG of the photo fitting the thumbnail size (made once, then cached)."""
-    path = await rt.thumbnail(photo_id, v)
+    path = await rt.thumbnail(int(photo_id), v)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 
@@ -153,11 +163,15 @@ async def healthz() -> Health:
 
 
 async def readyz(rt: RuntimeDep) -> Readiness | JSONResponse:
-    """200 when the model and the index are loaded, else 503 and why."""
+    """200 when the model and the index are loaded and uploads are taken, else 503 and why."""
     engine = rt.engine
     if not engine.ready:
         body = Readiness(status="not ready", detail=engine.problem)
         return JSONResponse(body.model_dump(), status_code=503)
+    if rt.saturated:
+        detail = f"the decode threads are saturated ({rt.waiting} sketches wait); uploads get 503"
+        body = Readiness(status="busy", detail=detail)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     snap = engine.snapshot
     return Readiness(status="ready", index_version=snap.version,
                      model_fingerprint=snap.index.fingerprint)  # fmt: skip
@@ -245,6 +259,18 @@ async def on_not_ready(_: Request, err: Exception) -> JSONResponse:
     return error(503, "not_ready", f"the service is not ready: {err}", {"Retry-After": "5"})
 
 
+async def on_busy(request: Request, err: Exception) -> JSONResponse:
+    return error(503, "busy", f"the service is busy: {err}", {"Retry-After": "1"})
+
+
+async def on_client_gone(request: Request, _: Exception) -> Response:
+    """The client left mid-request: nobody reads this answer, and it is no server error
+    (status 499, as nginx logs it; no traceback)."""
+    request.app.state.runtime.metrics.disconnects.inc()
+    log.info("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def on_shutdown(_: Request, err: Exception) -> JSONResponse:
     return error(503, "shutting_down", str(err), {"Retry-After": "1"})
 
@@ -260,7 +286,7 @@ async def on_reload_error(_: Request, err: Exception) -> JSONResponse:
 
 async def on_unexpected(_: Request, err: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=err)
-    return error(500, "internal_error", f"unexpected {type(err).__name__}; see the server log")
+    return error(500, "internal_error", "an unexpected error; see the server log")
 
 
 HANDLERS = {
@@ -269,6 +295,8 @@ HANDLERS = {
     RequestValidationError: on_validation_error,
     NotReady: on_not_ready,
     BatcherClosed: on_shutdown,
+    Busy: on_busy,
+    ClientDisconnect: on_client_gone,
     UnknownPhoto: on_unknown_photo,
     PhotoUnavailable: on_unknown_photo,
     ReloadError: on_reload_error,
@@ -312,7 +340,7 @@ def add_routes(app: FastAPI, settings: ServiceSettings) -> None:
                           for t in IMAGE_TYPES}}  # fmt: skip
     route = app.add_api_route
     route("/v1/search", search, methods=["POST"], response_model=SearchResponse, tags=["search"],
-          responses=error_responses(400, 413, 415, 422, 503),
+          responses=error_responses(400, 408, 413, 415, 422, 503),
           openapi_extra=search_openapi(settings))  # fmt: skip
     route("/v1/photos/{photo_id}", photo, methods=["GET"], name="photo", tags=["photos"],
           response_class=FileResponse,

@@ -10,14 +10,18 @@ and a message that names it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import json
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -32,12 +36,16 @@ from model.preprocess import (
     load_image,
     render_strokes,
     to_input_array,
-    validate_strokes,
 )
 from service.settings import ServiceSettings
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
+JSON_FIELDS = frozenset({"image_base64", "strokes", "k"})
+NUMBER = (int, float)  # exact types: bool is an int subclass, and is not a coordinate
+FORM_INT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: not '1_0', ' 5', '+5' or '٥'
+# Runs blocking work (parsing, decoding) off the event loop, or refuses it when busy.
+Offload = Callable[..., Awaitable[Any]]
 
 
 class InputError(Exception):
@@ -49,9 +57,13 @@ class InputError(Exception):
 
 
 class SearchJson(BaseModel):
-    """The JSON form of a search: exactly one of ``image_base64`` and ``strokes``."""
+    """The JSON form of a search: exactly one of ``image_base64`` and ``strokes``.
 
-    model_config = ConfigDict(extra="forbid")
+    The OpenAPI document's schema of it; bodies are checked by ``parse_json``, which
+    bounds sizes and counts before looking at any value and stops at the first fault.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     image_base64: str | None = Field(
         None, description="a PNG, JPEG or WebP image, base64 (a data: URL is fine)"
@@ -61,7 +73,7 @@ class SearchJson(BaseModel):
         description="Quick, Draw!-style strokes, each [[x0, x1, ...], [y0, y1, ...]] "
         "(optionally with a third list of times); any coordinate range, y down",
     )
-    k: int | None = Field(None, description="how many photos to return")
+    k: StrictInt | None = Field(None, description="how many photos to return")
 
 
 @dataclass(frozen=True)
@@ -73,30 +85,38 @@ class SketchRequest:
     strokes: Strokes | None = None
 
 
-async def read_search_request(request: Request, settings: ServiceSettings) -> SketchRequest:
-    """Parse and validate a search request of any of the three forms."""
+async def read_search_request(
+    request: Request, settings: ServiceSettings, offload: Offload
+) -> SketchRequest:
+    """Parse and validate a search request of any of the three forms (JSON off the loop)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == MULTIPART:
         return await parse_multipart(request, await read_body(request, settings), settings)
     if media == JSON or media.endswith("+json"):
-        return parse_json(await read_body(request, settings), settings)
-    shown = media or "none"
+        return await offload(parse_json, await read_body(request, settings), settings)
+    shown = media[:60] or "none"
     raise InputError(415, "unsupported_media_type", f"Content-Type {shown!r} is not accepted: "
                      f"send {MULTIPART} with an 'image' file, or {JSON}")  # fmt: skip
 
 
 async def read_body(request: Request, settings: ServiceSettings) -> bytes:
-    """The request body, refused (413) as soon as it exceeds the upload limit."""
+    """The request body, refused (413) as soon as it exceeds the upload limit and cut off
+    (408) when it has not all arrived within ``body_timeout_s``."""
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size, limit, at_least=True)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(size, limit, at_least=True)
+                chunks.append(chunk)
+    except TimeoutError:
+        detail = f"the request body did not arrive within {settings.body_timeout_s:g} s"
+        raise InputError(408, "request_timeout", f"{detail} ({size} bytes came)") from None
     return b"".join(chunks)
 
 
@@ -135,42 +155,76 @@ async def parse_multipart(
 
 
 def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
-    """A JSON body with ``image_base64`` or ``strokes`` (and ``k``)."""
-    try:
-        data = SearchJson.model_validate_json(body)
-    except ValidationError as err:
-        first = err.errors()[0]
-        if first["type"] == "json_invalid":
-            raise InputError(400, "malformed_json",
-                             f"the body is not valid JSON ({first['msg']})") from err  # fmt: skip
-        raise InputError(422, "invalid_request", describe_validation(err)) from err
-    if (data.image_base64 is None) == (data.strokes is None):
+    """A JSON body with ``image_base64`` or ``strokes`` (and ``k``), checked strictly and
+    cheaply: counts before values, and only the first fault is described (blocking)."""
+    check_value_count(body, settings)
+    data = load_json(body)
+    if not isinstance(data, dict):
+        raise invalid("body", f"the JSON body must be an object, not {json_type(data)}")
+    unknown = next((key for key in data if key not in JSON_FIELDS), None)
+    if unknown is not None:
+        raise invalid(unknown[:40], "unknown field (the fields are image_base64, strokes and k)")
+    k, image, strokes = data.get("k"), data.get("image_base64"), data.get("strokes")
+    if k is not None and type(k) is not int:
+        raise invalid("k", f"must be an integer, not {json_type(k)}")
+    if image is not None and not isinstance(image, str):
+        raise invalid("image_base64", f"must be a string, not {json_type(image)}")
+    if (image is None) == (strokes is None):
         raise InputError(422, "invalid_request", "give the sketch as exactly one of "
                          "'image_base64' and 'strokes'")  # fmt: skip
-    k = check_k(data.k, settings)
-    if data.image_base64 is not None:
-        return SketchRequest(k=k, image=decode_base64(data.image_base64))
-    return SketchRequest(k=k, strokes=check_strokes(data.strokes, settings))
+    k = check_k(k, settings)
+    if image is not None:
+        return SketchRequest(k=k, image=decode_base64(image))
+    return SketchRequest(k=k, strokes=check_strokes(strokes, settings))
 
 
-def describe_validation(err: ValidationError) -> str:
-    """The first error as 'where: what', e.g. 'strokes.0.1.3: Input should be a valid number'."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+def check_value_count(body: bytes, settings: ServiceSettings) -> None:
+    """Refuse, before parsing, a body with more commas than any valid search has: values
+    are comma-separated, at most three per point (x, y, t) and a few per stroke, and a
+    valid body's only string with commas is a data: URL's one. Parsing millions of values
+    holds the interpreter (and so the event loop) for seconds; counting them does not."""
+    most = 3 * settings.max_points + 4 * settings.max_strokes + 16
+    commas = body.count(b",")
+    if commas > most:
+        raise InputError(422, "too_many_values", f"the body holds {commas} values or more; "
+                         f"a drawing has at most {settings.max_points} points in "
+                         f"{settings.max_strokes} strokes")  # fmt: skip
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads``; 400 naming the fault of a body that is not JSON."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as err:
+        reason = f"{err.msg} at character {err.pos}"
+    except UnicodeDecodeError:
+        reason = "it is not UTF-8 text"
+    except RecursionError:
+        reason = "it is nested too deeply"
+    except ValueError:  # e.g. an integer of more digits than Python converts
+        reason = "a number in it is too long"
+    raise InputError(400, "malformed_json", f"the body is not valid JSON ({reason})")
+
+
+def invalid(where: str, what: str) -> InputError:
+    return InputError(422, "invalid_request", f"{where}: {what}")
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
 
 
 def parse_k(text: Any, settings: ServiceSettings) -> int:
-    """k from a form field (None: the default)."""
+    """k from a form field (None or empty: the default); plain ASCII digits only."""
     if text is None or text == "":
         return settings.default_k
-    try:
-        value = int(str(text).strip())
-    except ValueError:
+    if not FORM_INT.fullmatch(str(text)):
         shown = str(text)[:20]
-        raise InputError(422, "invalid_k", f"k must be an integer, not {shown!r}") from None
-    return check_k(value, settings)
+        raise InputError(422, "invalid_k", f"k must be an integer, not {shown!r}")
+    return check_k(int(text), settings)
 
 
 def check_k(k: int | None, settings: ServiceSettings) -> int:
@@ -196,33 +250,76 @@ def decode_base64(text: str) -> bytes:
 
 
 def check_strokes(strokes: Any, settings: ServiceSettings) -> Strokes:
-    """The strokes' shape (``validate_strokes``) and the size limits."""
-    try:
-        strokes = validate_strokes(strokes)
-    except ValueError as err:
-        raise InputError(422, "invalid_strokes", str(err)) from err
+    """Strokes of a parsed JSON body: shape and counts first (cheap, bounded by the
+    number of strokes), then every value, which must be a finite JSON number."""
+    if not isinstance(strokes, list) or not strokes:
+        raise invalid_strokes("strokes must be a non-empty list of strokes")
     if len(strokes) > settings.max_strokes:
-        raise InputError(422, "invalid_strokes", f"{len(strokes)} strokes; at most "
-                         f"{settings.max_strokes} are accepted")  # fmt: skip
-    points = sum(len(s[0]) for s in strokes)
+        raise invalid_strokes(f"{len(strokes)} strokes; at most {settings.max_strokes} "
+                              "are accepted")  # fmt: skip
+    points = 0
+    for i, stroke in enumerate(strokes):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3):
+            raise invalid_strokes(f"stroke {i} must be [[x...], [y...]] or "
+                                  "[[x...], [y...], [t...]]")  # fmt: skip
+        if not all(isinstance(axis, list) for axis in stroke) or len(stroke[0]) != len(stroke[1]):
+            raise invalid_strokes(f"stroke {i}: x and y must be lists of the same length")
+        if len(stroke) == 3 and len(stroke[2]) != len(stroke[0]):
+            raise invalid_strokes(f"stroke {i}: the times must be as many as the points")
+        points += len(stroke[0])
+        if points > settings.max_points:
+            raise invalid_strokes(f"more than {settings.max_points} points; at most "
+                                  f"{settings.max_points} are accepted")  # fmt: skip
     if points == 0:
-        raise InputError(422, "invalid_strokes", "the drawing has no points")
-    if points > settings.max_points:
-        raise InputError(422, "invalid_strokes", f"{points} points; at most "
-                         f"{settings.max_points} are accepted")  # fmt: skip
-    xy = np.concatenate([np.asarray(s[:2], dtype=np.float64) for s in strokes if s[0]], axis=1)
+        raise invalid_strokes("the drawing has no points")
+    for i, stroke in enumerate(strokes):
+        for j, values in enumerate(stroke):
+            check_numbers(values, f"strokes.{i}.{j}")
+    return check_extent(strokes)
+
+
+def check_numbers(values: list[Any], where: str) -> None:
+    """Every value an int or a float (not a bool, not a string); the first other one named."""
+    if set(map(type, values)) <= set(NUMBER):
+        return
+    n = next(n for n, v in enumerate(values) if type(v) not in NUMBER)
+    raise invalid(f"{where}.{n}", f"must be a number, not {json_type(values[n])}")
+
+
+def check_extent(strokes: list[list[list[float]]]) -> Strokes:
+    """Finite coordinates whose span is finite too (the renderer scales by it)."""
+    try:
+        xy = np.concatenate([np.asarray(s[:2], dtype=np.float64) for s in strokes if s[0]], 1)
+    except OverflowError:  # an integer beyond float range
+        raise invalid_strokes("coordinates must be finite numbers") from None
+    if not np.isfinite(xy).all():
+        raise invalid_strokes("coordinates must be finite numbers")
     with np.errstate(over="ignore"):
         if not np.isfinite(xy.max(axis=1) - xy.min(axis=1)).all():
-            raise InputError(422, "invalid_strokes", "the coordinates span too wide a range")
+            raise invalid_strokes("the coordinates span too wide a range")
     return strokes
 
 
-def to_query_array(req: SketchRequest, prep: Preprocessing, max_pixels: int) -> np.ndarray:
+def invalid_strokes(detail: str) -> InputError:
+    return InputError(422, "invalid_strokes", detail)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding an upload may cost: pixels declared, JPEG scans, and the size the
+    model needs (larger images are decoded smaller, never below it)."""
+
+    max_pixels: int
+    max_jpeg_scans: int | None = None
+    draft_size: int | None = None
+
+
+def to_query_array(req: SketchRequest, prep: Preprocessing, limits: DecodeLimits) -> np.ndarray:
     """The encoder input (3, S, S) of a parsed sketch (blocking: run it in a thread)."""
     if req.strokes is not None:
         img = render_strokes(req.strokes)  # the defaults `prepare` renders training sketches with
     else:
-        img = decode_image(req.image or b"", max_pixels)
+        img = decode_image(req.image or b"", limits)
     return to_input_array(img, prep)
 
 
@@ -233,8 +330,11 @@ def sniff_format(data: bytes) -> str | None:
     return next((fmt for fmt, magics in MAGIC.items() if data.startswith(magics)), None)
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """An accepted image's bytes -> RGB on white; InputError names what is wrong."""
+def decode_image(data: bytes, limits: DecodeLimits | int) -> Image.Image:
+    """An accepted image's bytes -> RGB on white; InputError names what is wrong
+    (``limits``: a DecodeLimits, or just the pixel limit)."""
+    if isinstance(limits, int):
+        limits = DecodeLimits(limits)
     if not data:
         raise InputError(400, "empty_image", "the image is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -242,12 +342,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise InputError(415, "unsupported_image_type",
                          "the image is not a PNG, JPEG or WebP file")  # fmt: skip
     try:
-        return load_image(data, max_pixels)
+        return load_image(data, limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans,
+                          draft_size=limits.draft_size)  # fmt: skip
     except ImageTooLargeError as err:
         reason = str(err).removeprefix("<upload>: ")
-        raise InputError(413, "too_many_pixels", f"the {fmt} image: {reason}") from err
+        code = "too_many_scans" if " scans; " in reason else "too_many_pixels"
+        raise InputError(413, code, f"the {fmt} image: {reason}") from err
     except ImageError as err:
         reason = str(err).removeprefix("<upload>: ")
-    except Exception as err:  # Pillow's decoders raise more than OSError
-        reason = f"not a readable image ({type(err).__name__}: {err})"
+    except Exception:  # Pillow's decoders raise more than OSError; their words stay here
+        reason = "not a readable image (corrupt or truncated data)"
     raise InputError(422, "unreadable_image", f"the {fmt} image cannot be decoded: {reason}")

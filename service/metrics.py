@@ -50,6 +50,11 @@ class Metrics:
         self.index_info = Gauge("sbir_index_info", "the index version served", ["version"],
                                 registry=r)  # fmt: skip
         self.ready = Gauge("sbir_ready", "1 when the model and the index are loaded", registry=r)
+        self.busy = Counter("sbir_busy_rejections", "uploads refused with 503 because the "
+                            "decode threads and their queue were full", registry=r)  # fmt: skip
+        self.disconnects = Counter("sbir_client_disconnects", "requests whose client went away "
+                                   "before the body arrived (counted as status 499)",
+                                   registry=r)  # fmt: skip
         self.reloads = Counter("sbir_index_reloads", "index reload attempts by outcome",
                                ["outcome"], registry=r)  # fmt: skip
 

@@ -11,26 +11,32 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import faiss
 
 from index_builder.gallery.embed import MAX_PIXELS
 from index_builder.gallery.store import Pointer, read_pointer
 from service.batching import MicroBatcher, Pending
-from service.inputs import SketchRequest, to_query_array
+from service.inputs import DecodeLimits, SketchRequest, to_query_array
 from service.metrics import Metrics
 from service.search import Hits, Query, ReloadError, ReloadResult, SearchEngine
 from service.settings import ServiceSettings
 from service.thumbnails import ThumbnailCache, ThumbnailError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PhotoUnavailable(LookupError):
     """The photo is in the index but its file is gone or unreadable."""
+
+
+class Busy(RuntimeError):
+    """Every decode thread is busy and the queue for them is full: retry shortly."""
 
 
 class Runtime:
@@ -41,6 +47,10 @@ class Runtime:
         self.metrics = Metrics()
         self.engine = SearchEngine(settings)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        # An upload waits a bounded time for a decode thread, in a bounded queue, and else
+        # gets a quick 503: the pool's own queue would make every later upload wait.
+        self.slots = asyncio.Semaphore(settings.decode_workers)
+        self.waiting, self.last_busy = 0, -1e9
         self.batcher: MicroBatcher[Query, Hits] = MicroBatcher(
             self._process, settings.max_batch, settings.batch_wait_ms / 1000.0
         )
@@ -104,13 +114,49 @@ class Runtime:
             with contextlib.suppress(ReloadError):
                 await self.reload()
 
+    @property
+    def saturated(self) -> bool:
+        """Whether uploads are being refused: the queue is full or one was turned away
+        within the last second."""
+        recent = time.monotonic() - self.last_busy < 1.0
+        return self.waiting >= self.settings.decode_queue or recent
+
+    def check_capacity(self) -> None:
+        """Busy (counted) when the queue for the decode threads is full."""
+        if self.waiting >= self.settings.decode_queue:
+            self._busy(f"{self.waiting} sketches wait for the decode threads")
+
+    def _busy(self, why: str) -> None:
+        self.metrics.busy.inc()
+        self.last_busy = time.monotonic()
+        raise Busy(f"{why}; retry shortly")
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a decode thread; Busy when none frees up within
+        ``decode_wait_s`` or too many wait already."""
+        self.check_capacity()
+        self.waiting += 1  # only the event loop's thread counts, so no lock
+        try:
+            async with asyncio.timeout(self.settings.decode_wait_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            self._busy(f"no decode thread was free within {self.settings.decode_wait_s:g} s")
+        finally:
+            self.waiting -= 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.slots.release()
+
+    def decode_limits(self) -> DecodeLimits:
+        s = self.settings
+        return DecodeLimits(s.max_pixels, s.max_jpeg_scans, self.engine.preprocessing.image_size)
+
     async def search(self, request: SketchRequest) -> tuple[Hits, float]:
         """Decode (thread pool), then encode and search (micro-batched): hits, decode seconds."""
         prep = self.engine.preprocessing
         started = time.perf_counter()
-        array = await asyncio.get_running_loop().run_in_executor(
-            self.pool, to_query_array, request, prep, self.settings.max_pixels
-        )
+        array = await self.offload(to_query_array, request, prep, self.decode_limits())
         decode_s = time.perf_counter() - started
         self.metrics.decode.observe(decode_s)
         return await self.batcher.submit(Query(array, request.k)), decode_s

@@ -46,6 +46,13 @@ class SearchResponse(BaseModel):
     timing: Timing
 
 
+class ReloadFailure(BaseModel):
+    """The last reload that failed (the version served stays)."""
+
+    version: str | None = Field(description="the index version it tried, when known")
+    reason: str = Field(description="why, in a line")
+
+
 class IndexStats(BaseModel):
     """The index being served."""
 
@@ -57,7 +64,7 @@ class IndexStats(BaseModel):
     device: str = Field(description="'cpu' or 'gpu': where FAISS searches")
     model: dict[str, Any] = Field(description="fingerprint, backbone, ONNX Runtime providers")
     classes: dict[str, int] = Field(description="photos per class")
-    last_reload_error: str | None = None
+    last_reload_error: ReloadFailure | None = None
 
 
 class Health(BaseModel):

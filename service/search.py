@@ -9,6 +9,7 @@ handed out just before a swap (they name their version) still resolve.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -105,7 +106,8 @@ class SearchEngine:
         self.settings = settings
         self.encoder: OnnxEncoder | None = None
         self.problem: str | None = "starting: the model and the index are not loaded yet"
-        self.last_reload_error: str | None = None
+        self.last_reload_error: dict[str, str | None] | None = None  # version, reason
+        self._attempt: str | None = None  # the index version the current load tries
         self._snapshot: Snapshot | None = None
         self._previous: Snapshot | None = None
         self._lock = threading.Lock()
@@ -139,11 +141,11 @@ class SearchEngine:
             try:
                 return self._load()
             except LOAD_ERRORS as err:
-                message = describe_load_error(err)
-                self.last_reload_error = message
+                log.error("not loaded: %s", describe_load_error(err, full=True))
+                message = describe_load_error(err)  # for clients: no server paths
+                self.last_reload_error = {"version": self._attempt, "reason": message}
                 if self._snapshot is None:
                     self.problem = message
-                log.error("not loaded: %s", message)
                 raise ReloadError(message) from err
 
     def _load(self) -> ReloadResult:
@@ -152,8 +154,9 @@ class SearchEngine:
             self.encoder = OnnxEncoder(s.model_dir, "sketch", intra_op_threads=s.ort_threads)
             log.info("sketch encoder %s on %s", self.encoder.fingerprint[:16],
                      self.encoder.providers)  # fmt: skip
-        current = self._snapshot
+        current, self._attempt = self._snapshot, None
         pointer = read_pointer(self.settings.index_dir)
+        self._attempt = pointer.version if pointer else None
         if current is not None and pointer is not None and pointer.version == current.version:
             return ReloadResult(False, current.version, current.version)
         loaded = load_current(self.settings.index_dir, self.encoder.fingerprint)
@@ -237,8 +240,17 @@ class SearchEngine:
         }  # fmt: skip
 
 
-def describe_load_error(err: BaseException) -> str:
-    """A one-line reason for /readyz and the log."""
+# An absolute path (as load errors quote them): clients see only its last part.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"(),;]+/)*([^\s/:'\"(),;]*)")
+
+
+def describe_load_error(err: BaseException, full: bool = False) -> str:
+    """A short one-line reason for /readyz and /v1/index, without server paths
+    (``full``: with them, for the log)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not full:
+        text = ABSOLUTE_PATH.sub(lambda m: m.group(1) or "/", text)
+        text = text if len(text) <= 300 else text[:297] + "..."
     if isinstance(err, FingerprintMismatchError):
-        return f"the index and the model do not match: {err}"
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"the index and the model do not match: {text}"
+    return text

@@ -23,9 +23,16 @@ class ServiceSettings(BaseSettings):
     default_k: int = Field(10, ge=1, description="results when a search gives no k")
     max_k: int = Field(100, ge=1, description="the largest k a search may ask for")
     max_upload_bytes: int = Field(10 << 20, ge=1024, description="largest request body")
-    max_pixels: int = Field(16_000_000, ge=1, description="largest sketch width x height")
+    max_pixels: int = Field(
+        4_194_304, ge=1, description="largest sketch width x height (2048 x 2048)"
+    )
+    max_jpeg_scans: int = Field(
+        64, ge=1, description="most scans in a JPEG sketch (real ones have about 10)"
+    )
     max_strokes: int = Field(1_000, ge=1, description="most strokes in one drawing")
-    max_points: int = Field(100_000, ge=1, description="most points in one drawing")
+    max_points: int = Field(
+        20_000, ge=1, description="most points in one drawing (rendering costs ~25 us each)"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token of /v1/admin/*")
     max_batch: int = Field(8, ge=1, description="largest micro-batch (1: no batching)")
     batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a micro-batch")
@@ -33,6 +40,22 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=1,
         description="threads decoding and rendering sketches and thumbnails",
     )  # fmt: skip
+    decode_queue: int = Field(
+        128, ge=0, description="sketches that may wait for a decode thread; more get a 503"
+    )
+    decode_wait_s: float = Field(
+        3.0, gt=0, description="longest wait for a decode thread; then a 503"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body not all arrived by then gets a 408"
+    )
+    max_connections: int | None = Field(
+        200, ge=1, description="open connections (and requests) at most; more get a 503"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection's life")
+    public_base_url: str = Field(
+        "", description="prefix of result URLs, e.g. https://example.org (default: relative)"
+    )
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads (all cores)")
     faiss_threads: int | None = Field(None, ge=1, description="FAISS threads (all cores)")
     faiss_gpu: bool = Field(True, description="search on the GPU when FAISS sees one")

@@ -1,0 +1,369 @@
+"""Hostile clients against a real uvicorn on loopback: every request's cost is bounded
+before the work, slow and vanishing clients are cut off or ignored, nothing internal leaks,
+types are strict, and while the attacks run ``/healthz`` and an ordinary search keep
+answering within a few seconds (a liveness bound, not a speed test).
+
+The payloads are ``bench.hostile``'s; each is at most the default 10 MiB upload limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+from conftest import ADMIN_TOKEN, RunningService, ServiceAssets, run_service, service_env
+from PIL import Image
+
+from bench.hostile import (
+    big_png,
+    big_webp,
+    deep_nesting,
+    jpeg_scan_bomb,
+    many_points,
+    multipart,
+    string_coordinates,
+    unknown_keys,
+)
+from index_builder.gallery.store import (
+    INDEX_FILE,
+    VERSIONS,
+    Payload,
+    commit_version,
+    load_current,
+    locked,
+)
+
+pytestmark = pytest.mark.slow
+HOUSE = [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]]]
+ORDINARY = {"strokes": HOUSE, "k": 3}
+LIVENESS_S = 5.0  # generous: 2 loaded cores; the attacks used to stall others 10-30 s
+BODY_TIMEOUT_S = 3
+MAX_PIXELS, MAX_SCANS, MAX_POINTS = 4_194_304, 64, 20_000  # the defaults
+
+
+@pytest.fixture(scope="module")
+def hostile(
+    service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """A server with the default limits, but a short body timeout."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(service_assets.index_dir, tmp / "index")
+    env = service_env(service_assets, tmp, index_dir=tmp / "index", body_timeout_s=BODY_TIMEOUT_S,
+                      decode_workers=2)  # fmt: skip
+    with run_service(env, tmp / "service.log") as running:
+        yield running
+
+
+@dataclass
+class Liveness:
+    healthz_s: float
+    search_s: float
+    server_errors: float  # 5xx the server counted meanwhile
+
+    @property
+    def ok(self) -> bool:
+        return self.healthz_s < LIVENESS_S and self.search_s < LIVENESS_S and not self.server_errors
+
+
+SERVER_ERRORS = r'sbir_http_requests_total\{[^}]*status="5\d\d"\}'
+
+
+def under_attack(
+    service: RunningService, attack: Callable[[int], httpx.Response], n: int
+) -> tuple[list[httpx.Response], Liveness]:
+    """``n`` concurrent attack requests while an ordinary client sends /healthz and a
+    strokes search in turn; the attack's responses and the ordinary client's slowest."""
+    healthz, search, stop = [0.0], [0.0], threading.Event()
+    errors = metric(service, SERVER_ERRORS)
+
+    def ordinary() -> None:
+        with service.client() as client:
+            while not stop.is_set():
+                for path, times in (("/healthz", healthz), ("/v1/search", search)):
+                    started = time.perf_counter()
+                    if path == "/healthz":
+                        response = client.get(path)
+                    else:
+                        response = client.post(path, json=ORDINARY)
+                    assert response.status_code == 200, response.text
+                    times.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+    with ThreadPoolExecutor(n + 1) as pool:
+        probe = pool.submit(ordinary)
+        time.sleep(0.2)
+        responses = list(pool.map(attack, range(n)))
+        time.sleep(0.3)
+        stop.set()
+        probe.result()
+    return responses, Liveness(max(healthz), max(search), metric(service, SERVER_ERRORS) - errors)
+
+
+def post_raw(service: RunningService, body: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(service.url + "/v1/search", content=body, timeout=60,
+                      headers={"Content-Type": content_type})  # fmt: skip
+
+
+def long_unknown_keys() -> bytes:
+    """10 MB in a few unknown fields: under the value count, refused after parsing."""
+    return b"{" + b",".join(b'"%d": "%s"' % (i, b"x" * 1_000_000) for i in range(10)) + b"}"
+
+
+def points_past_the_limit() -> bytes:
+    """A stroke of one point too many: under the value count, over the point limit."""
+    n = MAX_POINTS + 1
+    return json.dumps({"strokes": [[[1] * n, [2] * n]]}).encode()
+
+
+def costliest_drawing() -> bytes:
+    """A valid drawing that is slow to render: the most points, each a long random jump."""
+    xy = np.random.default_rng(0).uniform(0, 10_000, (2, MAX_POINTS)).round(1)
+    return json.dumps({"strokes": [xy.tolist()], "k": 1}).encode()
+
+
+JSON_ATTACKS = {
+    "string_coordinates": (string_coordinates, 422, "too_many_values", f"at most {MAX_POINTS}"),
+    "unknown_keys": (unknown_keys, 422, "too_many_values", f"at most {MAX_POINTS}"),
+    "many_points": (many_points, 422, "too_many_values", f"at most {MAX_POINTS}"),
+    "deep_nesting": (deep_nesting, 400, "malformed_json", "nested too deeply"),
+    "few_long_keys": (long_unknown_keys, 422, "invalid_request", "unknown field"),
+    "points_just_past_the_limit": (
+        points_past_the_limit,
+        422,
+        "invalid_strokes",
+        f"at most {MAX_POINTS}",
+    ),
+    "costliest_drawing": (costliest_drawing, 200, None, None),
+}
+
+
+@pytest.mark.parametrize("name", list(JSON_ATTACKS))
+def test_huge_json_bodies_are_refused_cheaply(hostile: RunningService, name: str) -> None:
+    make, status, code, mentions = JSON_ATTACKS[name]
+    body = make()
+    assert len(body) <= 10 << 20
+    responses, live = under_attack(hostile, lambda _: post_raw(hostile, body, "application/json"),
+                                   3)  # fmt: skip
+    for r in responses:
+        assert r.status_code == status, r.text[:300]
+        if code is not None:
+            assert r.json()["error"] == code and mentions in r.json()["detail"], r.text[:300]
+    assert live.ok, live
+
+
+def scan_bomb_within_the_pixel_budget() -> bytes:
+    return jpeg_scan_bomb(side=2000, repeats=2000)
+
+
+IMAGE_ATTACKS = {
+    "jpeg_scan_bomb": (scan_bomb_within_the_pixel_budget, "too_many_scans", f"at most {MAX_SCANS}"),
+    "lossless_webp_4000": (big_webp, "too_many_pixels", f"at most {MAX_PIXELS}"),
+    "png_4000": (big_png, "too_many_pixels", f"at most {MAX_PIXELS}"),
+}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_ATTACKS))
+def test_costly_images_are_refused_before_decoding(hostile: RunningService, name: str) -> None:
+    make, code, mentions = IMAGE_ATTACKS[name]
+    body, content_type = multipart(make())
+    responses, live = under_attack(hostile, lambda _: post_raw(hostile, body, content_type), 3)
+    for r in responses:
+        assert r.status_code == 413 and r.json()["error"] == code, r.text[:300]
+        assert mentions in r.json()["detail"]  # the service's own limit, not Pillow's
+    assert live.ok, live
+
+
+def test_a_large_jpeg_within_the_budget_is_searched(hostile: RunningService) -> None:
+    img = Image.new("L", (2048, 2048), 255)
+    img.paste(0, (500, 500, 1500, 560))
+    out = io.BytesIO()
+    img.save(out, "JPEG", progressive=True)
+    body, content_type = multipart(out.getvalue(), k="2")
+    response = post_raw(hostile, body, content_type)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 2
+
+
+# --- slow and vanishing clients --------------------------------------------------------------
+
+
+def raw_request(service: RunningService) -> socket.socket:
+    port = int(service.url.rsplit(":", 1)[1])
+    return socket.create_connection(("127.0.0.1", port))
+
+
+def read_response(sock: socket.socket, limit_s: float) -> bytes:
+    sock.settimeout(limit_s)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and data.rstrip().endswith(b"}"):
+                break
+    except TimeoutError:
+        pytest.fail(f"no answer within {limit_s} s (got {data[:200]!r})")
+    return data
+
+
+HEAD = b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def test_a_body_shorter_than_its_content_length_gets_408(hostile: RunningService) -> None:
+    with raw_request(hostile) as sock:
+        started = time.monotonic()
+        sock.sendall(HEAD + b"Content-Length: 5000\r\n\r\n" + b'{"strokes": [')
+        data = read_response(sock, BODY_TIMEOUT_S + 5)
+    assert data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data, data[:300]
+    assert time.monotonic() - started >= BODY_TIMEOUT_S - 0.2
+
+
+def test_a_dripped_body_gets_408(hostile: RunningService) -> None:
+    with raw_request(hostile) as sock:
+        sock.sendall(HEAD + b"Content-Length: 5000\r\n\r\n")
+        for _ in range(int(BODY_TIMEOUT_S / 0.25) + 2):  # a byte every 0.25 s, past the limit
+            time.sleep(0.25)
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+        data = read_response(sock, 5)
+    assert data.startswith(b"HTTP/1.1 408 ") and b"did not arrive within" in data, data[:300]
+
+
+def metric(service: RunningService, pattern: str) -> float:
+    """The sum of the samples whose line matches ``pattern`` (name and labels)."""
+    text = httpx.get(service.url + "/metrics", timeout=30).text
+    return sum(float(v) for v in re.findall(r"^" + pattern + r" (\S+)$", text, re.M))
+
+
+def test_aborted_uploads_are_no_server_errors(hostile: RunningService) -> None:
+    errors = SERVER_ERRORS
+    before = metric(hostile, errors), metric(hostile, "sbir_client_disconnects_total")
+    for _ in range(3):
+        with raw_request(hostile) as sock:
+            sock.sendall(HEAD + b"Content-Length: 100000\r\n\r\n" + b" " * 5000)
+            time.sleep(0.1)
+    time.sleep(1.0)
+    text = httpx.get(hostile.url + "/metrics", timeout=30).text
+    assert metric(hostile, errors) == before[0], re.findall(r".*status=.*", text)
+    assert metric(hostile, "sbir_client_disconnects_total") == before[1] + 3
+    assert metric(hostile, r'sbir_http_requests_total\{[^}]*status="499"\}') >= 3
+    assert "Traceback" not in hostile.log()
+
+
+# --- nothing leaks ---------------------------------------------------------------------------
+
+
+def test_an_undecodable_image_error_is_clean(hostile: RunningService) -> None:
+    for junk in (
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
+        b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x01" * 50,
+    ):
+        body, content_type = multipart(junk)
+        response = post_raw(hostile, body, content_type)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert not re.search(r"0x[0-9a-f]{6,}|BytesIO|<\w|/tmp|Traceback", detail), detail
+
+
+def test_result_urls_ignore_the_host_header(hostile: RunningService) -> None:
+    response = httpx.post(hostile.url + "/v1/search", json=ORDINARY, timeout=60,
+                          headers={"Host": "evil.example"})  # fmt: skip
+    assert response.status_code == 200
+    for result in response.json()["results"]:
+        assert result["url"].startswith("/v1/photos/") and "evil" not in result["url"]
+        assert result["thumbnail_url"].startswith(f"/v1/photos/{result['id']}/thumbnail?v=")
+        assert httpx.get(hostile.url + result["url"], timeout=30).status_code == 200
+
+
+def test_a_failed_reload_shows_the_version_and_no_paths(hostile: RunningService) -> None:
+    index_dir = hostile.log_file.parent / "index"  # the fixture's copy
+    loaded = load_current(index_dir)
+    with locked(index_dir):
+        version = commit_version(index_dir, Payload(loaded.index, np.asarray(loaded.vectors()),
+                                                    loaded.manifest, loaded.report))  # fmt: skip
+    (index_dir / VERSIONS / version / INDEX_FILE).write_bytes(b"corrupt")
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with hostile.client() as client:
+        reload = client.post("/v1/admin/reload", headers=auth)
+        assert reload.status_code == 409, reload.text
+        stats = client.get("/v1/index").json()
+        failure = stats["last_reload_error"]
+        assert failure["version"] == version and stats["version"] != version
+        assert "index.faiss" in failure["reason"], failure
+        for text in (failure["reason"], reload.json()["detail"]):
+            assert str(index_dir) not in text and "/tmp" not in text, text
+        assert client.post("/v1/search", json=ORDINARY).status_code == 200
+    assert str(index_dir) in hostile.log()  # the log keeps the whole story
+
+
+# --- strict types ----------------------------------------------------------------------------
+
+
+STRICT = {
+    "json_k_string": ("json", {"strokes": HOUSE, "k": "5"}, "k: must be an integer"),
+    "json_k_float": ("json", {"strokes": HOUSE, "k": 5.0}, "k: must be an integer"),
+    "json_k_bool": ("json", {"strokes": HOUSE, "k": True}, "k: must be an integer"),
+    "coordinate_string": ("json", {"strokes": [[["1", 2], [1, 2]]]}, "strokes.0.0.0"),
+    "coordinate_bool": ("json", {"strokes": [[[1, 2], [1, True]]]}, "strokes.0.1.1"),
+    "time_string": ("json", {"strokes": [[[1, 2], [1, 2], [0, "9"]]]}, "strokes.0.2.1"),
+    "form_k_underscore": ("form", "1_0", "'1_0'"),
+    "form_k_arabic_digits": ("form", "\u0661\u0660", "k must be an integer"),
+    "form_k_plus": ("form", "+5", "'+5'"),
+    "form_k_space": ("form", " 5", "' 5'"),
+    "photo_id_plus": ("path", "+1", "photo_id"),
+    "photo_id_leading_zero": ("path", "01", "photo_id"),
+    "photo_id_float": ("path", "1.0", "photo_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(STRICT))
+def test_types_are_strict(hostile: RunningService, case: str) -> None:
+    kind, value, mentions = STRICT[case]
+    with hostile.client() as client:
+        if kind == "json":
+            response = client.post("/v1/search", json=value)
+        elif kind == "form":
+            png = io.BytesIO()
+            Image.new("L", (64, 64), 255).save(png, "PNG")
+            response = client.post("/v1/search", files={"image": ("s.png", png.getvalue())},
+                                   data={"k": value})  # fmt: skip
+        else:
+            response = client.get(f"/v1/photos/{value}")
+    assert response.status_code == 422, response.text
+    assert mentions in response.json()["detail"], response.json()
+
+
+# --- a saturated decode pool -----------------------------------------------------------------
+
+
+def test_a_saturated_decode_pool_gets_a_quick_503(
+    service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("saturated")
+    env = service_env(service_assets, tmp, decode_workers=1, decode_queue=1, decode_wait_s=0.2)
+    png = io.BytesIO()
+    Image.effect_noise((2000, 2000), 60).save(png, "PNG")  # incompressible: a slow decode
+    body, content_type = multipart(png.getvalue())
+    with run_service(env, tmp / "service.log") as running:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: post_raw(running, body, content_type), range(8)))
+        statuses = [r.status_code for r in responses]
+        assert 503 in statuses and 200 in statuses, statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.json()["error"] == "busy" and busy.headers["retry-after"] == "1"
+        assert busy.elapsed.total_seconds() < LIVENESS_S
+        assert metric(running, "sbir_busy_rejections_total") == statuses.count(503)
+        time.sleep(1.1)  # /readyz says busy for a second after a refusal, then ready again
+        assert httpx.get(running.url + "/readyz", timeout=10).status_code == 200
