@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from index_builder.gallery.scan import display_path
 from service.batching import BatcherClosed
 from service.inputs import InputError, SearchJson, read_search_request
 from service.metrics import MetricsMiddleware
@@ -101,7 +102,8 @@ def results(request: Request, hits: Hits, base_url: str) -> list[SearchResult]:
         item = items[photo_id]
         url = base + request.app.url_path_for("photo", photo_id=str(photo_id)) + f"?v={version}"
         thumb = base + request.app.url_path_for("thumbnail", photo_id=str(photo_id))
-        out.append(SearchResult(id=photo_id, score=score, path=item.path, cls=item.cls,
+        cls = None if item.cls is None else display_path(item.cls)  # names may not be UTF-8
+        out.append(SearchResult(id=photo_id, score=score, path=display_path(item.path), cls=cls,
                                 url=url, thumbnail_url=f"{thumb}?v={version}"))  # fmt: skip
     return out
 

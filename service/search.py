@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from index_builder.gallery.faiss_index import set_nprobe, use_gpu
+from index_builder.gallery.scan import display_path
 from index_builder.gallery.store import (
     FingerprintMismatchError,
     LoadedIndex,
@@ -165,7 +166,9 @@ class SearchEngine:
 
     def _activate(self, loaded: LoadedIndex) -> None:
         searcher, device = self._searcher(loaded)
-        classes = Counter(item.cls for item in loaded.manifest.items if item.cls is not None)
+        classes = Counter(
+            display_path(item.cls) for item in loaded.manifest.items if item.cls is not None
+        )
         self._previous = self._snapshot  # old photo URLs resolve for one more version
         self._snapshot = Snapshot(
             loaded, searcher, device, time.time(), dict(sorted(classes.items()))
