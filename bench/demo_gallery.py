@@ -20,7 +20,8 @@ sketches it was fitted on: an upper bound, not a generalisation figure. (Its val
 categories, used for early stopping, are in neither block.)
 
 Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos, fused
-with the standardised features where the run says so), the backbone features standardised
+with the standardised features where the run says so), its r^x / r^y alone (no fusion),
+the backbone features standardised
 per domain with the run's training statistics (the training-free baseline), the raw backbone
 features, the raw backbone features with each photo drawn as its outline (a sketch-like
 rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
@@ -204,6 +205,9 @@ def run(
         candidates = {  # name: (sketch embeddings, gallery embeddings)
             f"IIAE {run_dir.name} (r^x vs r^y{fused})": (
                 unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))),
+            f"IIAE {run_dir.name} (r^x vs r^y alone)": (
+                unit(model.shared_x(model.scale_x(f_sketch)).mean),
+                unit(model.shared_y(model.scale_y(f_photo)).mean)),
             f"{backbone.name} standardised features": (
                 unit(model.scale_x(f_sketch)), unit(model.scale_y(f_photo))),
             f"{backbone.name} raw features": (unit(f_sketch), unit(f_photo)),

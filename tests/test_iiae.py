@@ -527,13 +527,22 @@ def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.Mon
     assert kl_annealing(0, 2000.0) == 0.0
 
 
-def test_runs_saved_before_the_new_fields_load_as_before() -> None:
-    from model.checkpoint import load_model
+def test_runs_saved_before_the_new_fields_load_as_before(tmp_path: Path) -> None:
+    """A run.json written before the decoder, init and fusion fields existed (the first demo
+    model's) loads as the model it was: deep LeakyReLU decoder, no fusion."""
+    import json
 
-    model, info = load_model(Path(__file__).parent.parent / "models" / "demo")
-    assert "decoder_activation" not in info["iiae"] and "init" not in info["iiae"]
+    from model.checkpoint import load_model, save_model
+
+    save_model(IIAE(IIAEConfig()), tmp_path, {})
+    info = json.loads((tmp_path / "run.json").read_text())
+    new_fields = ("decoder_activation", "init", "fusion_weight", "fusion_dim")
+    info["iiae"] = {k: v for k, v in info["iiae"].items() if k not in new_fields}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    model, _ = load_model(tmp_path)
     assert _linears(model.dec_x)[1:] == [(128, 512), (512, 1280)]
     assert any(isinstance(m, nn.LeakyReLU) for m in model.dec_x.modules())
+    assert model.cfg.fusion_weight == 0 and model.cfg.embedding_dim == 64
 
 
 def test_paper_model_round_trips_through_a_run_dir(tmp_path: Path) -> None:
