@@ -30,6 +30,10 @@ STANDIN_CLASSES = ["circle", "square", "triangle"]
 TEST_CLASSES = ["apple", "triangle"]  # the unseen class of either data set
 TRAIN_STEPS = 200
 ADMIN_TOKEN = "test-admin-token"
+HOUSE = [
+    [[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]],
+    [[20, 125, 230], [110, 10, 110]],
+]  # a drawing
 # One thread each: the tests share a small, busy CPU.
 LEAN_ENV = {"SBIR_ORT_THREADS": "1", "SBIR_FAISS_THREADS": "1", "OMP_NUM_THREADS": "1",
             "SBIR_DECODE_WORKERS": "2"}  # fmt: skip

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import pytest
-from conftest import ADMIN_TOKEN, RunningService, ServiceAssets, run_service, service_env
+from conftest import ADMIN_TOKEN, HOUSE, RunningService, ServiceAssets, run_service, service_env
 from PIL import Image
 
 from bench.hostile import (
@@ -45,7 +45,6 @@ from index_builder.gallery.store import (
 )
 
 pytestmark = pytest.mark.slow
-HOUSE = [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]]]
 ORDINARY = {"strokes": HOUSE, "k": 3}
 LIVENESS_S = 5.0  # generous: 2 loaded cores; the attacks used to stall others 10-30 s
 BODY_TIMEOUT_S = 3

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, RunningService, free_port
+from conftest import HOUSE, REPO, RunningService, free_port
 
 CONFIG = REPO / "docker" / "nginx.conf"
 pytestmark = pytest.mark.slow
-HOUSE = [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]]]
 TIMEOUT_S = 2  # the config's header and body timeouts, shortened for the test
 # What the test fills in; each must be in the config as written, so that drift fails here.
 TEMPLATE = {

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from conftest import (
     ADMIN_TOKEN,
+    HOUSE,
     STAMPS,
     RunningService,
     ServiceAssets,
@@ -29,7 +30,6 @@ from index_builder.gallery.rebuild import BuildOptions, rebuild
 from model.preprocess import render_strokes
 
 pytestmark = pytest.mark.slow
-HOUSE = [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]]]
 
 
 def sketch_requests(assets: ServiceAssets, n: int) -> list[dict]:
