@@ -100,7 +100,7 @@ def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
 
 @torch.no_grad()
 def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
-    """Retrieval embeddings (means of r^x or r^y) of (N, D) features, L2-normalised."""
+    """Retrieval embeddings (``embed_sketch`` / ``embed_photo``) of (N, D) features, unit-norm."""
     model.eval()
     device = next(model.parameters()).device
     fn = model.embed_sketch if domain == "sketch" else model.embed_photo
