@@ -92,21 +92,19 @@ def _slug(name: str) -> str:
 def summarise(folds: list[dict]) -> dict:
     """Mean and sd over folds of each row's metrics, the recipe chosen on validation, and how
     it compares with the standardised baseline fold by fold."""
-    names = list(folds[0]["rows"])
-    summary = {
-        name: {
-            **{k: float(np.mean([f["rows"][name][k] for f in folds])) for k in METRICS},
-            **{f"{k}_sd": float(np.std([f["rows"][name][k] for f in folds])) for k in METRICS},
-        }
-        for name in names
-    }
-    candidates = list(folds[0]["validation"])
-    chosen = max(candidates, key=lambda n: np.mean([f["validation"][n] for f in folds]))
+    summary = {}
+    for name in folds[0]["rows"]:
+        rows = [f["rows"][name] for f in folds]
+        sd = {f"{k}_sd": float(np.std([r[k] for r in rows])) for k in METRICS}
+        summary[name] = {**_mean_metrics(rows), **sd}
+    validation = {n: float(np.mean([f["validation"][n] for f in folds]))
+                  for n in folds[0]["validation"]}  # fmt: skip
+    chosen = max(validation, key=validation.__getitem__)
     ratios = [f["rows"][chosen]["map_all"] / f["rows"]["standardized"]["map_all"] for f in folds]
     return {
         "rows": summary,
         "chosen": chosen,
-        "validation": {n: float(np.mean([f["validation"][n] for f in folds])) for n in candidates},
+        "validation": validation,
         "ratio_to_standardized": ratios,
         "gain_of_means": summary[chosen]["map_all"] / summary["standardized"]["map_all"] - 1,
     }
