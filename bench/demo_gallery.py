@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -50,8 +50,10 @@ from index_builder.datasets.quickdraw import read_ndjson
 from index_builder.gallery.scan import walk_images
 from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
 from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
+from model.backbones import Backbone
 from model.export import load_run_encoders
-from model.preprocess import load_image, render_strokes, to_input_array
+from model.preprocess import load_image, render_strokes
+from model.pseudo_sketch import encoder_input_array
 
 GUITARS = Path(__file__).parent / "drawings" / "guitars.json"
 BLOCKS = {
@@ -126,12 +128,13 @@ def outline(path: Path, size: int = 256, margin: float = 0.1, width: int = 3) ->
     return canvas.convert("RGB")
 
 
-def features(backbone: Callable, images: Sequence[Image.Image], prep, batch: int = 32) -> Tensor:
-    """Backbone features of preprocessed images (each image through the network once)."""
+def features(backbone: Backbone, images: Sequence[Image.Image], batch: int = 32) -> Tensor:
+    """Backbone features of images, preprocessed as the backbone reads them."""
+    prep, edges = backbone.preprocessing, backbone.edges
     parts = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = np.stack([to_input_array(im, prep) for im in images[i : i + batch]])
+            x = np.stack([encoder_input_array(im, prep, edges) for im in images[i : i + batch]])
             parts.append(backbone(torch.from_numpy(x)).float())
     return torch.cat(parts)
 
@@ -180,7 +183,6 @@ def run(
     run_dir: Path, shared: Path, stamps_dir: Path, per_class: int, per_trained_class: int
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
-    prep = backbone.preprocessing
     stamps = sorted(walk_images(stamps_dir))
     table = {c: [r.path for r in refs if r.source == "tuxpaint"]
              for c, refs in read_photo_table(PHOTO_MAP).items()}  # fmt: skip
@@ -196,23 +198,29 @@ def run(
     queries = {b: query_sketches(shared, classes, per[b]) for b, classes in blocks.items()}
     sketches = queries["unseen"][0] + queries["trained"][0]
     sketches += [render_strokes(s) for s in json.loads(GUITARS.read_text()).values()]
-    f_sketch = features(backbone, sketches, prep)
-    f_photo = features(backbone, [load_image(stamps_dir / s) for s in stamps], prep)
-    f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps], prep)
+    f_sketch = features(backbone, sketches)
+    # the photo encoder's backbone: with each photo's pseudo-sketch where the run reads them
+    f_photo = features(encoders["photo"].backbone, [load_image(stamps_dir / s) for s in stamps])
+    f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps])
     model = encoders["sketch"].model  # the exported encoders' heads, over the same features
     fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
+    d = backbone.feature_dim  # the photo's own features come first
     with torch.inference_mode():
+        z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
             f"IIAE {run_dir.name} (r^x vs r^y{fused})": (
                 unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))),
             f"IIAE {run_dir.name} (r^x vs r^y alone)": (
-                unit(model.shared_x(model.scale_x(f_sketch)).mean),
-                unit(model.shared_y(model.scale_y(f_photo)).mean)),
-            f"{backbone.name} standardised features": (
-                unit(model.scale_x(f_sketch)), unit(model.scale_y(f_photo))),
-            f"{backbone.name} raw features": (unit(f_sketch), unit(f_photo)),
-            f"{backbone.name} raw, photos as outlines": (unit(f_sketch), unit(f_outline)),
+                unit(model.shared_x(z_sketch).mean), unit(model.shared_y(z_photo).mean)),
+            f"{backbone.name} standardised features": (unit(z_sketch), unit(z_photo[:, :d])),
         }  # fmt: skip
+        if model.cfg.pseudo_sketch:
+            candidates[f"{backbone.name} standardised, photos with pseudo-sketches"] = (
+                unit(z_sketch),
+                unit(model.sketch_like(z_photo)),
+            )
+        candidates[f"{backbone.name} raw features"] = (unit(f_sketch), unit(f_photo[:, :d]))
+        candidates[f"{backbone.name} raw, photos as outlines"] = (unit(f_sketch), unit(f_outline))
     n_unseen, n_trained = len(queries["unseen"][1]), len(queries["trained"][1])
     rows: dict[str, dict] = {"unseen": {}, "trained": {}}
     guitar = {}

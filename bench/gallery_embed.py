@@ -38,7 +38,7 @@ from bench.service_latency import make_model
 from index_builder.gallery.embed import PREFETCH, embed_photos
 from index_builder.gallery.scan import PhotoFile, scan_photos
 from model.encoder import OnnxEncoder
-from model.preprocess import ImageError, load_image, to_input_array
+from model.preprocess import ImageError, load_image
 
 REPO = Path(__file__).resolve().parents[1]
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
@@ -49,12 +49,11 @@ TOLERANCE = 1e-4  # same model and inputs; only batch-size-dependent kernels may
 
 def naive(encoder: OnnxEncoder, root: Path, photos: list[PhotoFile]) -> dict:
     """One photo at a time: decode, preprocess, encode a batch of one."""
-    prep = encoder.metadata.preprocessing
     vectors, done, decode_s, encode_s = [], [], 0.0, 0.0
     for photo in photos:
         t0 = time.perf_counter()
         try:
-            x = to_input_array(load_image(root / photo.path), prep)
+            x = encoder.input_array(load_image(root / photo.path))
         except ImageError:
             continue
         t1 = time.perf_counter()

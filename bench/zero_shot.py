@@ -1,7 +1,8 @@
 """Zero-shot sketch -> photo retrieval on the real ../shared/data set, k-fold over classes.
 
     python -m bench.zero_shot [--shared ../shared/data] [--work runs/zero_shot] [--folds 5]
-        [--seeds 2] [--backbone efficientnet-lite0] [--candidates NAME ...] [--json OUT]
+        [--seeds 2] [--backbone efficientnet-lite0] [--candidates NAME ...] [--jobs 1]
+        [--json OUT]
 
 Prepares the data (real Quick, Draw! sketches, real photos), splits its classes into k folds
 and, for each fold, trains every candidate recipe on the other folds' classes and scores it on
@@ -17,6 +18,8 @@ import argparse
 import json
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +29,22 @@ from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.evaluate import evaluate_baselines, evaluate_run
 from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 from index_builder.run import train_run
-from index_builder.sources import data_classes
+from index_builder.sources import data_classes, feature_sets
 
 # Candidates: a recipe (index_builder/recipes.py) and values over it, chosen between on
 # validation classes. Each also reports its IIAE embedding alone (fusion weight 0) as a row.
 CANDIDATES: dict[str, dict] = {
     "recommended": {"recipe": "recommended"},
     "recommended, no class head": {"recipe": "recommended", "w_cls": 0.0},
+    "recommended, photos alone": {"recipe": "recommended", "pseudo_sketch": False},
 }
 METRICS = ("map_all", "p_at_10", "p_at_100")
-BASELINES = ("raw", "standardized")
+# row name -> the baseline's name in evaluate_baselines (after the backbone's)
+BASELINES = {
+    "raw": "raw features",
+    "standardized": "standardized features",
+    "standardized + photo pseudo-sketches": "standardized features + photo pseudo-sketches",
+}
 
 
 def machine() -> str:
@@ -62,8 +71,8 @@ def run_fold(
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text("\n".join(test) + "\n")
     train = [c for c in data_classes(data) if c not in test]
-    base = evaluate_baselines(data, train, test, backbone, settings)
-    rows = {name: base[f"{backbone} {name} features"] for name in BASELINES}
+    base = evaluate_baselines(data, train, test, backbone, settings, with_pseudo_sketch=True)
+    rows = {name: base[f"{backbone} {label}"] for name, label in BASELINES.items()}
     validation, fusion = {}, {}
     for name in candidates:
         tests, alone, vals, weights = [], [], [], []
@@ -110,16 +119,33 @@ def summarise(folds: list[dict]) -> dict:
     }
 
 
-def run(shared: Path, work: Path, backbone: str, k: int, seeds: int, candidates: list[str]):
+def _timed_fold(fold: int, test: list[str], *args) -> dict:
+    t0 = time.time()
+    BuilderSettings().apply_torch_threads()  # in a worker process too
+    result = run_fold(fold, test, *args)
+    print(f"fold {fold}: {len(test)} test classes, {time.time() - t0:.0f} s", flush=True)
+    return result
+
+
+def run(
+    shared: Path, work: Path, backbone: str, k: int, seeds: int, candidates: list[str],
+    jobs: int = 1,
+) -> dict:  # fmt: skip
+    """Every fold (``jobs`` of them at once, in worker processes), then the summary."""
     data = work / "data"
     print(prepare_shared_data(shared, data, photo_table=PHOTO_MAP).summary())
     settings = BuilderSettings(cache_dir=work / "cache")
-    settings.apply_torch_threads()
-    folds = []
-    for i, test in enumerate(class_folds(data_classes(data), k)):
-        t0 = time.time()
-        folds.append(run_fold(i, test, data, work, backbone, candidates, seeds, settings))
-        print(f"fold {i}: {len(test)} test classes, {time.time() - t0:.0f} s", flush=True)
+    classes = data_classes(data)
+    for pseudo_sketch in (False, True):  # extracted once, before the folds read them
+        feature_sets(data, classes, backbone, settings=settings, pseudo_sketch=pseudo_sketch)
+    splits = class_folds(classes, k)
+    args = (data, work, backbone, candidates, seeds, settings)
+    with ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext() as pool:
+        if pool is None:
+            folds = [_timed_fold(i, test, *args) for i, test in enumerate(splits)]
+        else:
+            futures = [pool.submit(_timed_fold, i, test, *args) for i, test in enumerate(splits)]
+            folds = [f.result() for f in futures]
     return {"machine": machine(), "backbone": backbone, "seeds": seeds, "folds": folds,
             **summarise(folds)}  # fmt: skip
 
@@ -157,9 +183,11 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=2, help="runs per recipe and fold")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+    parser.add_argument("--jobs", type=int, default=1, help="folds run at once (processes)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = run(args.shared, args.work, args.backbone, args.folds, args.seeds, args.candidates)
+    result = run(args.shared, args.work, args.backbone, args.folds, args.seeds, args.candidates,
+                 args.jobs)  # fmt: skip
     print_result(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

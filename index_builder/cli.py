@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baselines", help="untrained backbone features, raw and standardised")
     _data_args(p)
     p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--pseudo-sketch", action="store_true",
+                   help="also both with photos read with their pseudo-sketches")  # fmt: skip
     p.add_argument("--json", type=Path)
 
     p = sub.add_parser("export-onnx", help="export a run's sketch and photo encoders to ONNX")
@@ -251,7 +253,7 @@ def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
     from index_builder.sources import data_split
 
     data, train, test = data_split(args.data, args.train_classes, args.test_classes)
-    rows = evaluate_baselines(data, train, test, args.backbone, settings)
+    rows = evaluate_baselines(data, train, test, args.backbone, settings, args.pseudo_sketch)
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

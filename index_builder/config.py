@@ -90,6 +90,9 @@ class TrainConfig(BaseSettings):
     choose_fusion: bool = Field(
         False, description="choose fusion_weight on the validation classes (0, .25, .5, .75)"
     )
+    pseudo_sketch: bool = Field(
+        False, description="photos are seen as themselves and as pseudo-sketches (edge maps)"
+    )
     val_classes: int = Field(0, description="training classes held out for early stopping")
     eval_every: int = 200
     checkpoint_every: int = 500
@@ -116,6 +119,8 @@ class TrainConfig(BaseSettings):
     def iiae_config(self, dim_x: int, dim_y: int, num_classes: int) -> IIAEConfig:
         from model.iiae import IIAEConfig  # torch: only where a model is built
 
+        # the fusion compares sketch features with the photo's (or its halves' mean)
+        fusable = dim_x == (dim_y // 2 if self.pseudo_sketch else dim_y)
         return IIAEConfig(
             input_dim_x=dim_x,
             input_dim_y=dim_y,
@@ -128,7 +133,8 @@ class TrainConfig(BaseSettings):
             w_cls=self.w_cls,
             anneal_steps=self.anneal_steps,
             fusion_weight=self.fusion_weight,
-            fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and dim_x == dim_y else 0,
+            fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and fusable else 0,
+            pseudo_sketch=self.pseudo_sketch,
             decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
             decoder_activation="relu" if self.decoder == "authors" else "leaky_relu",
             init=self.init,

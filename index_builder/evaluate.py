@@ -65,7 +65,8 @@ def evaluate_run(
         data = pick_split_dir(data, None, test_classes or info.get("test_classes"))
     test = _test_classes(data, test_classes, info)
     sk, ph = feature_sets(data, test, info["backbone"], info["config"].get("backbone_weights"),
-                          settings=settings, gallery=gallery)  # fmt: skip
+                          settings=settings, gallery=gallery,
+                          pseudo_sketch=model.cfg.pseudo_sketch)  # fmt: skip
     if sk.features.shape[-1] != model.cfg.input_dim_x:
         raise DatasetError(f"{data}: {sk.backbone} features are {sk.features.shape[-1]}-d; the "
                            f"run {run_dir} reads {model.cfg.input_dim_x}-d")  # fmt: skip
@@ -120,15 +121,23 @@ def _test_classes(data: Path, test_classes: str | Path | None, info: dict) -> li
 def baseline_embeddings(
     train: tuple[FeatureSet, FeatureSet] | None, test: tuple[FeatureSet, FeatureSet]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features with no training: raw, or z-scored per domain with training stats."""
+    """Backbone features with no training: raw, or z-scored per domain with training stats.
+    Photo features twice a sketch's size are [photo; pseudo-sketch] halves, taken by their
+    (z-scored) mean, as the fused model does."""
     sk, ph = test
     if train is None:
-        return l2_normalize(sk.clean), l2_normalize(ph.clean)
+        return l2_normalize(sk.clean), l2_normalize(_sketch_like(ph.clean, sk.clean))
     out = []
     for fit_on, feats in ((train[0], sk), (train[1], ph)):
         ref = fit_on.clean
-        out.append(l2_normalize((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6)))
-    return out[0], out[1]
+        out.append((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6))
+    return l2_normalize(out[0]), l2_normalize(_sketch_like(out[1], out[0]))
+
+
+def _sketch_like(photo: np.ndarray, sketch: np.ndarray) -> np.ndarray:
+    if photo.shape[1] == 2 * sketch.shape[1]:
+        return photo.reshape(len(photo), 2, -1).mean(axis=1)
+    return photo
 
 
 def standardized_baseline_map(
@@ -157,14 +166,19 @@ def evaluate_baselines(
     test_classes: list[str],
     backbone: str,
     settings: BuilderSettings | None = None,
+    with_pseudo_sketch: bool = False,
 ) -> dict[str, dict]:
-    """Raw and standardised pooled-feature baselines on the test classes."""
-    test = feature_sets(data, test_classes, backbone, settings=settings)
-    train = feature_sets(data, train_classes, backbone, settings=settings)
+    """Raw and standardised pooled-feature baselines on the test classes, and the standardised
+    one with each photo's pseudo-sketch beside it (``with_pseudo_sketch``)."""
     results = {}
-    for name, fit_on in (("raw", None), ("standardized", train)):
-        zx, zy = baseline_embeddings(fit_on, test)
-        results[f"{backbone} {name} features"] = score(zx, test[0], zy, test[1])
+    for pseudo in (False, True) if with_pseudo_sketch else (False,):
+        test = feature_sets(data, test_classes, backbone, settings=settings, pseudo_sketch=pseudo)
+        train = feature_sets(data, train_classes, backbone, settings=settings,
+                             pseudo_sketch=pseudo)  # fmt: skip
+        for name, fit_on in (("raw", None), ("standardized", train)):
+            zx, zy = baseline_embeddings(fit_on, test)
+            label = f"{backbone} {name} features" + (" + photo pseudo-sketches" if pseudo else "")
+            results[label] = score(zx, test[0], zy, test[1])
     return results
 
 

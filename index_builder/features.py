@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from index_builder.augment import AugmentConfig, augment
 from index_builder.datasets.base import DatasetError, Sample
-from model.backbones import Backbone, load_backbone
-from model.preprocess import ImageError, Preprocessing, load_image, to_input_array
+from model.backbones import Backbone, load_backbone, with_pseudo_sketch
+from model.preprocess import ImageError, Preprocessing, load_image
+from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
 CACHE_VERSION = 2
 
@@ -73,8 +74,12 @@ class FeatureSet:
 class _ImageViews(Dataset):
     """Decodes, augments and preprocesses (image, view) pairs in DataLoader workers."""
 
-    def __init__(self, samples: list[Sample], spec: FeatureSpec, prep: Preprocessing, start: int):
+    def __init__(
+        self, samples: list[Sample], spec: FeatureSpec, prep: Preprocessing, start: int,
+        edges: EdgeConfig | None = None,
+    ) -> None:  # fmt: skip
         self.samples, self.spec, self.prep, self.start = samples, spec, prep, start
+        self.edges = edges  # photos read with their pseudo-sketches
 
     def __len__(self) -> int:
         return len(self.samples) - self.start
@@ -91,7 +96,7 @@ class _ImageViews(Dataset):
                     self.spec.augment)
             for v in range(1, self.spec.views)
         ]  # fmt: skip
-        return row, np.stack([to_input_array(v, self.prep) for v in views])
+        return row, np.stack([encoder_input_array(v, self.prep, self.edges) for v in views])
 
 
 def _collate(batch: list[tuple[int, np.ndarray | str]]) -> list[tuple[int, np.ndarray | str]]:
@@ -110,9 +115,11 @@ def cache_key(samples: list[Sample], spec: FeatureSpec, backbone_fingerprint: st
 
 
 @functools.lru_cache(maxsize=4)
-def cached_backbone(name: str, weights: str | None) -> Backbone:
-    """One loaded backbone per process and (name, weights): fingerprinting it costs a forward."""
-    return load_backbone(name, weights)
+def cached_backbone(name: str, weights: str | None, pseudo_sketch: bool = False) -> Backbone:
+    """One loaded backbone per process and (name, weights): fingerprinting it costs a forward.
+    ``pseudo_sketch``: the backbone seeing each photo also as its pseudo-sketch (2 x D)."""
+    backbone = load_backbone(name, weights)
+    return with_pseudo_sketch(backbone) if pseudo_sketch else backbone
 
 
 def default_device() -> torch.device:
@@ -184,7 +191,7 @@ def _run_backbone(
     device = default_device()
     net = backbone.to(device).eval().to(memory_format=torch.channels_last)
     loader = DataLoader(
-        _ImageViews(samples, spec, backbone.preprocessing, done),
+        _ImageViews(samples, spec, backbone.preprocessing, done, backbone.edges),
         batch_size=batch_size, num_workers=workers, collate_fn=_collate,
     )  # fmt: skip
     bar = tqdm(total=len(samples), initial=done, disable=not progress,

@@ -19,10 +19,12 @@ RECIPES: dict[str, dict[str, object]] = {
         "w_cls": 0.0,
         "val_classes": 0,
     },
-    # What generalises best on the real thin data here (BENCHMARKS.md section 1): the class
-    # head, early stopping on held-out training classes, 64 classes a step, and the retrieval
-    # embedding fused with the standardised features at the weight the validation classes pick.
+    # What generalises best on the real thin data here (BENCHMARKS.md section 1): photos read
+    # with their pseudo-sketches (edge maps, model/pseudo_sketch.py), the class head, early
+    # stopping on held-out training classes, 64 classes a step, and the retrieval embedding
+    # fused with the standardised features at the weight the validation classes pick.
     "recommended": {
+        "pseudo_sketch": True,
         "w_cls": 1.0,
         "steps": 3000,
         "val_classes": 20,

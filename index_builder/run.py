@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from index_builder.config import BuilderSettings, TrainConfig
+from index_builder.datasets.authors_features import is_authors_features
 from index_builder.evaluate import validation_check
 from index_builder.features import FeatureSet, default_device
 from index_builder.sources import data_split, feature_sets
@@ -127,10 +128,14 @@ def train_run(
 ) -> dict:
     """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
     data, train, test = data_split(data, train_classes, test_classes)
+    if cfg.pseudo_sketch and is_authors_features(data):
+        print(f"note: {data} holds features, not photos to draw pseudo-sketches of; training "
+              "on the photo features alone", file=sys.stderr)  # fmt: skip
+        cfg = cfg.model_copy(update={"pseudo_sketch": False})
     fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
     # Augmented views are a fixed pool (feature seed 0), shared by every training seed.
     sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
-                          cfg.photo_views, settings)  # fmt: skip
+                          cfg.photo_views, settings, pseudo_sketch=cfg.pseudo_sketch)  # fmt: skip
     sk_fit, ph_fit = sk.subset(set(fit_classes)), ph.subset(set(fit_classes))
     val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
     device = default_device()
@@ -151,6 +156,7 @@ def train_run(
         "backbone": cfg.backbone,
         "feature_backbone": sk.backbone,
         "backbone_fingerprint": sk.backbone_fingerprint,
+        "photo_backbone_fingerprint": ph.backbone_fingerprint,
         "preprocessing": sk.preprocessing.model_dump(),
         "data": str(data),
         "train_classes": fit_classes,

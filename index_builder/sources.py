@@ -22,7 +22,7 @@ from index_builder.datasets.splits import (
     read_class_list,
     resolve_split,
 )
-from index_builder.features import FeatureSet, FeatureSpec, extract_features
+from index_builder.features import FeatureSet, FeatureSpec, cached_backbone, extract_features
 from model.preprocess import Preprocessing
 
 AUTHORS_BACKBONE = "vgg16-authors"
@@ -134,9 +134,13 @@ def feature_sets(
     photo_views: int = 1,
     settings: BuilderSettings | None = None,
     gallery: Gallery = "extended",
+    pseudo_sketch: bool = False,
 ) -> tuple[FeatureSet, FeatureSet]:
-    """(sketch, photo) features of ``classes``, extracted through the cache when needed."""
+    """(sketch, photo) features of ``classes``, extracted through the cache when needed.
+    ``pseudo_sketch``: each photo's features are [the photo's; its pseudo-sketch's]."""
     if is_authors_features(root):
+        if pseudo_sketch:
+            raise DatasetError(f"{root}: precomputed features have no pseudo-sketches")
         if sketch_views > 1 or photo_views > 1:
             raise DatasetError(f"{root}: precomputed features cannot be augmented (views > 1)")
         return _authors_feature_sets(root, classes)
@@ -151,7 +155,9 @@ def feature_sets(
                                    ("photo", ds.photos, photo_views)):  # fmt: skip
         spec = FeatureSpec(backbone=backbone, backbone_weights=backbone_weights,
                            domain=domain, views=views)  # fmt: skip
-        every = extract_features(samples, spec, cache, settings.batch_size, settings.workers)
+        net = cached_backbone(backbone, backbone_weights, domain == "photo" and pseudo_sketch)
+        every = extract_features(samples, spec, cache, settings.batch_size, settings.workers,
+                                 net)  # fmt: skip
         out.append(every.subset(set(classes)))
     return out[0], out[1]
 

@@ -2,9 +2,10 @@
 
 A model directory, written by ``python -m index_builder export-onnx``, holds
 ``sketch_encoder.onnx``, ``photo_encoder.onnx`` and ``metadata.json``. Each encoder maps a
-batch of normalised images (B, 3, S, S) float32, input ``image``, to L2-normalised
+batch of normalised images (B, C, S, S) float32, input ``image``, to L2-normalised
 embeddings (B, D) float32, output ``embedding``. Images become inputs through
-``model.preprocess.to_input_array``, the function training used.
+``model.pseudo_sketch.encoder_input_array``, the function training used: C is 3, or 6 for a
+photo encoder that reads each photo with its pseudo-sketch (``photo_edges``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import onnxruntime as ort
 from PIL import Image
 from pydantic import BaseModel, PrivateAttr, ValidationError, field_validator
 
-from model.preprocess import Preprocessing, to_input_array
+from model.preprocess import Preprocessing
+from model.pseudo_sketch import EdgeConfig, edge_key, encoder_input_array
 
 Domain = Literal["sketch", "photo"]
 DOMAINS: tuple[Domain, Domain] = ("sketch", "photo")
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 2  # 2: the backbone's fingerprint is part of the model's
+FORMAT_VERSION = 3  # 2: the backbone's fingerprint is part of the model's; 3: photo_edges
 
 
 class EncoderIntegrityError(ValueError):
@@ -48,6 +50,7 @@ class EncoderMetadata(BaseModel):
     backbone_weights: str | None = None
     backbone_fingerprint: str  # ``Backbone.fingerprint``: weights and computation
     preprocessing: Preprocessing
+    photo_edges: EdgeConfig | None = None  # the photo encoder also reads pseudo-sketches
     embedding_dim: int
     input_name: str = "image"
     output_name: str = "embedding"
@@ -119,7 +122,7 @@ class EncoderMetadata(BaseModel):
                 )
         expected = compute_fingerprint(
             {d: self.files[d].sha256 for d in DOMAINS}, self.preprocessing,
-            self.backbone_fingerprint,
+            self.backbone_fingerprint, self.photo_edges,
         )  # fmt: skip
         if expected != self.fingerprint:
             raise EncoderIntegrityError(
@@ -138,15 +141,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def compute_fingerprint(
-    checksums: dict[str, str], prep: Preprocessing, backbone_fingerprint: str
+    checksums: dict[str, str],
+    prep: Preprocessing,
+    backbone_fingerprint: str,
+    photo_edges: EdgeConfig | None = None,
 ) -> str:
-    """sha256 over both encoders' checksums, the preprocessing and the backbone's fingerprint:
-    what an index stores to tell whether its embeddings came from these encoders."""
+    """sha256 over both encoders' checksums, the preprocessing, the backbone's fingerprint and
+    the pseudo-sketch drawing (outside the graph): what an index stores to tell whether its
+    embeddings came from these encoders."""
     payload = {
         "onnx_sha256": {d: checksums[d] for d in DOMAINS},
         "preprocessing": prep.model_dump(),
         "backbone_fingerprint": backbone_fingerprint,
     }
+    if photo_edges is not None:
+        payload["photo_edges"] = edge_key(photo_edges)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -191,6 +200,8 @@ class OnnxEncoder:
             providers=providers or default_providers(),
         )
         self.providers: list[str] = self._session.get_providers()
+        self.edges = self.metadata.photo_edges if domain == "photo" else None
+        self.input_channels = 3 if self.edges is None else 6
 
     @property
     def fingerprint(self) -> str:
@@ -201,10 +212,11 @@ class OnnxEncoder:
         return self.metadata.embedding_dim
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(B, 3, S, S) normalised images -> (B, D) float32 unit-norm embeddings."""
-        size = self.metadata.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
-            raise ValueError(f"expected a (B, 3, {size}, {size}) batch, got {batch.shape}")
+        """(B, C, S, S) encoder inputs (``input_array``) -> (B, D) float32 unit-norm
+        embeddings."""
+        size, c = self.metadata.input_size, self.input_channels
+        if batch.ndim != 4 or batch.shape[1:] != (c, size, size):
+            raise ValueError(f"expected a (B, {c}, {size}, {size}) batch, got {batch.shape}")
         if len(batch) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         feed = {self.metadata.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
@@ -219,6 +231,10 @@ class OnnxEncoder:
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
 
+    def input_array(self, img: Image.Image) -> np.ndarray:
+        """One RGB image as this encoder's (C, S, S) float32 input."""
+        return encoder_input_array(img, self.metadata.preprocessing, self.edges)
+
     def to_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Images -> the (B, 3, S, S) float32 input batch (``to_input_array`` on each)."""
-        return np.stack([to_input_array(img, self.metadata.preprocessing) for img in images])
+        """Images -> the (B, C, S, S) float32 input batch (``input_array`` on each)."""
+        return np.stack([self.input_array(img) for img in images])

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from model.backbones import Backbone, available_backbones, load_backbone
+from model.backbones import Backbone, available_backbones, load_backbone, with_pseudo_sketch
 from model.checkpoint import load_model
 from model.encoder import (
     DOMAINS,
@@ -30,6 +30,7 @@ from model.encoder import (
 )
 from model.iiae import IIAE
 from model.preprocess import Preprocessing
+from model.pseudo_sketch import EdgeConfig
 
 ONNX_FILES: dict[Domain, str] = {"sketch": "sketch_encoder.onnx", "photo": "photo_encoder.onnx"}
 # Notices of the TorchScript-based exporter (the one that needs no onnxscript), not faults.
@@ -54,9 +55,14 @@ class EmbeddingEncoder(nn.Module):
         return nn.functional.normalize(embed(feats), dim=-1)
 
 
-def build_encoders(model: IIAE, backbone: nn.Module) -> dict[Domain, EmbeddingEncoder]:
-    """The sketch (r^x) and photo (r^y) encoders, in eval mode."""
-    return {d: EmbeddingEncoder(backbone, model, d).eval() for d in DOMAINS}
+def build_encoders(model: IIAE, backbone: Backbone) -> dict[Domain, EmbeddingEncoder]:
+    """The sketch (r^x) and photo (r^y) encoders, in eval mode; the photo encoder's backbone
+    also sees each photo's pseudo-sketch where the model was trained so."""
+    photo = with_pseudo_sketch(backbone) if model.cfg.pseudo_sketch else backbone
+    return {
+        "sketch": EmbeddingEncoder(backbone, model, "sketch").eval(),
+        "photo": EmbeddingEncoder(photo, model, "photo").eval(),
+    }
 
 
 def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
@@ -90,15 +96,25 @@ def load_run_encoders(run_dir: Path) -> tuple[dict[Domain, EmbeddingEncoder], di
     """A run's two PyTorch encoders, its run info and its backbone."""
     model, info = load_model(run_dir)
     backbone = run_backbone(run_dir, info, model.cfg.input_dim_x)
-    return build_encoders(model, backbone), info, backbone
+    encoders = build_encoders(model, backbone)
+    photo_trained_on = info.get("photo_backbone_fingerprint")
+    photo_now = encoders["photo"].backbone.fingerprint
+    if photo_trained_on is not None and photo_trained_on != photo_now:
+        raise ValueError(
+            f"{run_dir}: its photo features came from another photo network than the one "
+            f"built now (fingerprint {photo_trained_on[:12]}, now {photo_now[:12]}: changed "
+            "pseudo-sketch settings or code); train it again"
+        )
+    return encoders, info, backbone
 
 
 def export_module(
-    module: nn.Module, path: Path, image_size: int, embedding_dim: int, opset: int
-) -> None:
-    """ONNX file of ``module``: input ``image`` (B, 3, S, S), output ``embedding`` (B, D),
+    module: nn.Module, path: Path, image_size: int, embedding_dim: int, opset: int,
+    channels: int = 3,
+) -> None:  # fmt: skip
+    """ONNX file of ``module``: input ``image`` (B, C, S, S), output ``embedding`` (B, D),
     B dynamic."""
-    example = torch.zeros(2, 3, image_size, image_size)
+    example = torch.zeros(2, channels, image_size, image_size)
     with warnings.catch_warnings(), torch.no_grad():
         for message in _EXPORT_NOISE:
             warnings.filterwarnings("ignore", message=message)
@@ -133,8 +149,10 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     try:
         for domain in DOMAINS:
             export_module(encoders[domain], tmp / ONNX_FILES[domain],
-                          backbone.preprocessing.image_size, embedding_dim, opset)  # fmt: skip
-        meta = _metadata(tmp, run_dir, info, backbone, opset, embedding_dim)
+                          backbone.preprocessing.image_size, embedding_dim, opset,
+                          encoders[domain].backbone.input_channels)  # fmt: skip
+        edges = encoders["photo"].backbone.edges
+        meta = _metadata(tmp, run_dir, info, backbone, opset, embedding_dim, edges)
         (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:
@@ -144,8 +162,9 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
 
 
 def _metadata(
-    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int, embedding_dim: int
-) -> EncoderMetadata:
+    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int, embedding_dim: int,
+    photo_edges: EdgeConfig | None,
+) -> EncoderMetadata:  # fmt: skip
     files = {d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d]))
              for d in DOMAINS}  # fmt: skip
     prep = backbone.preprocessing
@@ -155,6 +174,7 @@ def _metadata(
         backbone_weights=info.get("config", {}).get("backbone_weights"),
         backbone_fingerprint=backbone.fingerprint,
         preprocessing=prep,
+        photo_edges=photo_edges,
         embedding_dim=embedding_dim,
         opset=opset,
         train_classes=info.get("train_classes", []),
@@ -165,7 +185,7 @@ def _metadata(
         source_run=str(run_dir),
         files=files,
         fingerprint=compute_fingerprint(
-            {d: f.sha256 for d, f in files.items()}, prep, backbone.fingerprint
+            {d: f.sha256 for d, f in files.items()}, prep, backbone.fingerprint, photo_edges
         ),
     )
 

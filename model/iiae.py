@@ -50,6 +50,14 @@ class IIAEConfig(BaseModel):
     # > 0: the standardised features enter the fusion projected on this many principal axes
     # of the training features (a small index); 0: whole.
     fusion_dim: int = Field(0, ge=0)
+    # The photo features are [the photo's; its pseudo-sketch's] (model/pseudo_sketch.py):
+    # r^y reads both, and the fusion's photo part is the mean of the two standardised halves.
+    pseudo_sketch: bool = False
+
+    @property
+    def sketch_like_dim_y(self) -> int:
+        """Size of the photo-side features the fusion compares with a sketch's."""
+        return self.input_dim_y // 2 if self.pseudo_sketch else self.input_dim_y
 
     @property
     def embedding_dim(self) -> int:
@@ -188,7 +196,10 @@ class IIAE(nn.Module):
 
     def __init__(self, cfg: IIAEConfig) -> None:
         super().__init__()
-        if (cfg.fusion_weight > 0 or cfg.fusion_dim > 0) and cfg.input_dim_x != cfg.input_dim_y:
+        if cfg.pseudo_sketch and cfg.input_dim_y % 2:
+            raise ValueError("photo features with a pseudo-sketch half need an even size")
+        fusing = cfg.fusion_weight > 0 or cfg.fusion_dim > 0
+        if fusing and cfg.input_dim_x != cfg.sketch_like_dim_y:
             raise ValueError("fusion needs sketch and photo features of one size")
         self.cfg = cfg
         if cfg.fusion_dim > 0:  # the principal axes, until fitted the first coordinates
@@ -235,23 +246,31 @@ class IIAE(nn.Module):
     def embed_sketch(self, x: Tensor) -> Tensor:
         """The sketch's retrieval embedding (not normalised): mean of r^x(z^s|x), fused with
         the standardised features when ``fusion_weight`` > 0."""
-        return self._retrieval(self.scale_x(x), self.shared_x)
+        scaled = self.scale_x(x)
+        return self._retrieval(self.shared_x(scaled).mean, scaled)
 
     def embed_photo(self, y: Tensor) -> Tensor:
         """The photo's retrieval embedding (not normalised): mean of r^y(z^s|y), fused with
         the standardised features when ``fusion_weight`` > 0."""
-        return self._retrieval(self.scale_y(y), self.shared_y)
+        scaled = self.scale_y(y)
+        return self._retrieval(self.shared_y(scaled).mean, self.sketch_like(scaled))
+
+    def sketch_like(self, scaled_y: Tensor) -> Tensor:
+        """The standardised photo features comparable with a sketch's: the mean of the photo's
+        and its pseudo-sketch's halves where there are both."""
+        if not self.cfg.pseudo_sketch:
+            return scaled_y
+        return scaled_y.unflatten(-1, (2, -1)).mean(dim=-2)
 
     def fit_fusion_basis(self, x: Tensor, y: Tensor) -> None:
         """Principal axes of both domains' standardised training features (raw ``x``, ``y``)."""
-        both = torch.cat([self.scale_x(x), self.scale_y(y)])
+        both = torch.cat([self.scale_x(x), self.sketch_like(self.scale_y(y))])
         _, _, v = torch.linalg.svd(both - both.mean(dim=0), full_matrices=False)
         axes = v[: self.cfg.fusion_dim].T  # fewer when there are fewer samples than axes
         self.fusion_basis.zero_()
         self.fusion_basis[:, : axes.shape[1]] = axes
 
-    def _retrieval(self, scaled: Tensor, shared: Encoder) -> Tensor:
-        z = shared(scaled).mean
+    def _retrieval(self, z: Tensor, scaled: Tensor) -> Tensor:
         a = self.cfg.fusion_weight
         if a <= 0:
             return z

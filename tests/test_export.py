@@ -24,7 +24,7 @@ from PIL import Image
 from standins import draw_photo, make_authors_features, make_folder_layout
 
 from index_builder.cli import main
-from model.backbones import load_backbone
+from model.backbones import load_backbone, with_pseudo_sketch
 from model.backbones.vgg import VGG16Features
 from model.checkpoint import load_model
 from model.encoder import (
@@ -35,6 +35,7 @@ from model.encoder import (
     default_providers,
 )
 from model.preprocess import load_image, render_strokes, to_input_array
+from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
 pytestmark = pytest.mark.usefixtures("feature_cache")
 
@@ -131,10 +132,14 @@ def photo_images() -> list[Image.Image]:
 
 
 def torch_embeddings(run: Path, images: list[Image.Image], domain: str) -> np.ndarray:
-    """The reference: IIAE.embed_sketch / embed_photo on the backbone's features, normalised."""
+    """The reference: IIAE.embed_sketch / embed_photo on the backbone's features, normalised;
+    photos with their pseudo-sketches where the model was trained so."""
     model, info = load_model(run)
     backbone = load_backbone(info["feature_backbone"], info["config"]["backbone_weights"])
-    x = torch.from_numpy(np.stack([to_input_array(img, backbone.preprocessing) for img in images]))
+    if domain == "photo" and model.cfg.pseudo_sketch:
+        backbone = with_pseudo_sketch(backbone)
+    prep, edges = backbone.preprocessing, backbone.edges
+    x = torch.from_numpy(np.stack([encoder_input_array(img, prep, edges) for img in images]))
     with torch.no_grad():
         feats = backbone(x)
         z = model.embed_sketch(feats) if domain == "sketch" else model.embed_photo(feats)
@@ -208,10 +213,12 @@ def test_providers(encoders: dict[str, OnnxEncoder]) -> None:
 
 
 def test_onnx_graphs_have_the_documented_interface(export: Export) -> None:
-    for name in ("sketch_encoder.onnx", "photo_encoder.onnx"):
+    photo_channels = 6 if EncoderMetadata.load(export.model_dir).photo_edges else 3
+    for name, channels in (("sketch_encoder.onnx", 3), ("photo_encoder.onnx", photo_channels)):
         session = ort.InferenceSession(str(export.model_dir / name))
         (inp,), (out,) = session.get_inputs(), session.get_outputs()
-        assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(float)", [3, 224, 224])
+        shape = [channels, 224, 224]
+        assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(float)", shape)
         assert (out.name, out.type, out.shape[1:]) == ("embedding", "tensor(float)", [64])
         assert isinstance(inp.shape[0], str) and isinstance(out.shape[0], str)  # dynamic batch
 
@@ -232,11 +239,17 @@ def test_metadata_records_the_run(export: Export, encoders: dict[str, OnnxEncode
         sums[domain] = hashlib.sha256((export.model_dir / name).read_bytes()).hexdigest()
         assert meta.files[domain].file == name and meta.files[domain].sha256 == sums[domain]
     assert meta.backbone_fingerprint == backbone.fingerprint == run_info["backbone_fingerprint"]
-    fp = meta.backbone_fingerprint
-    assert meta.fingerprint == compute_fingerprint(sums, meta.preprocessing, fp)
+    fp, edges = meta.backbone_fingerprint, meta.photo_edges
+    assert edges == (EdgeConfig() if meta.iiae["pseudo_sketch"] else None)
+    assert meta.fingerprint == compute_fingerprint(sums, meta.preprocessing, fp, edges)
+    if edges is not None:  # the pseudo-sketch drawing, outside the graph, is fingerprinted
+        other = edges.model_copy(update={"threshold": 0.3})
+        assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing, fp, other)
     assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing.model_copy(
-        update={"image_size": 256}), fp)  # fmt: skip
-    assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing, "another network")
+        update={"image_size": 256}), fp, edges)  # fmt: skip
+    assert meta.fingerprint != compute_fingerprint(
+        sums, meta.preprocessing, "another network", edges
+    )
     assert encoders["sketch"].fingerprint == encoders["photo"].fingerprint == meta.fingerprint
     meta.verify_checksums()
     raw = json.loads((export.model_dir / "metadata.json").read_text())

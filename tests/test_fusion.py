@@ -125,3 +125,22 @@ def test_the_fused_encoders_export_to_onnx(tmp_path: Path) -> None:
         assert got.shape == (3, 16)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_with_pseudo_sketches_the_photo_part_is_the_mean_of_its_halves() -> None:
+    """Photo features [photo; pseudo-sketch] (twice a sketch's size): r^y reads both, and the
+    fused standardised part is the mean of the two z-scored halves."""
+    torch.manual_seed(0)
+    cfg = IIAEConfig(**{**SMALL, "input_dim_y": 24}, fusion_weight=0.5, pseudo_sketch=True)
+    model = IIAE(cfg).eval()
+    model.scale_y.fit(torch.randn(50, 24) * 2 - 1)
+    y = torch.randn(3, 24)
+    with torch.no_grad():
+        emb = model.embed_photo(y)
+        scaled = model.scale_y(y)
+    assert emb.shape == (3, 4 + 12) and cfg.embedding_dim == 16
+    halves_mean = (scaled[:, :12] + scaled[:, 12:]) / 2
+    expected = math.sqrt(0.5) * nn.functional.normalize(halves_mean, dim=-1)
+    torch.testing.assert_close(emb[:, 4:], expected)
+    with pytest.raises(ValueError, match="one size"):
+        IIAE(IIAEConfig(**SMALL, fusion_weight=0.5, pseudo_sketch=True))  # 12 = 2 x 6, not 12

@@ -108,7 +108,10 @@ def test_train_writes_a_complete_run(run: Run) -> None:
     assert [h["step"] for h in info["val_history"]] == [10, 20, 30]
     assert all(0.0 <= h["val_map_all"] <= 1.0 for h in info["val_history"])
     assert info["feature_backbone"] == "efficientnet-lite0"
-    assert info["iiae"]["input_dim_x"] == info["iiae"]["input_dim_y"] == 1280
+    # every layout here has images: photos are read with their pseudo-sketches
+    assert info["config"]["pseudo_sketch"] and info["iiae"]["pseudo_sketch"]
+    assert info["iiae"]["input_dim_x"] == 1280 and info["iiae"]["input_dim_y"] == 2 * 1280
+    assert info["photo_backbone_fingerprint"] != info["backbone_fingerprint"]
     assert info["recipe"] == "recommended" and info["config"]["w_cls"] == 1.0
     check = info["validation"]
     assert check["model_map_all"] == max(h["val_map_all"] for h in info["val_history"])

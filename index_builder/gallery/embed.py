@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from index_builder.gallery.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
-from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image, to_input_array
+from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image
+from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
 MAX_PIXELS = 100_000_000  # larger JPEGs are refused (the service's thumbnails use it too)
 MAX_DECODE_PIXELS = 32_000_000  # larger images of other formats are refused (decoded whole)
@@ -83,8 +84,10 @@ class Decoded:
 def decode_photo(
     path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_FILE_BYTES, max_decode_pixels: int = MAX_DECODE_PIXELS,
+    edges: EdgeConfig | None = None,
 ) -> Decoded | Failure:  # fmt: skip
-    """Read, check and preprocess one photo; a Failure when it is unusable."""
+    """Read, check and preprocess one photo (with its pseudo-sketch where ``edges`` says, as
+    ``OnnxEncoder.input_array``); a Failure when it is unusable."""
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -103,7 +106,7 @@ def decode_photo(
                          draft_size=prep.image_size)  # fmt: skip
     except ImageError as err:
         return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
-    return Decoded(to_input_array(img, prep), size)  # the photo's size, not the draft's
+    return Decoded(encoder_input_array(img, prep, edges), size)  # the photo's size, not the draft's
 
 
 def _check_header(
@@ -151,7 +154,8 @@ def embed_photos(
     parts = [out.vectors]
     bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
     with ThreadPoolExecutor(workers) as pool, bar:
-        for batch, results in _decoded_batches(pool, root, photos, batch_size, prep):
+        decoded = _decoded_batches(pool, root, photos, batch_size, prep, encoder.edges)
+        for batch, results in decoded:
             arrays = []
             for photo, result in zip(batch, results, strict=True):
                 if isinstance(result, Failure):
@@ -174,6 +178,7 @@ def _decoded_batches(
     photos: Sequence[PhotoFile],
     batch_size: int,
     prep: Preprocessing,
+    edges: EdgeConfig | None,
 ) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | Failure]]]:
     """Batches of photos with their decode results, decoding ``PREFETCH`` batches ahead."""
     pending: deque[tuple[Sequence[PhotoFile], list[Future]]] = deque()
@@ -183,7 +188,8 @@ def _decoded_batches(
         start = next(starts, None)
         if start is not None:
             batch = photos[start : start + batch_size]
-            futures = [pool.submit(decode_photo, root / p.path, p.sha256, prep) for p in batch]
+            futures = [pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges)
+                       for p in batch]  # fmt: skip
             pending.append((batch, futures))
 
     for _ in range(PREFETCH + 1):

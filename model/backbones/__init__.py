@@ -8,6 +8,7 @@ from model.backbones.base import (
     load_backbone,
     register_backbone,
 )
+from model.backbones.photo_views import with_pseudo_sketch
 
 __all__ = [
     "Backbone",
@@ -15,4 +16,5 @@ __all__ = [
     "available_backbones",
     "load_backbone",
     "register_backbone",
+    "with_pseudo_sketch",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from model.preprocess import Preprocessing
+from model.pseudo_sketch import EdgeConfig
 
 
 class BackboneUnavailableError(RuntimeError):
@@ -33,13 +34,21 @@ class Backbone(nn.Module):
     """A named feature extractor with the preprocessing its inputs need."""
 
     def __init__(
-        self, name: str, net: nn.Module, feature_dim: int, preprocessing: Preprocessing
+        self,
+        name: str,
+        net: nn.Module,
+        feature_dim: int,
+        preprocessing: Preprocessing,
+        input_channels: int = 3,
+        edges: EdgeConfig | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.net = net
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
+        self.input_channels = input_channels
+        self.edges = edges  # photos are read with their pseudo-sketches (photo_views.py)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -101,7 +110,7 @@ def _computation_signature(backbone: Backbone) -> np.ndarray:
     A changed activation or layer moves these by far more than 0.01."""
     size = backbone.preprocessing.image_size
     gen = torch.Generator().manual_seed(PROBE_SEED)
-    probe = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+    probe = torch.rand(1, backbone.input_channels, size, size, generator=gen) * 2 - 1
     device = next(backbone.parameters()).device
     with torch.inference_mode():
         out = backbone.eval()(probe.to(device)).double().cpu().numpy()[0]
