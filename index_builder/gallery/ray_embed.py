@@ -193,25 +193,35 @@ def embed_photos_ray(
                          f"{workers})")  # fmt: skip
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     if not photos:
-        return out
+        return out  # nothing to embed: no Ray started (an incremental build with no change)
     with ray_session(address) as ray:
         rows = _run(ray, encoder, root, photos, batch_size, workers, progress)
     parts = [out.vectors]
     for photo, row in zip(photos, rows, strict=True):
-        if row["error"]:
-            out.skipped.append(Skipped(photo.path, photo.sha256, row["error"], row["retry"]))
+        if row.error:
+            out.skipped.append(Skipped(photo.path, photo.sha256, row.error, row.retry))
             continue
         out.done.append(photo)
-        out.sizes.append((row["width"], row["height"]))
-        parts.append(row["vector"][None])
+        out.sizes.append(row.size)
+        parts.append(row.vector[None])
     out.vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     return out
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One photo's result from an actor: its vector and size, or its error."""
+
+    vector: np.ndarray
+    size: tuple[int, int]
+    error: str
+    retry: bool
 
 
 def _run(
     ray: ModuleType, encoder: OnnxEncoder, root: Path, photos: Sequence[PhotoFile],
     batch_size: int, workers: int, progress: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[_Row]:  # fmt: skip
     """Every photo's result row, in the order of ``photos``."""
     plan = plan_actors(ray.cluster_resources(), workers)
     items = [{"index": i, "path": p.path, "sha256": p.sha256} for i, p in enumerate(photos)]
@@ -225,26 +235,28 @@ def _run(
             _EmbedActor, batch_size=batch_size, batch_format="numpy",
             fn_constructor_args=args, compute=pool, max_restarts=0, **plan.resources,
         )  # fmt: skip
-        rows: list[dict[str, Any] | None] = [None] * len(photos)
-        bar = tqdm(total=len(photos), desc="embed photos (ray)", unit="photo",
-                   disable=not progress)  # fmt: skip
-        with bar:
-            try:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for j, i in enumerate(batch["index"].tolist()):
-                        rows[i] = {
-                            "vector": batch["vector"][j],
-                            "width": int(batch["width"][j]),
-                            "height": int(batch["height"][j]),
-                            "error": str(batch["error"][j]),
-                            "retry": bool(batch["retry"][j]),
-                        }
-                    bar.update(len(batch["index"]))
-            except ray.exceptions.RayError as err:  # an actor's error, wrapped: its last line
-                cause = getattr(err, "cause", None) or err
-                last = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-                raise RuntimeError(f"the Ray engine failed: {last}") from err
+        rows = _collect(ray, ds, len(photos), progress)
     missing = sum(r is None for r in rows)
     if missing:  # a photo Ray lost: never index a partial result as if complete
         raise RuntimeError(f"the Ray engine returned no result for {missing} photos")
     return rows  # type: ignore[return-value]
+
+
+def _collect(ray: ModuleType, ds: Any, count: int, progress: bool) -> list[_Row | None]:
+    """The actors' rows by photo index, as they arrive (a tqdm bar counts them); an actor's
+    error becomes a RuntimeError with its cause's last line, not Ray's wrapper."""
+    rows: list[_Row | None] = [None] * count
+    bar = tqdm(total=count, desc="embed photos (ray)", unit="photo", disable=not progress)
+    with bar:
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for j, i in enumerate(batch["index"].tolist()):
+                    size = (int(batch["width"][j]), int(batch["height"][j]))
+                    rows[i] = _Row(batch["vector"][j], size, str(batch["error"][j]),
+                                   bool(batch["retry"][j]))  # fmt: skip
+                bar.update(len(batch["index"]))
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            last = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+            raise RuntimeError(f"the Ray engine failed: {last}") from err
+    return rows
