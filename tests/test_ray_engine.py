@@ -207,3 +207,17 @@ def test_actors_take_a_gpu_each_where_the_cluster_has_gpus() -> None:
     assert (cpu.actors, cpu.resources, cpu.providers) == (2, {"num_cpus": 1},
                                                           ["CPUExecutionProvider"])  # fmt: skip
     assert (cpu.intra_op_threads, cpu.decode_threads) == (1, 1)
+
+
+@pytest.mark.slow
+def test_an_actor_that_cannot_load_the_model_fails_the_build_with_its_cause(
+    ray_local: ModuleType, runs: Runs, service_assets: ServiceAssets, tmp_path: Path
+) -> None:
+    # as on a cluster node that does not see the driver's model folder
+    model = Path(shutil.copytree(service_assets.model_dir, tmp_path / "model"))
+    encoder = OnnxEncoder(model, "photo", intra_op_threads=1)
+    shutil.rmtree(model)
+    scan = scan_photos(runs.photos, workers=2)
+    with pytest.raises(RuntimeError, match=r"^the Ray engine failed: FileNotFoundError: .*"
+                       r"/model: not a model directory \(no metadata.json\)"):  # fmt: skip
+        embedder("ray")(encoder, scan.root, scan.files, BATCH, 2)
