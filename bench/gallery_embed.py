@@ -1,19 +1,26 @@
-"""Gallery embedding throughput on this CPU: the index builder's path against a naive loop.
+"""Gallery embedding throughput on this CPU: the index builder's engines against a naive loop.
 
     python -m bench.gallery_embed [--model MODEL_DIR] [--photos DIR] [--limit 400]
-                                  [--threads N] [--workers N] [--batch 32] [--json OUT]
+                                  [--threads N] [--workers N] [--batch 32] [--no-ray]
+                                  [--json OUT]
 
-Both modes embed the same photo list with the same ONNX Runtime session, in the same run:
+The modes embed the same photo list with the same model, in the same run:
 
 - naive: one file at a time, on one thread: ``load_image`` -> ``to_input_array`` ->
-  ``encoder.embed_arrays(x[None])``;
+  ``encoder.embed_arrays(x[None])``; decoded at the builder's draft size (large images are
+  reduced while decoded), else the large stamps' vectors differ from the builder's;
 - batched: ``index_builder.gallery.embed.embed_photos`` (what ``build-index`` runs): worker
   threads read, hash-check and decode files ``PREFETCH`` batches ahead while the encoder runs
-  batches of ``--batch``.
+  batches of ``--batch``;
+- ray: ``index_builder.gallery.ray_embed.embed_photos_ray`` (``build-index --engine ray``):
+  Ray Data actors, one a core with a one-thread ONNX Runtime session each, decode and embed
+  blocks of ``--batch``, on a local Ray sized to the cores (started once, before the timing;
+  each run pays its actors' start-up, as a build does). Left out with ``--no-ray`` or when
+  the ray extra is not installed.
 
-The modes run in the order naive, batched, batched, naive, so that drifting background load
-hits both alike, after a warm-up of each; every run's vectors are compared with the first
-naive run's (max abs difference) to show the two compute the same embeddings. Photos:
+The modes run in the order naive, batched, ray, ray, batched, naive, so that drifting
+background load hits all alike, after a warm-up of each; every run's vectors are compared with
+the first naive run's (max abs difference) to show they compute the same embeddings. Photos:
 ``--limit`` files spread evenly over the sorted list of ``--photos`` (default: the ~800 real
 PNG photos of Debian's ``tuxpaint-stamps-default``). Without ``--model`` a small model is
 trained and exported as ``bench.service_latency`` does it (in its work folder, so a model it
@@ -23,6 +30,8 @@ already trained is reused); the backbone, not the training, sets the cost.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -35,14 +44,15 @@ import onnxruntime as ort
 
 from bench.faiss_search import machine as base_machine
 from bench.service_latency import make_model
-from index_builder.gallery.embed import PREFETCH, embed_photos
+from index_builder.gallery.embed import PREFETCH
+from index_builder.gallery.engines import embedder
 from index_builder.gallery.scan import PhotoFile, scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import ImageError, load_image
 
 REPO = Path(__file__).resolve().parents[1]
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
-ORDER = ("naive", "batched", "batched", "naive")
+ORDER = ("naive", "batched", "ray", "ray", "batched", "naive")
 WARMUP = 8
 TOLERANCE = 1e-4  # same model and inputs; only batch-size-dependent kernels may differ
 
@@ -53,7 +63,8 @@ def naive(encoder: OnnxEncoder, root: Path, photos: list[PhotoFile]) -> dict:
     for photo in photos:
         t0 = time.perf_counter()
         try:
-            x = encoder.input_array(load_image(root / photo.path))
+            img = load_image(root / photo.path, draft_size=encoder.metadata.input_size)
+            x = encoder.input_array(img)
         except ImageError:
             continue
         t1 = time.perf_counter()
@@ -68,8 +79,16 @@ def naive(encoder: OnnxEncoder, root: Path, photos: list[PhotoFile]) -> dict:
 def batched(
     encoder: OnnxEncoder, root: Path, photos: list[PhotoFile], batch: int, workers: int
 ) -> dict:
-    """The index builder's path."""
-    out = embed_photos(encoder, root, photos, batch_size=batch, workers=workers)
+    """The index builder's path (the local engine)."""
+    out = embedder("local")(encoder, root, photos, batch_size=batch, workers=workers)
+    return {"vectors": out.vectors, "done": [p.path for p in out.done]}
+
+
+def on_ray(
+    encoder: OnnxEncoder, root: Path, photos: list[PhotoFile], batch: int, workers: int
+) -> dict:
+    """The index builder's Ray engine, on the Ray this process started."""
+    out = embedder("ray")(encoder, root, photos, batch_size=batch, workers=workers)
     return {"vectors": out.vectors, "done": [p.path for p in out.done]}
 
 
@@ -80,14 +99,27 @@ def pick(files: list[PhotoFile], limit: int) -> list[PhotoFile]:
     return [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
 
 
-def machine(threads: int, workers: int, batch: int) -> str:
+def machine(threads: int, workers: int, batch: int, ray_actors: int | None) -> str:
     load = os.getloadavg()
+    ray = "" if ray_actors is None else (
+        f"; ray: {ray_actors} actor(s) on a local Ray, 1 intra-op thread and 1 decode "
+        f"thread each, blocks of {batch}"
+    )  # fmt: skip
     return (
         f"{base_machine()}; Python {platform.python_version()}; onnxruntime "
         f"{ort.__version__} (CPUExecutionProvider, {threads} intra-op thread(s)); batched: "
-        f"{workers} decode worker thread(s), batch {batch}, prefetch {PREFETCH}; "
+        f"{workers} decode worker thread(s), batch {batch}, prefetch {PREFETCH}{ray}; "
         f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
     )
+
+
+def local_ray(wanted: bool) -> contextlib.AbstractContextManager:
+    """The local Ray ``build-index --engine ray`` starts, or nothing (no ray, or not wanted)."""
+    if not wanted:
+        return contextlib.nullcontext()
+    from index_builder.gallery.ray_embed import ray_session
+
+    return ray_session()
 
 
 def table(rows: list[dict]) -> str:
@@ -117,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-service",
                         help="where the default model is trained")  # fmt: skip
     parser.add_argument("--train-steps", type=int, default=100)
+    parser.add_argument("--no-ray", action="store_true", help="leave the ray mode out")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not args.photos.is_dir():
@@ -125,7 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1:
         parser.error("--limit must be at least 1")
 
-    before = machine(args.threads, args.workers, args.batch)
+    with_ray = not args.no_ray and importlib.util.find_spec("ray") is not None
+    if not args.no_ray and not with_ray:
+        print("ray mode left out: the ray extra is not installed", flush=True)
+    with local_ray(with_ray) as ray:
+        return run(args, parser, ray)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, ray: object) -> int:
+    """The timed runs and their report (``ray``: the local Ray, or None: no ray mode)."""
+    actors = None if ray is None else int(ray.cluster_resources().get("CPU", 1))  # type: ignore[attr-defined]
+    before = machine(args.threads, args.workers, args.batch, actors)
     model = args.model or make_model(args.work, args.train_steps)
     encoder = OnnxEncoder(model, "photo", providers=["CPUExecutionProvider"],
                           intra_op_threads=args.threads)  # fmt: skip
@@ -137,15 +180,20 @@ def main(argv: list[str] | None = None) -> int:
           f"({encoder.metadata.backbone}, {encoder.metadata.input_size}px, "
           f"{encoder.embedding_dim}-d)", flush=True)  # fmt: skip
 
+    order = [m for m in ORDER if m != "ray" or ray is not None]
     naive(encoder, scan.root, photos[:WARMUP])
     batched(encoder, scan.root, photos[: 2 * args.batch], args.batch, args.workers)
+    if ray is not None:
+        on_ray(encoder, scan.root, photos[: 2 * args.batch], args.batch, args.workers)
     totals = {mode: {"seconds": 0.0, "images": 0, "decode_s": 0.0, "encode_s": 0.0}
-              for mode in dict.fromkeys(ORDER)}  # fmt: skip
+              for mode in dict.fromkeys(order)}  # fmt: skip
     reference, max_diff = None, 0.0
-    for mode in ORDER:
+    for mode in order:
         started = time.perf_counter()
         if mode == "naive":
             got = naive(encoder, scan.root, photos)
+        elif mode == "ray":
+            got = on_ray(encoder, scan.root, photos, args.batch, args.workers)
         else:
             got = batched(encoder, scan.root, photos, args.batch, args.workers)
         seconds = time.perf_counter() - started
@@ -169,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {before}; load average after the run {after[0]:.2f} / {after[1]:.2f} "
           f"/ {after[2]:.2f}")  # fmt: skip
     print(f"photos: {len(photos)} from {scan.root} ({skipped} undecodable, skipped by both), "
-          f"each mode run twice (order {', '.join(ORDER)}); max abs difference of the "
+          f"each mode run twice (order {', '.join(order)}); max abs difference of the "
           f"embeddings between runs and modes {max_diff:.2e}")  # fmt: skip
     n = rows[0]
     print(

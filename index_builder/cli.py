@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 
 from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.datasets.sketchy import GALLERIES
+from index_builder.gallery.engines import ENGINES
 from index_builder.recipes import RECIPES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -151,6 +152,10 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-shrink", action="store_true", help="accept a build that drops "
                    "more than --max-shrink, or that cannot read some folders")  # fmt: skip
     p.add_argument("--allow-empty", action="store_true", help="accept a build with no photo")
+    p.add_argument("--engine", choices=ENGINES, help="embedding engine: local (threads, "
+                   "ONNX Runtime in this process; default) or ray (Ray Data actors)")  # fmt: skip
+    p.add_argument("--ray-address", help="with --engine ray: the Ray cluster (HOST:PORT, "
+                   "ray://HOST:PORT or auto; default: a local Ray sized to the cores)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -230,7 +235,7 @@ def _gallery(args: argparse.Namespace) -> None:
     )
 
     settings = GallerySettings()
-    names = ("batch_size", "workers", "keep", "max_shrink")
+    names = ("batch_size", "workers", "keep", "max_shrink", "engine", "ray_address")
     pick = {
         n: getattr(settings, n) if getattr(args, n) is None else getattr(args, n) for n in names
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the project into .venv: the one install script, used by CI, the demo and Docker.
-#   scripts/install.sh [--dev] [--serve-only] [--system]
-#   --dev         test and lint tools too
+#   scripts/install.sh [--dev] [--ray] [--serve-only] [--system]
+#   --dev         test and lint tools too, and the ray extra (the tests run the Ray engine)
+#   --ray         the ray extra: build-index / rebuild --engine ray (Ray Data, ~500 MB)
 #   --serve-only  no PyTorch (the serving image)
 #   --system      Debian packages the tests and the demo use (needs root and apt-get)
 # faiss / onnxruntime: the GPU builds where an NVIDIA driver is present (or SBIR_INSTALL_PLATFORM=gpu),
@@ -9,10 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dev=0 serve_only=0 system=0
+dev=0 ray=0 serve_only=0 system=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
+    --ray) ray=1 ;;
     --serve-only) serve_only=1 ;;
     --system) system=1 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
@@ -54,7 +56,8 @@ if [ "$serve_only" = 0 ]; then
   "${pip[@]}" torch==2.13.0
   extras="builder,$extras"
 fi
-[ "$dev" = 1 ] && extras="$extras,dev"
+[ "$dev" = 1 ] && extras="$extras,dev" && ray=1
+[ "$ray" = 1 ] && extras="$extras,ray"
 echo "== pip install -e .[$extras]"
 "${pip[@]}" -e ".[$extras]"
 if [ "$serve_only" = 0 ]; then

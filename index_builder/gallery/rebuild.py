@@ -28,7 +28,8 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index_builder.gallery.embed import Embedded, default_workers, embed_photos
+from index_builder.gallery.embed import Embedded, default_workers
+from index_builder.gallery.engines import EmbedFn, Engine, check_engine, embedder
 from index_builder.gallery.faiss_index import build_index
 from index_builder.gallery.scan import PhotoFile, Scan, Skipped, display_path, scan_photos
 from index_builder.gallery.store import (
@@ -68,6 +69,8 @@ class GallerySettings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="photos per encoder batch")
     workers: int = Field(default_factory=default_workers, ge=1, description="decoding threads")
     keep: int = Field(KEEP, ge=1, description="served index versions to keep")
+    engine: Engine = Field("local", description="embedding engine: local or ray (Ray Data)")
+    ray_address: str | None = Field(None, description="Ray cluster (default: a local Ray)")
 
 
 class GuardError(ValueError):
@@ -76,8 +79,9 @@ class GuardError(ValueError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to embed (batch size, decoding threads), versions kept, progress bars, and the
-    guards: the share of served photos a build may drop, and the explicit overrides."""
+    """How to embed (batch size, decoding threads, the engine and its Ray cluster), versions
+    kept, progress bars, and the guards: the share of served photos a build may drop, and the
+    explicit overrides."""
 
     batch_size: int = 32
     workers: int = field(default_factory=default_workers)
@@ -86,8 +90,11 @@ class BuildOptions:
     max_shrink: float = 0.2
     allow_shrink: bool = False
     allow_empty: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        check_engine(self.engine, self.ray_address)
         for name in ("batch_size", "workers", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, "
@@ -165,6 +172,7 @@ def rebuild(
     index_dir, options = Path(index_dir), options or BuildOptions()
     if not create:
         check_index_dir(index_dir)
+    embed = embedder(options.engine, options.ray_address)  # fails before the scan
     with locked(index_dir):
         remove_stale(index_dir)
         previous, problem = _previous(index_dir)
@@ -184,7 +192,7 @@ def rebuild(
         expected = [*plan.reuse, *(p.path for p in plan.to_embed)]
         check_guards(scan, _hashes(scan, expected), reference, options, "would be")
         job = _Job(index_dir, encoder, scan, plan, bases, previous, reference, reason)
-        return _build(job, {"scan": time.perf_counter() - started}, options)
+        return _build(job, {"scan": time.perf_counter() - started}, options, embed)
 
 
 def check_guards(
@@ -367,11 +375,13 @@ class _Job:
     reason: str | None
 
 
-def _build(job: _Job, seconds: dict[str, float], options: BuildOptions) -> BuildResult:
+def _build(
+    job: _Job, seconds: dict[str, float], options: BuildOptions, embed: EmbedFn
+) -> BuildResult:
     encoder, scan, plan = job.encoder, job.scan, job.plan
     t0 = time.perf_counter()
-    embedded = embed_photos(encoder, scan.root, plan.to_embed, options.batch_size,
-                            options.workers, options.progress)  # fmt: skip
+    embedded = embed(encoder, scan.root, plan.to_embed, options.batch_size, options.workers,
+                     options.progress)  # fmt: skip
     t1 = time.perf_counter()
     vectors, items = assemble(scan, plan, embedded, job.bases)
     check_guards(scan, {it.sha256 for it in items}, job.reference, options, "would be")
