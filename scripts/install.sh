@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the project into .venv: the one install script, used by CI, the demo and Docker.
-#   scripts/install.sh [--dev] [--serve-only] [--system]
-#   --dev         test and lint tools too
+#   scripts/install.sh [--dev] [--serve-only] [--qdrant] [--system]
+#   --dev         test and lint tools too (and --qdrant)
+#   --qdrant      the Qdrant store's client (the `qdrant` extra; the Docker images have it)
 #   --serve-only  no PyTorch (the serving image)
 #   --system      Debian packages the tests and the demo use (needs root and apt-get)
 # faiss / onnxruntime: the GPU builds where an NVIDIA driver is present (or SBIR_INSTALL_PLATFORM=gpu),
@@ -9,10 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dev=0 serve_only=0 system=0
+dev=0 serve_only=0 qdrant=0 system=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) dev=1 ;;
+    --dev) dev=1 qdrant=1 ;;
+    --qdrant) qdrant=1 ;;
     --serve-only) serve_only=1 ;;
     --system) system=1 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
@@ -54,6 +56,7 @@ if [ "$serve_only" = 0 ]; then
   "${pip[@]}" torch==2.13.0
   extras="builder,$extras"
 fi
+[ "$qdrant" = 1 ] && extras="$extras,qdrant"
 [ "$dev" = 1 ] && extras="$extras,dev"
 echo "== pip install -e .[$extras]"
 "${pip[@]}" -e ".[$extras]"
