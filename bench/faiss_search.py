@@ -3,6 +3,8 @@ against exact search, in the same run.
 
     python -m bench.faiss_search [--sizes 10000 100000 1000000] [--with-10m] [--pq]
                                  [--threads N] [--json OUT]
+                                 [--qdrant local edge] [--qdrant-queries N]
+                                 [--local-max N] [--edge-hnsw-max N]
 
 Data: a mixture of 1,000 clusters (centres uniform on the sphere, Dirichlet cluster sizes,
 per-cluster spread 0.05-0.12 per dimension), L2-normalised, as class-structured embeddings
@@ -14,6 +16,12 @@ the nprobe search), index size, recall@100 of the query set against exact search
 p50/p99 latency of a ``search`` call at batch 1 and batch 64 (k = 100), with the speed-up
 and size ratios against exact search. 10M vectors (2.56 GB float32, plus the index) need
 ``--with-10m``.
+
+``--qdrant``: rows of Qdrant's embedded engines on the same vectors, in the same run (see
+``bench.qdrant_rows``): qdrant-client's local mode (up to ``--local-max`` vectors) and
+qdrant-edge-py (HNSW up to ``--edge-hnsw-max`` vectors, and exact), p50/p99 of one query per
+call and recall@100 against the exact FAISS search, over the first ``--qdrant-queries``
+queries.
 """
 
 from __future__ import annotations
@@ -113,8 +121,9 @@ def measure(built: BuiltIndex, queries: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def bench_size(n: int, pq: bool) -> list[dict]:
-    """Exact Flat, the chosen index and (with ``pq``) IVF-PQ, for ``n`` gallery vectors."""
+def bench_size(n: int, pq: bool, qdrant: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Exact Flat, the chosen index and (with ``pq``) IVF-PQ, for ``n`` gallery vectors; the
+    Qdrant rows of ``qdrant``'s engines (see ``bench.qdrant_rows``) on the same vectors."""
     x = sample(n, seed=1)
     queries = sample(64 * BATCH_64_CALLS, seed=2)
     specs = [IndexSpec("flat", "Flat"), choose_spec(n, DIM)]
@@ -136,7 +145,11 @@ def bench_size(n: int, pq: bool) -> list[dict]:
         row["speedup_b1"] = flat["b1_p50"] / row["b1_p50"]
         row["speedup_b64"] = flat["b64_p50"] / row["b64_p50"]
         row["size_ratio"] = row["bytes"] / flat["bytes"]
-    return rows
+    if not qdrant or not qdrant["engines"]:
+        return rows, []
+    from bench.qdrant_rows import qdrant_rows
+
+    return rows, qdrant_rows(x, queries[: qdrant["queries"]], truth, qdrant)
 
 
 def machine() -> str:
@@ -174,13 +187,36 @@ def main() -> None:
     parser.add_argument("--pq", action="store_true", help="also IVF-PQ where not chosen")
     parser.add_argument("--threads", type=int, help="faiss OpenMP threads (default: all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--qdrant",
+        nargs="+",
+        default=[],
+        choices=["local", "edge"],
+        help="also Qdrant's embedded engines (bench.qdrant_rows)",
+    )
+    parser.add_argument("--qdrant-queries", type=int, default=BATCH_1_QUERIES)
+    parser.add_argument(
+        "--local-max",
+        type=int,
+        default=1_000_000,
+        help="largest size for qdrant-client local mode (its upload slows down as it grows)",
+    )
+    parser.add_argument(
+        "--edge-hnsw-max",
+        type=int,
+        default=1_000_000,
+        help="largest size qdrant-edge-py builds HNSW for (else exact only)",
+    )
     args = parser.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     sizes = [*args.sizes, *([10_000_000] if args.with_10m else [])]
-    rows = []
+    qdrant = {"engines": args.qdrant, "queries": args.qdrant_queries, "threads": args.threads,
+              "edge_hnsw_max": args.edge_hnsw_max, "local_max": args.local_max}  # fmt: skip
+    rows, qrows = [], []
     for n in sizes:
-        rows += bench_size(n, args.pq)
+        faiss_rows, qdrant_rows = bench_size(n, args.pq, qdrant)
+        rows, qrows = rows + faiss_rows, qrows + qdrant_rows
         print(f"done {n:,} vectors", flush=True)
     print(f"\nmachine: {machine()}")
     print(
@@ -189,8 +225,14 @@ def main() -> None:
         f"{nlist_for(1_000_000)} at 1M)\n"
     )
     print(format_table(rows))
+    if qrows:
+        from bench.qdrant_rows import format_qdrant_table, versions
+
+        print(f"\nQdrant: {versions()}; {args.qdrant_queries} queries, one per call\n")
+        print(format_qdrant_table(qrows, rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        out = {"machine": machine(), "rows": rows, "qdrant_rows": qrows}
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

