@@ -19,12 +19,13 @@ For contrast, the same metrics for the categories the run was fitted on, queried
 sketches it was fitted on: an upper bound, not a generalisation figure. (Its validation
 categories, used for early stopping, are in neither block.)
 
-Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos, fused
-with the standardised features where the run says so), its r^x / r^y alone (no fusion),
-the backbone features standardised
-per domain with the run's training statistics (the training-free baseline), the raw backbone
-features, the raw backbone features with each photo drawn as its outline (a sketch-like
-rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
+Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos, each photo
+with its pseudo-sketch and fused with the standardised features where the run says so), its
+r^x / r^y alone (no fusion), the backbone features standardised per domain with the run's
+training statistics (the training-free baseline), the same with each photo's standardised
+features averaged with its pseudo-sketch's (where the run reads pseudo-sketches), the raw
+backbone features, the raw backbone features with each photo drawn as its outline (a
+sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
 queries with a relevant stamp among the first 10 (what a user of the page sees first).
 Also: the rank of the first guitar stamp for six hand-made guitar drawings
 (``bench/drawings/guitars.json``; guitar is absent from ../shared/data, so unseen by every
