@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the project into .venv: the one install script, used by CI, the demo and Docker.
 #   scripts/install.sh [--dev] [--serve-only] [--system]
-#   --dev         test and lint tools too
+#   --dev         test and lint tools too, and the Qdrant engine (its tests run on both stores)
 #   --serve-only  no PyTorch (the serving image)
 #   --system      Debian packages the tests and the demo use (needs root and apt-get)
 # faiss / onnxruntime: the GPU builds where an NVIDIA driver is present (or SBIR_INSTALL_PLATFORM=gpu),
@@ -54,7 +54,7 @@ if [ "$serve_only" = 0 ]; then
   "${pip[@]}" torch==2.13.0
   extras="builder,$extras"
 fi
-[ "$dev" = 1 ] && extras="$extras,dev"
+[ "$dev" = 1 ] && extras="$extras,qdrant,dev"
 echo "== pip install -e .[$extras]"
 "${pip[@]}" -e ".[$extras]"
 if [ "$serve_only" = 0 ]; then

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from standins import make_folder_layout
 
-from index_builder.cli import main
-from index_builder.gallery.faiss_index import (
+from gallery_store.base import FingerprintMismatchError, IndexBusyError, IndexIntegrityError
+from gallery_store.faiss_index import (
     IndexSpec,
     build_index,
     choose_spec,
@@ -36,18 +36,11 @@ from index_builder.gallery.faiss_index import (
     set_nprobe,
     write_index,
 )
+from gallery_store.photos import sha256_file
+from gallery_store.versions import POINTER, VERSIONS, load_current, locked, version_names
+from index_builder.cli import main
 from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
-from index_builder.gallery.scan import scan_photos, sha256_file
-from index_builder.gallery.store import (
-    POINTER,
-    VERSIONS,
-    FingerprintMismatchError,
-    IndexBusyError,
-    IndexIntegrityError,
-    load_current,
-    locked,
-    version_names,
-)
+from index_builder.gallery.scan import scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 

@@ -39,7 +39,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from index_builder.gallery.store import Payload, commit_version, load_current, locked
+from gallery_store.versions import Payload, commit_version, load_current, locked
 from model.encoder import EncoderMetadata
 from model.preprocess import render_strokes
 from service.app import create_app
