@@ -257,6 +257,16 @@ class VectorStore(ABC):
         """Release what the store holds open (Qdrant's local mode: its folder)."""
 
 
+def check_payload(vectors: np.ndarray, manifest: Manifest) -> None:
+    """Raise ValueError unless there is one vector a photo and ids are rows (before a commit
+    writes anything)."""
+    if len(vectors) != manifest.count or len(manifest.items) != manifest.count:
+        raise ValueError(f"{len(vectors)} vectors for {len(manifest.items)} photos (manifest "
+                         f"count {manifest.count}); they must match")  # fmt: skip
+    if any(item.id != row for row, item in enumerate(manifest.items)):
+        raise ValueError("photo ids must be their rows, 0 to count - 1 in order")
+
+
 def batches(n: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, stop) of consecutive slices of ``n`` rows, ``size`` at most."""
     for start in range(0, n, size):

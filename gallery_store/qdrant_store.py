@@ -50,6 +50,7 @@ from gallery_store.base import (
     Where,
     ancestors,
     batches,
+    check_payload,
     folder_of,
     from_json,
     to_json,
@@ -331,6 +332,7 @@ class QdrantStore(VectorStore):
                 self.client.delete_collection(self.collection(version))
 
     def commit(self, vectors: np.ndarray, manifest: Manifest, report: Report, keep: int) -> str:
+        check_payload(vectors, manifest)
         versions = self._versions()
         number = max((int(v[1:]) for v in versions), default=0) + 1
         version = f"v{number:06d}"
@@ -342,9 +344,9 @@ class QdrantStore(VectorStore):
             shard_number=self.settings.qdrant_shards,
             replication_factor=self.settings.qdrant_replicas,
         )  # fmt: skip
-        for field, schema in (("class", qm.PayloadSchemaType.KEYWORD),
-                              ("dirs", qm.PayloadSchemaType.KEYWORD)):  # fmt: skip
-            self.client.create_payload_index(name, field, field_schema=schema)
+        if self.settings.qdrant_url is not None:  # local mode has no payload indexes
+            for field in ("class", "dirs"):
+                self.client.create_payload_index(name, field, qm.PayloadSchemaType.KEYWORD)
         items = manifest.items
         for start, stop in batches(len(items), UPSERT_BATCH):
             points = [qm.PointStruct(id=it.id, vector=x[it.id].tolist(), payload=point_payload(it))

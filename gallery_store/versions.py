@@ -48,6 +48,7 @@ from gallery_store.base import (
     StoredVersion,
     VectorStore,
     Where,
+    check_payload,
     folder_of,
     from_json,
     to_json,
@@ -508,6 +509,7 @@ class FaissStore(VectorStore):
     def commit(self, vectors: np.ndarray, manifest: Manifest, report: Report, keep: int) -> str:
         """Build the FAISS index for ``vectors`` (its kind follows the gallery size) and write
         it as the next version."""
+        check_payload(vectors, manifest)
         built = build_index(vectors)
         manifest.index = built.info
         return commit_version(self.index_dir, Payload(built.index, vectors, manifest, report),

@@ -110,7 +110,8 @@ class Runtime:
             seen = served
             if self.engine.ready and self.engine.snapshot.version == served:
                 continue
-            log.info("the store serves %s now; reloading", served)
+            pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the Qdrant alias"
+            log.info("%s moved to %s; reloading", pointer, served)
             with contextlib.suppress(ReloadError):
                 await self.reload()
 
