@@ -250,6 +250,9 @@ def _gallery(args: argparse.Namespace) -> None:
     store_settings = StoreSettings()
     if store_settings.store == "faiss" and index_dir is None:
         raise ValueError(f"{flag} INDEX_DIR is required (the FAISS store's directory)")
+    if store_settings.store == "qdrant" and index_dir is not None:
+        raise ValueError(f"{flag} names a FAISS index directory, but SBIR_STORE=qdrant: "
+                         f"the store is SBIR_QDRANT_URL or _PATH; leave out {flag}")  # fmt: skip
     store = open_store(store_settings, index_dir)
     try:
         if args.command == "build-index":
