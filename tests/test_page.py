@@ -30,6 +30,7 @@ ARGS = [
 TIMEOUT_MS = 60_000  # the first search loads the model; later ones take milliseconds
 SCREENSHOT = Path("/tmp/page.png")
 SCREENSHOT_PHONE = Path("/tmp/page-phone.png")
+SCREENSHOT_ENLARGED = Path("/tmp/page-enlarged.png")
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e .[dev])"
@@ -194,6 +195,8 @@ def test_draw_search_undo_enlarge_clear(browser, base_url):
         enlarged_src = first.locator("img").get_attribute("src")
         first.click()
         page.wait_for_function("() => document.getElementById('lightbox').open")
+        assert page.locator("#more-like-this").is_visible()
+        page.screenshot(path=str(SCREENSHOT_ENLARGED))
         with page.expect_response(re.compile(r".*/v1/photos/\d+/similar\?.*")) as similar:
             page.click("#more-like-this")
         assert similar.value.status == 200
