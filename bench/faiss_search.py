@@ -9,7 +9,7 @@ against exact search, in the same run.
 Data: a mixture of 1,000 clusters (centres uniform on the sphere, Dirichlet cluster sizes,
 per-cluster spread 0.05-0.12 per dimension), L2-normalised, as class-structured embeddings
 are; queries are fresh draws from the same mixture, not gallery vectors. For each size: the
-index ``index_builder.gallery.faiss_index`` chooses (its nprobe tuned at build time on
+index ``gallery_store.faiss_index`` chooses (its nprobe tuned at build time on
 held-out gallery vectors) and exact ``IndexFlatIP``; with ``--pq`` also the IVF-PQ tier at
 sizes where it would not be chosen yet. Reported: build time (for IVF: training, adding and
 the nprobe search), index size, recall@100 of the query set against exact search, and the
@@ -37,7 +37,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_builder.gallery.faiss_index import (
+from gallery_store.faiss_index import (
     FLAT_MAX,
     RECALL_K,
     BuiltIndex,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index_builder.gallery.faiss_index import RECALL_K, recall_at_k
+from gallery_store.faiss_index import RECALL_K, recall_at_k
 
 UPLOAD_BATCH = 10_000
 HNSW_M = 16

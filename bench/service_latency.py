@@ -37,17 +37,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from index_builder.gallery.faiss_index import build_index
-from index_builder.gallery.store import (
-    Manifest,
-    ManifestItem,
-    ModelInfo,
-    Payload,
-    Report,
-    commit_version,
-    locked,
-    read_pointer,
-)
+from gallery_store.base import Manifest, ManifestItem, ModelInfo, Report
+from gallery_store.faiss_index import build_index
+from gallery_store.versions import Payload, commit_version, locked, read_pointer
 from model.encoder import EncoderMetadata
 
 REPO = Path(__file__).resolve().parents[1]

@@ -109,13 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _gallery_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-index", help="embed a photo gallery into a new FAISS index")
+    p = sub.add_parser(
+        "build-index",
+        help="embed a photo gallery into a new index (FAISS, or Qdrant with SBIR_STORE=qdrant)",
+    )
     p.add_argument("--model", type=Path, required=True, help="model directory (export-onnx)")
     p.add_argument("--photos", type=Path, required=True, help="folder tree or list file")
-    p.add_argument("--out", type=Path, required=True, help="index directory to create")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="index directory to create (the FAISS store; "
+        "Qdrant's location is SBIR_QDRANT_URL or SBIR_QDRANT_PATH)",
+    )
     _gallery_flags(p)
     p = sub.add_parser("rebuild", help="update a gallery index (only new and changed photos)")
-    p.add_argument("--index", type=Path, required=True, help="index directory")
+    p.add_argument("--index", type=Path, help="index directory (the FAISS store)")
     p.add_argument("--photos", type=Path, help="folder tree or list file (default: as before)")
     p.add_argument("--model", type=Path, help="model directory (default: as before)")
     p.add_argument("--full", action="store_true", help="embed every photo again")
@@ -227,6 +235,8 @@ def _print_validation(info: dict) -> None:
 
 
 def _gallery(args: argparse.Namespace) -> None:
+    from gallery_store.settings import StoreSettings
+    from gallery_store.stores import open_store
     from index_builder.gallery.rebuild import (
         BuildOptions,
         GallerySettings,
@@ -241,15 +251,27 @@ def _gallery(args: argparse.Namespace) -> None:
     }
     options = BuildOptions(**pick, progress=not args.no_progress, allow_shrink=args.allow_shrink,
                            allow_empty=args.allow_empty)  # fmt: skip
+    flag, index_dir = (
+        ("--out", args.out) if args.command == "build-index" else ("--index", args.index)
+    )
+    store_settings = StoreSettings()
+    if store_settings.store == "faiss" and index_dir is None:
+        raise ValueError(f"{flag} INDEX_DIR is required (the FAISS store's directory)")
+    if store_settings.store == "qdrant" and index_dir is not None:
+        raise ValueError(f"{flag} names a FAISS index directory, but SBIR_STORE=qdrant: "
+                         f"the store is SBIR_QDRANT_URL or _PATH; leave out {flag}")  # fmt: skip
+    store = open_store(store_settings, index_dir)
     try:
         if args.command == "build-index":
-            result = build_new_index(args.model, args.photos, args.out, options)
+            result = build_new_index(args.model, args.photos, store, options)
         else:
-            result = rebuild(args.index, args.photos, args.model, args.full, options)
+            result = rebuild(store, args.photos, args.model, args.full, options)
     except OSError as err:  # one not named in USER_ERRORS: a message, never a traceback
         if isinstance(err, USER_ERRORS) or err.filename is None:
             raise
         raise ValueError(f"{err.filename}: {err.strerror or err}") from err
+    finally:
+        store.close()
     print(result.summary())
 
 

@@ -23,9 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from index_builder.gallery.scan import display_path
+from gallery_store.photos import display_path
 from service.batching import BatcherClosed
-from service.inputs import InputError, SearchJson, read_search_request
+from service.inputs import InputError, SearchJson, check_k, read_search_request
 from service.metrics import MetricsMiddleware
 from service.runtime import Busy, PhotoUnavailable, Runtime
 from service.schemas import (
@@ -36,6 +36,7 @@ from service.schemas import (
     ReloadResponse,
     SearchResponse,
     SearchResult,
+    SimilarResponse,
     Timing,
 )
 from service.search import Hits, NotReady, ReloadError, UnknownPhoto
@@ -55,6 +56,9 @@ VERSION = Annotated[
     Query(max_length=64, description="the index version of the id (search results name it); "
           "default: the current one"),
 ]  # fmt: skip
+SIMILAR_K = Annotated[
+    int | None, Query(ge=1, description="how many photos to return (default: as a search's)")
+]
 bearer = HTTPBearer(auto_error=False, description="the service's SBIR_ADMIN_TOKEN")
 
 
@@ -74,7 +78,10 @@ RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
     """Photos most like a sketch: upload it (multipart field ``image``), send it base64
-    (``image_base64``) or as strokes (``strokes``); ``k`` photos come back, best first."""
+    (``image_base64``) or as strokes (``strokes``); ``k`` photos come back, best first.
+    ``classes``, ``path_prefix``: only photos of these classes, under this folder;
+    ``offset``: the ``k`` after the first ``offset`` (pagination); ``min_score``: none
+    scoring below it (so maybe fewer than ``k``)."""
     started = time.perf_counter()
     rt.engine.check_ready()  # 503 before reading the body
     rt.check_capacity()
@@ -117,9 +124,13 @@ def search_openapi(settings: ServiceSettings) -> dict[str, Any]:
     k = {"type": "integer", "minimum": 1, "maximum": settings.max_k,
          "default": settings.default_k, "description": "how many photos to return"}  # fmt: skip
     json_schema = copy.deepcopy(SearchJson.model_json_schema())
-    json_schema["properties"]["k"] = k
-    strokes = json_schema["properties"]["strokes"]["anyOf"][0]
+    props = json_schema["properties"]
+    props["k"] = k
+    props["offset"]["anyOf"][0]["maximum"] = settings.max_offset
+    strokes = props["strokes"]["anyOf"][0]
     strokes["maxItems"] = settings.max_strokes
+    plain = {name: {**props[name]["anyOf"][0], "description": props[name]["description"]}
+             for name in ("classes", "path_prefix", "offset", "min_score")}  # fmt: skip
     multipart = {
         "type": "object",
         "required": ["image"],
@@ -127,6 +138,7 @@ def search_openapi(settings: ServiceSettings) -> dict[str, Any]:
             "image": {"type": "string", "format": "binary",
                       "description": "the sketch: a PNG, JPEG or WebP file"},
             "k": k,
+            **plain,
         },
     }  # fmt: skip
     return {
@@ -148,6 +160,21 @@ async def photo(photo_id: PHOTO_ID, rt: RuntimeDep, v: VERSION = None) -> FileRe
     path = rt.photo_file(int(photo_id), v)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
+
+
+async def similar(
+    request: Request, photo_id: PHOTO_ID, rt: RuntimeDep, k: SIMILAR_K = None, v: VERSION = None
+) -> SimilarResponse:
+    """The ``k`` gallery photos nearest to photo ``photo_id`` by its stored vector ("more like
+    this"), best first, the photo itself left out."""
+    started = time.perf_counter()
+    rt.engine.check_ready()
+    hits = await rt.similar(int(photo_id), check_k(k, rt.settings), v)
+    return SimilarResponse(
+        results=results(request, hits, rt.settings.public_base_url),
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+        index_version=hits.snapshot.version,
+    )
 
 
 async def thumbnail(photo_id: PHOTO_ID, rt: RuntimeDep, v: VERSION = None) -> FileResponse:
@@ -347,6 +374,9 @@ def add_routes(app: FastAPI, settings: ServiceSettings) -> None:
     route("/v1/photos/{photo_id}", photo, methods=["GET"], name="photo", tags=["photos"],
           response_class=FileResponse,
           responses={200: images, **error_responses(404, 422, 503)})  # fmt: skip
+    route("/v1/photos/{photo_id}/similar", similar, methods=["GET"], name="similar",
+          tags=["photos"], response_model=SimilarResponse,
+          responses=error_responses(404, 422, 503))  # fmt: skip
     route("/v1/photos/{photo_id}/thumbnail", thumbnail, methods=["GET"], name="thumbnail",
           tags=["photos"], response_class=FileResponse,
           responses={200: {"content": {"image/jpeg": images["content"]["image/jpeg"]}},

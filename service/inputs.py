@@ -14,10 +14,11 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
+from gallery_store.base import Where
 from model.preprocess import (
     ImageError,
     ImageTooLargeError,
@@ -41,7 +43,11 @@ from service.settings import ServiceSettings
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
-JSON_FIELDS = frozenset({"image_base64", "strokes", "k"})
+FILTER_FIELDS = ("classes", "path_prefix", "offset", "min_score")
+JSON_FIELDS = frozenset({"image_base64", "strokes", "k", *FILTER_FIELDS})
+MAX_CLASSES, MAX_NAME = 1000, 1024  # classes in a filter; characters of a class or a folder
+FORM_NUMBER = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,9})?")  # a plain decimal: no 'nan', '1e9'
+
 NUMBER = (int, float)  # exact types: bool is an int subclass, and is not a coordinate
 FORM_INT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: not '1_0', ' 5', '+5' or '٥'
 # Runs blocking work (parsing, decoding) off the event loop, or refuses it when busy.
@@ -74,15 +80,33 @@ class SearchJson(BaseModel):
         "(optionally with a third list of times); any coordinate range, y down",
     )
     k: StrictInt | None = Field(None, description="how many photos to return")
+    classes: list[Annotated[str, Field(max_length=MAX_NAME)]] | None = Field(
+        None, max_length=MAX_CLASSES,
+        description="only photos of these classes (names as /v1/index lists them)",
+    )  # fmt: skip
+    path_prefix: str | None = Field(
+        None, max_length=MAX_NAME,
+        description="only photos under this folder of the gallery (relative, e.g. 'fish')",
+    )  # fmt: skip
+    offset: StrictInt | None = Field(
+        None, ge=0, description="skip this many of the best photos (pagination; default 0)"
+    )
+    min_score: float | None = Field(
+        None, description="drop photos scoring below this cosine similarity"
+    )
 
 
 @dataclass(frozen=True)
 class SketchRequest:
-    """A parsed search: the sketch as image bytes or as strokes, and k."""
+    """A parsed search: the sketch as image bytes or as strokes, k, and which photos: the
+    filter (``where``), the page (``offset``) and the score cutoff."""
 
     k: int
     image: bytes | None = None
     strokes: Strokes | None = None
+    where: Where | None = None
+    offset: int = 0
+    min_score: float | None = None
 
 
 async def read_search_request(
@@ -149,7 +173,15 @@ async def parse_multipart(
         data = await image.read() if isinstance(image, UploadFile) else image.encode()
         if isinstance(k, UploadFile):
             raise InputError(422, "invalid_k", "k must be a plain form field, not a file")
-        return SketchRequest(k=parse_k(k, settings), image=data)
+        fields = {name: form.getlist(name) for name in FILTER_FIELDS}
+        for name, values in fields.items():
+            if any(isinstance(v, UploadFile) for v in values):
+                raise invalid(name, "must be a plain form field, not a file")
+            if name != "classes" and len(values) > 1:
+                raise invalid(name, "given more than once")
+        texts = {name: [str(v) for v in values] for name, values in fields.items()}
+        return SketchRequest(k=parse_k(k, settings), image=data,
+                             **form_filters(texts, settings))  # fmt: skip
     finally:
         await form.close()
 
@@ -163,7 +195,9 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
         raise invalid("body", f"the JSON body must be an object, not {json_type(data)}")
     unknown = next((key for key in data if key not in JSON_FIELDS), None)
     if unknown is not None:
-        raise invalid(unknown[:40], "unknown field (the fields are image_base64, strokes and k)")
+        raise invalid(unknown[:40], "unknown field (the fields are image_base64, strokes, k, "
+                      "classes, path_prefix, offset and min_score)")  # fmt: skip
+    filters = json_filters(data, settings)
     k, image, strokes = data.get("k"), data.get("image_base64"), data.get("strokes")
     if k is not None and type(k) is not int:
         raise invalid("k", f"must be an integer, not {json_type(k)}")
@@ -174,8 +208,65 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
                          "'image_base64' and 'strokes'")  # fmt: skip
     k = check_k(k, settings)
     if image is not None:
-        return SketchRequest(k=k, image=decode_base64(image))
-    return SketchRequest(k=k, strokes=check_strokes(strokes, settings))
+        return SketchRequest(k=k, image=decode_base64(image), **filters)
+    return SketchRequest(k=k, strokes=check_strokes(strokes, settings), **filters)
+
+
+def json_filters(data: dict[str, Any], settings: ServiceSettings) -> dict[str, Any]:
+    """``where``, ``offset`` and ``min_score`` of a JSON body, each checked for its type."""
+    classes, prefix = data.get("classes"), data.get("path_prefix")
+    offset, min_score = data.get("offset"), data.get("min_score")
+    if classes is not None and not isinstance(classes, list):
+        raise invalid("classes", f"must be an array of class names, not {json_type(classes)}")
+    if classes is not None and any(not isinstance(c, str) for c in classes):
+        bad = next(c for c in classes if not isinstance(c, str))
+        raise invalid("classes", f"each class must be a string, not {json_type(bad)}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise invalid("path_prefix", f"must be a string, not {json_type(prefix)}")
+    if offset is not None and type(offset) is not int:
+        raise invalid("offset", f"must be an integer, not {json_type(offset)}")
+    if min_score is not None and type(min_score) not in (int, float):
+        raise invalid("min_score", f"must be a number, not {json_type(min_score)}")
+    if type(min_score) is int and abs(min_score) > 1e9:  # beyond any float's exact range
+        raise invalid("min_score", "must be a finite number")
+    return check_filters(classes, prefix, offset, min_score, settings)
+
+
+def form_filters(fields: dict[str, list[str]], settings: ServiceSettings) -> dict[str, Any]:
+    """The same from multipart fields: ``classes`` repeated, one field a class."""
+    classes = fields["classes"] or None
+    prefix = fields["path_prefix"][0] if fields["path_prefix"] else None
+    offset = min_score = None
+    if fields["offset"] and fields["offset"][0] != "":
+        if not FORM_INT.fullmatch(fields["offset"][0]):
+            raise invalid("offset", f"must be a non-negative integer, not "
+                          f"{fields['offset'][0][:20]!r}")  # fmt: skip
+        offset = int(fields["offset"][0])
+    if fields["min_score"] and fields["min_score"][0] != "":
+        if not FORM_NUMBER.fullmatch(fields["min_score"][0]):
+            raise invalid("min_score", f"must be a number, not {fields['min_score'][0][:20]!r}")
+        min_score = float(fields["min_score"][0])
+    return check_filters(classes, prefix, offset, min_score, settings)
+
+
+def check_filters(
+    classes: list[str] | None, prefix: str | None, offset: int | None,
+    min_score: float | None, settings: ServiceSettings,
+) -> dict[str, Any]:  # fmt: skip
+    """Bounds of the filter fields; SketchRequest's keyword arguments."""
+    if classes is not None and len(classes) > MAX_CLASSES:
+        raise invalid("classes", f"at most {MAX_CLASSES} classes, not {len(classes)}")
+    if any(len(name) > MAX_NAME for name in [*(classes or []), prefix or ""]):
+        raise invalid("classes" if prefix is None or len(prefix) <= MAX_NAME else "path_prefix",
+                      f"names are at most {MAX_NAME} characters")  # fmt: skip
+    if offset is not None and not 0 <= offset <= settings.max_offset:
+        raise InputError(422, "invalid_offset", f"offset must be between 0 and "
+                         f"{settings.max_offset}, not {offset}")  # fmt: skip
+    if min_score is not None and not math.isfinite(min_score):
+        raise invalid("min_score", "must be a finite number")
+    where = Where(classes=None if classes is None else frozenset(classes), path_prefix=prefix)
+    return {"where": None if where.empty else where, "offset": offset or 0,
+            "min_score": None if min_score is None else float(min_score)}  # fmt: skip
 
 
 def check_value_count(body: bytes, settings: ServiceSettings) -> None:

@@ -1,5 +1,6 @@
 """What a running service holds: engine, micro-batcher, decoding threads, thumbnails, metrics,
-and the task that picks up a new index version when ``CURRENT`` moves.
+and the task that picks up a new index version when the store serves another one (the FAISS
+directory's ``CURRENT`` moved, Qdrant's alias was switched).
 
 Blocking work never runs on the event loop: decoding and thumbnails go to a thread pool,
 encoding and searching to the batcher's worker thread, loading to ``asyncio.to_thread``.
@@ -18,8 +19,7 @@ from typing import Any, TypeVar
 
 import faiss
 
-from index_builder.gallery.embed import MAX_PIXELS
-from index_builder.gallery.store import Pointer, read_pointer
+from gallery_store.photos import MAX_PIXELS
 from service.batching import MicroBatcher, Pending
 from service.inputs import DecodeLimits, SketchRequest, to_query_array
 from service.metrics import Metrics
@@ -96,21 +96,22 @@ class Runtime:
             await self.reload()
 
     async def _watch(self) -> None:
-        """Reload when CURRENT names another version than the one served."""
-        seen: Pointer | None = None
+        """Reload when the store serves another version than the one served here."""
+        seen: str | None = None
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
             try:
-                pointer = await asyncio.to_thread(read_pointer, self.settings.index_dir)
-            except (OSError, RuntimeError) as err:
-                log.warning("cannot read the index pointer: %s", err)
+                served = await asyncio.to_thread(self.engine.served)
+            except Exception as err:  # a damaged CURRENT, a Qdrant server away: try again
+                log.warning("cannot read the served index version: %s", err)
                 continue
-            if pointer is None or pointer == seen:
+            if served is None or served == seen:
                 continue
-            seen = pointer
-            if self.engine.ready and self.engine.snapshot.version == pointer.version:
+            seen = served
+            if self.engine.ready and self.engine.snapshot.version == served:
                 continue
-            log.info("CURRENT moved to %s; reloading", pointer.version)
+            pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the Qdrant alias"
+            log.info("%s moved to %s; reloading", pointer, served)
             with contextlib.suppress(ReloadError):
                 await self.reload()
 
@@ -159,7 +160,13 @@ class Runtime:
         array = await self.offload(to_query_array, request, prep, self.decode_limits())
         decode_s = time.perf_counter() - started
         self.metrics.decode.observe(decode_s)
-        return await self.batcher.submit(Query(array, request.k)), decode_s
+        query = Query(array, request.k, request.where, request.offset, request.min_score)
+        return await self.batcher.submit(query), decode_s
+
+    async def similar(self, photo_id: int, k: int, version: str | None) -> Hits:
+        """The photos nearest to a gallery photo (the store is read on a decode thread)."""
+        self.engine.lookup(photo_id, version)  # UnknownPhoto before taking a thread
+        return await self.offload(self.engine.similar, photo_id, k, version)
 
     def _process(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
         hits = self.engine.search_batch(batch)

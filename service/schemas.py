@@ -46,6 +46,14 @@ class SearchResponse(BaseModel):
     timing: Timing
 
 
+class SimilarResponse(BaseModel):
+    """The photos nearest to a gallery photo, best first."""
+
+    results: list[SearchResult]
+    took_ms: float = Field(description="time in the server")
+    index_version: str
+
+
 class ReloadFailure(BaseModel):
     """The last reload that failed (the version served stays)."""
 
@@ -60,8 +68,9 @@ class IndexStats(BaseModel):
     count: int
     created: str
     loaded_at: str
-    index: dict[str, Any] = Field(description="FAISS index kind, factory, nprobe, recall")
-    device: str = Field(description="'cpu' or 'gpu': where FAISS searches")
+    index: dict[str, Any] = Field(description="index kind, factory, nprobe, recall (FAISS)")
+    store: str = Field(description="the vector store: 'faiss' or 'qdrant'")
+    device: str = Field(description="where it searches: 'cpu' or 'gpu' (FAISS), 'qdrant'")
     model: dict[str, Any] = Field(description="fingerprint, backbone, ONNX Runtime providers")
     classes: dict[str, int] = Field(description="photos per class")
     last_reload_error: ReloadFailure | None = None

@@ -1,9 +1,13 @@
-"""The search engine: the sketch encoder and the current gallery index, hot-swappable.
+"""The search engine: the sketch encoder and the served gallery version, hot-swappable.
 
-The index lives in an immutable ``Snapshot``; a reload builds a new one beside it and swaps
-one reference, so a batch that already holds the old snapshot finishes on it and nothing
-in flight is dropped. The previous snapshot stays reachable for a while, so photo URLs
-handed out just before a swap (they name their version) still resolve.
+The version (of either store engine, ``gallery_store``) lives in an immutable ``Snapshot``; a
+reload builds a new one beside it and swaps one reference, so a batch that already holds the
+old snapshot finishes on it and nothing in flight is dropped. The previous snapshot stays
+reachable for a while, so photo URLs handed out just before a swap (they name their version)
+still resolve.
+
+Filters, pagination and the score cutoff: a query asks the store for its ``offset + k`` best
+photos passing its filter, drops the first ``offset`` and those scoring below ``min_score``.
 """
 
 from __future__ import annotations
@@ -17,18 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 
-from index_builder.gallery.faiss_index import set_nprobe, use_gpu
-from index_builder.gallery.scan import display_path
-from index_builder.gallery.store import (
+from gallery_store.base import (
     FingerprintMismatchError,
-    LoadedIndex,
     ManifestItem,
-    load_current,
-    read_pointer,
+    StoredVersion,
+    VectorStore,
+    Where,
 )
+from gallery_store.photos import display_path
+from gallery_store.stores import open_store
 from model.encoder import OnnxEncoder
 from model.preprocess import Preprocessing
 from service.batching import Pending
@@ -53,11 +56,9 @@ class UnknownPhoto(LookupError):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One loaded index version and the FAISS index that searches it (maybe on a GPU)."""
+    """One loaded index version, ready to search (FAISS maybe on a GPU)."""
 
-    index: LoadedIndex
-    searcher: faiss.Index
-    device: str
+    index: StoredVersion
     loaded_at: float
     classes: dict[str, int]  # photos per class, counted once at load
 
@@ -72,10 +73,23 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Query:
-    """One preprocessed sketch (3, S, S) and how many photos it wants."""
+    """One preprocessed sketch (3, S, S) and which photos it wants: the ``k`` best passing
+    ``where`` after the first ``offset``, none scoring below ``min_score``."""
 
     array: np.ndarray
     k: int
+    where: Where | None = None
+    offset: int = 0
+    min_score: float | None = None
+
+    def page(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This query's results from the store's best ``offset + k`` (ids -1 dropped)."""
+        keep = ids >= 0
+        if self.min_score is not None:
+            keep &= scores >= self.min_score
+        scores, ids = scores[keep], ids[keep]
+        window = slice(self.offset, self.offset + self.k)
+        return scores[window], ids[window]
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class SearchEngine:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        self._store: VectorStore | None = None  # opened by the first load (errors: readyz)
         self.encoder: OnnxEncoder | None = None
         self.problem: str | None = "starting: the model and the index are not loaded yet"
         self.last_reload_error: dict[str, str | None] | None = None  # version, reason
@@ -112,6 +127,17 @@ class SearchEngine:
         self._snapshot: Snapshot | None = None
         self._previous: Snapshot | None = None
         self._lock = threading.Lock()
+
+    @property
+    def store(self) -> VectorStore:
+        """The store the settings name, opened on first use."""
+        if self._store is None:
+            self._store = open_store(self.settings, self.settings.index_dir)
+        return self._store
+
+    def served(self) -> str | None:
+        """The version the store serves now (what the watcher polls)."""
+        return self.store.served()
 
     @property
     def ready(self) -> bool:
@@ -156,37 +182,25 @@ class SearchEngine:
             log.info("sketch encoder %s on %s", self.encoder.fingerprint[:16],
                      self.encoder.providers)  # fmt: skip
         current, self._attempt = self._snapshot, None
-        pointer = read_pointer(self.settings.index_dir)
-        self._attempt = pointer.version if pointer else None
-        if current is not None and pointer is not None and pointer.version == current.version:
+        self._attempt = served = self.store.served()
+        if current is not None and served is not None and served == current.version:
             return ReloadResult(False, current.version, current.version)
-        loaded = load_current(self.settings.index_dir, self.encoder.fingerprint)
+        loaded = self.store.load_current(self.encoder.fingerprint)
         self._activate(loaded)
         return ReloadResult(True, loaded.version, current.version if current else None)
 
-    def _activate(self, loaded: LoadedIndex) -> None:
-        searcher, device = self._searcher(loaded)
+    def _activate(self, loaded: StoredVersion) -> None:
+        if self.settings.faiss_gpu:
+            loaded.serve_on_gpu()
         classes = Counter(
             display_path(item.cls) for item in loaded.manifest.items if item.cls is not None
         )
         self._previous = self._snapshot  # old photo URLs resolve for one more version
-        self._snapshot = Snapshot(
-            loaded, searcher, device, time.time(), dict(sorted(classes.items()))
-        )
+        self._snapshot = Snapshot(loaded, time.time(), dict(sorted(classes.items())))
         self.problem = self.last_reload_error = None
+        index = loaded.manifest.index
         log.info("serving index %s: %d photos (%s, %s)", loaded.version, loaded.manifest.count,
-                 loaded.manifest.index.factory, device)  # fmt: skip
-
-    def _searcher(self, loaded: LoadedIndex) -> tuple[faiss.Index, str]:
-        """The index on all GPUs when FAISS sees one (and it is allowed), else as loaded."""
-        if self.settings.faiss_gpu and use_gpu():
-            try:
-                gpu = faiss.index_cpu_to_all_gpus(loaded.index)
-                set_nprobe(gpu, loaded.manifest.index.nprobe)
-                return gpu, "gpu"
-            except RuntimeError as err:  # an index type this GPU build cannot hold
-                log.warning("FAISS stays on the CPU: %s", err)
-        return loaded.index, "cpu"
+                 index.factory if index else "?", loaded.device)  # fmt: skip
 
     def search_batch(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
         """Encode a batch of sketches in one call, search them in one call (the batcher's
@@ -196,30 +210,46 @@ class SearchEngine:
         assert encoder is not None  # snapshot raised otherwise
         embeddings = encoder.embed_arrays(np.stack([p.item.array for p in batch]))
         encoded = time.perf_counter()
-        k = min(max(p.item.k for p in batch), max(snap.searcher.ntotal, 1))
-        scores, ids = snap.searcher.search(embeddings, k)
+        found = search_queries(snap.index, embeddings, [p.item for p in batch])
         searched = time.perf_counter()
         return [
-            Hits(snap, scores[i, : p.item.k], ids[i, : p.item.k], started - p.queued,
-                 encoded - started, searched - encoded, len(batch))
-            for i, p in enumerate(batch)
+            Hits(snap, scores, ids, started - p.queued, encoded - started,
+                 searched - encoded, len(batch))
+            for p, (scores, ids) in zip(batch, found, strict=True)
         ]  # fmt: skip
 
-    def lookup(self, photo_id: int, version: str | None = None) -> tuple[LoadedIndex, ManifestItem]:
+    def similar(self, photo_id: int, k: int, version: str | None = None) -> Hits:
+        """The ``k`` photos nearest to photo ``photo_id`` by its stored vector, itself
+        excluded (blocking: the store is read)."""
+        started = time.perf_counter()
+        snap = self._snapshot_of(version)
+        self._check_id(snap.index, photo_id)
+        vector = snap.index.vector(photo_id)
+        query = Query(np.empty(0), k, Where(exclude_ids=frozenset({photo_id})))
+        [(scores, ids)] = search_queries(snap.index, vector[None, :], [query])
+        return Hits(snap, scores, ids, 0.0, 0.0, time.perf_counter() - started, 1)
+
+    def lookup(
+        self, photo_id: int, version: str | None = None
+    ) -> tuple[StoredVersion, ManifestItem]:
         """The index version and manifest entry of a photo id (of ``version`` if given)."""
-        index = self._version(version)
+        index = self._snapshot_of(version).index
+        self._check_id(index, photo_id)
+        return index, index.manifest.items[photo_id]
+
+    @staticmethod
+    def _check_id(index: StoredVersion, photo_id: int) -> None:
         items = index.manifest.items
         if not 0 <= photo_id < len(items):
             raise UnknownPhoto(f"no photo with id {photo_id} in index version {index.version} "
                                f"(ids 0 to {len(items) - 1})")  # fmt: skip
-        return index, items[photo_id]
 
-    def _version(self, version: str | None) -> LoadedIndex:
+    def _snapshot_of(self, version: str | None) -> Snapshot:
         current, previous = self.snapshot, self._previous
         if version is None or version == current.version:
-            return current.index
+            return current
         if previous is not None and version == previous.version:
-            return previous.index
+            return previous
         raise UnknownPhoto(f"index version {version!r} is not served (the current one is "
                            f"{current.version}); search again")  # fmt: skip
 
@@ -233,14 +263,35 @@ class SearchEngine:
             "created": manifest.created,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
             "index": manifest.index.model_dump(include={"kind", "factory", "dim", "nlist",
-                                                         "nprobe", "recall_at_k", "recall_k"}),
-            "device": snap.device,
+                                                         "nprobe", "recall_at_k", "recall_k"})
+                     if manifest.index else {},
+            "store": self.store.engine,
+            "device": snap.index.device,
             "model": {"fingerprint": manifest.model.fingerprint,
                       "backbone": manifest.model.backbone,
                       "providers": encoder.providers if encoder else []},
             "classes": snap.classes,
             "last_reload_error": self.last_reload_error,
         }  # fmt: skip
+
+
+def search_queries(
+    index: StoredVersion, embeddings: np.ndarray, queries: Sequence[Query]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's page of results: the queries without a filter in one store call, each
+    filtered one in its own (filters differ)."""
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
+    plain = [i for i, q in enumerate(queries) if q.where is None or q.where.empty]
+    if plain:
+        depth = max(queries[i].offset + queries[i].k for i in plain)
+        scores, ids = index.search(embeddings[plain], depth)
+        for row, i in enumerate(plain):
+            out[i] = queries[i].page(scores[row], ids[row])
+    for i, query in enumerate(queries):
+        if out[i] is None:
+            scores, ids = index.search(embeddings[i : i + 1], query.offset + query.k, query.where)
+            out[i] = query.page(scores[0], ids[0])
+    return [found for found in out if found is not None]
 
 
 # An absolute path (as load errors quote them): clients see only its last part.

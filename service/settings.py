@@ -6,21 +6,29 @@ import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from gallery_store.settings import StoreSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-class ServiceSettings(BaseSettings):
-    """Everything the service reads from its environment; see the README's settings table."""
+class ServiceSettings(StoreSettings):
+    """Everything the service reads from its environment; see the README's settings table.
+    The store settings (``SBIR_STORE``, ``SBIR_QDRANT_*``) are the builder's too."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_", protected_namespaces=())
 
     model_dir: Path = Field(Path("models/current"), description="exported ONNX encoders")
-    index_dir: Path = Field(Path("index"), description="gallery index directory (CURRENT)")
+    index_dir: Path = Field(
+        Path("index"), description="gallery index directory (CURRENT) of the FAISS store"
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     default_k: int = Field(10, ge=1, description="results when a search gives no k")
+    max_offset: int = Field(
+        1000, ge=0, description="the largest offset a search may page to (it costs offset + k)"
+    )
     max_k: int = Field(100, ge=1, description="the largest k a search may ask for")
     max_upload_bytes: int = Field(10 << 20, ge=1024, description="largest request body")
     max_pixels: int = Field(
@@ -64,7 +72,9 @@ class ServiceSettings(BaseSettings):
         Path.home() / ".cache" / "sketch-search" / "thumbnails",
         description="where thumbnails are cached (by content hash)",
     )
-    watch_interval_s: float = Field(2.0, ge=0, description="poll CURRENT this often (0: off)")
+    watch_interval_s: float = Field(
+        2.0, ge=0, description="poll the served version (CURRENT, Qdrant's alias) this often"
+    )
     static_dir: Path = Field(STATIC_DIR, description="the drawing page and its assets")
 
     @model_validator(mode="after")

@@ -5,11 +5,14 @@ tests a real model, a real index and a real server.
 (Quick, Draw! sketches, TuxPaint photos; generated stand-ins where it is absent), trains IIAE
 a few hundred steps, exports the ONNX encoders and builds the gallery index with the builder.
 ``run_service`` starts ``python -m service`` in a subprocess on a free loopback port.
+``qdrant_path`` holds the same gallery in a Qdrant store (the client's embedded local mode),
+built by the builder with the same model; ``any_service`` is the server over either store.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +33,7 @@ STANDIN_CLASSES = ["circle", "square", "triangle"]
 TEST_CLASSES = ["apple", "triangle"]  # the unseen class of either data set
 TRAIN_STEPS = 200
 ADMIN_TOKEN = "test-admin-token"
+STORES = ["faiss", "qdrant"]
 HOUSE = [
     [[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]],
     [[20, 125, 230], [110, 10, 110]],
@@ -203,13 +207,57 @@ def wait_for(service: RunningService, path: str, timeout: float) -> None:
     raise TimeoutError(f"{service.url}{path} not 200 after {timeout}s:\n{service.log()}")
 
 
+SMALL_LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 4_000_000, "max_k": 50,
+                "max_strokes": 200, "max_points": 5_000}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def service(
     service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningService]:
     """A ready server over the session's index, with small limits the tests can reach."""
     tmp = tmp_path_factory.mktemp("service")
-    env = service_env(service_assets, tmp, max_upload_bytes=1_000_000, max_pixels=4_000_000,
-                      max_k=50, max_strokes=200, max_points=5_000)  # fmt: skip
+    env = service_env(service_assets, tmp, **SMALL_LIMITS)
     with run_service(env, tmp / "service.log") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def qdrant_path(service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's gallery in a Qdrant local-mode folder, built by the builder with the same
+    model (the client is closed after: one process at a time holds such a folder)."""
+    from gallery_store.qdrant_store import QdrantStore
+    from gallery_store.settings import StoreSettings
+    from index_builder.gallery.rebuild import BuildOptions, build_new_index
+
+    path = tmp_path_factory.mktemp("qdrant") / "store"
+    store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=path))
+    try:
+        build_new_index(service_assets.model_dir, service_assets.photos, store,
+                        BuildOptions(workers=1))  # fmt: skip
+    finally:
+        store.close()
+    return path
+
+
+def copy_qdrant(qdrant_path: Path, target: Path) -> Path:
+    """A private copy of the session's Qdrant folder (each process needs its own)."""
+    return Path(shutil.copytree(qdrant_path, target))
+
+
+@pytest.fixture(scope="session")
+def qdrant_service(
+    service_assets: ServiceAssets, qdrant_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """``service`` over the Qdrant store."""
+    tmp = tmp_path_factory.mktemp("qdrant-service")
+    store = copy_qdrant(qdrant_path, tmp / "qdrant")
+    env = service_env(service_assets, tmp, store="qdrant", qdrant_path=store, **SMALL_LIMITS)
+    with run_service(env, tmp / "service.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session", params=STORES)
+def any_service(request: pytest.FixtureRequest) -> RunningService:
+    """The server over each store in turn (same model, same photos, same limits)."""
+    return request.getfixturevalue("service" if request.param == "faiss" else "qdrant_service")

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from standins import make_folder_layout
 
-from index_builder.cli import main
-from index_builder.gallery.faiss_index import (
+from gallery_store.base import FingerprintMismatchError, IndexBusyError, IndexIntegrityError
+from gallery_store.faiss_index import (
     IndexSpec,
     build_index,
     choose_spec,
@@ -36,18 +36,13 @@ from index_builder.gallery.faiss_index import (
     set_nprobe,
     write_index,
 )
+from gallery_store.photos import sha256_file
+from gallery_store.qdrant_store import QdrantStore
+from gallery_store.settings import StoreSettings as QdrantStoreSettings
+from gallery_store.versions import POINTER, VERSIONS, load_current, locked, version_names
+from index_builder.cli import main
 from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
-from index_builder.gallery.scan import scan_photos, sha256_file
-from index_builder.gallery.store import (
-    POINTER,
-    VERSIONS,
-    FingerprintMismatchError,
-    IndexBusyError,
-    IndexIntegrityError,
-    load_current,
-    locked,
-    version_names,
-)
+from index_builder.gallery.scan import scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 
@@ -317,6 +312,119 @@ def test_an_interrupted_rebuild_leaves_current_and_rerunning_is_idempotent(
     assert rebuild(index_dir, options=OPTIONS).version is None
     assert load_current(index_dir).version == "v000002"
     assert not [p for p in (index_dir / VERSIONS).iterdir() if p.name.startswith(".")]
+
+
+# --- the Qdrant store (embedded local mode) ------------------------------------------------
+
+
+@pytest.fixture
+def qdrant_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> QdrantStoreSettings:
+    """SBIR_STORE=qdrant with a local-mode folder, for the CLI in this process (set after
+    the fixtures before it in a test's arguments, so ``index_dir`` is still FAISS)."""
+    monkeypatch.setenv("SBIR_STORE", "qdrant")
+    monkeypatch.setenv("SBIR_QDRANT_PATH", str(tmp_path / "qdrant"))
+    return QdrantStoreSettings()
+
+
+def _qdrant(settings: QdrantStoreSettings) -> QdrantStore:
+    return QdrantStore(settings)
+
+
+@pytest.mark.slow
+def test_qdrant_builds_and_rebuilds_like_faiss(
+    index_dir: Path, qdrant_env: QdrantStoreSettings, photos: Path, data: Data, models: Models,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """build-index and rebuild through the CLI into Qdrant: the same photos, vectors and
+    report as the FAISS index of the same photos; a rebuild upserts only what changed (new
+    and changed photos embedded, removed ones gone, the rest reused by content hash) into a
+    new collection, and the alias moves to it; bad images are skipped and reported as
+    FAISS reports them."""
+    assert main(["build-index", "--model", str(models.a), "--photos", str(photos),
+                 *QUIET]) == 0  # fmt: skip
+    faiss_version = load_current(index_dir)
+    store = _qdrant(qdrant_env)
+    try:
+        first = store.load_current()
+        assert store.served() == "v000001" and first.collection == "sbir-gallery-v000001"
+        assert [it.model_dump() for it in first.manifest.items] == [
+            it.model_dump() for it in faiss_version.manifest.items]  # fmt: skip
+        np.testing.assert_allclose(first.vectors(), faiss_version.vectors(), atol=1e-6)
+        before = {it.sha256: first.vectors()[it.id] for it in first.manifest.items}
+    finally:
+        store.close()
+    _change(photos, data.root / "sketch")
+    (photos / "bird" / "text.jpg").write_text("not an image")
+    capsys.readouterr()
+    assert main(["rebuild", *QUIET]) == 0
+    assert "skipped bird/text.jpg" in capsys.readouterr().out
+    assert rebuild(index_dir, options=OPTIONS).version == "v000002"  # FAISS, same photos
+    faiss_version = load_current(index_dir)
+    store = _qdrant(qdrant_env)
+    try:
+        second = store.load_current()
+        r = second.report
+        n = len(before)
+        assert store.served() == "v000002" and r.mode == "incremental"
+        assert (r.added, r.changed, r.removed, r.embedded, r.reused) == (3, 1, 2, 2, n - 2)
+        assert r.skipped == faiss_version.report.skipped
+        assert [s.path for s in r.skipped] == ["bird/text.jpg"]
+        assert [it.model_dump() for it in second.manifest.items] == [
+            it.model_dump() for it in faiss_version.manifest.items]  # fmt: skip
+        vectors = second.vectors()
+        for it in second.manifest.items:  # reused vectors are the stored ones, bit for bit
+            if it.sha256 in before:
+                assert np.array_equal(vectors[it.id], before[it.sha256])
+        assert store.served_versions() == ["v000001", "v000002"]
+    finally:
+        store.close()
+    assert main(["rebuild", *QUIET]) == 0  # nothing changed: no new collection
+    assert "up to date at v000002" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_qdrant_model_change_and_a_killed_rebuild(
+    qdrant_env: QdrantStoreSettings, photos: Path, data: Data, models: Models,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A model change writes a new collection, fully embedded; a rebuild killed while it
+    embeds leaves the alias where it was, and the next one completes."""
+    assert main(["build-index", "--model", str(models.a), "--photos", str(photos),
+                 *QUIET]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["rebuild", "--model", str(models.b), *QUIET]) == 0
+    assert "full: model changed (fingerprint" in capsys.readouterr().out
+    store = _qdrant(qdrant_env)
+    try:
+        loaded = store.load_current()
+        assert loaded.version == "v000002" and loaded.report.mode == "full"
+        assert loaded.fingerprint == OnnxEncoder(models.b, "photo").fingerprint
+        n = loaded.manifest.count
+    finally:
+        store.close()
+    extra = photos / "extra"
+    extra.mkdir()
+    for i, sketch in enumerate(_images(data.root / "sketch")[:40]):
+        shutil.copy(sketch, extra / f"s{i:03d}.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "index_builder", "rebuild", "--batch-size", "1",
+           "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _kill_when_printed(proc, b"embed photos")
+    assert proc.returncode == -9
+    store = _qdrant(qdrant_env)
+    try:
+        assert store.served() == "v000002" and store.load_current().manifest.count == n
+    finally:
+        store.close()
+    assert main(["rebuild", *QUIET]) == 0
+    store = _qdrant(qdrant_env)
+    try:
+        loaded = store.load_current()
+        assert loaded.version == "v000003" and loaded.report.embedded == 40
+        assert loaded.manifest.count == n + 40
+    finally:
+        store.close()
 
 
 # --- models and integrity -------------------------------------------------------------------

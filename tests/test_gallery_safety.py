@@ -23,21 +23,21 @@ import pytest
 from conftest import ServiceAssets
 from PIL import Image
 
-from index_builder.cli import main
-from index_builder.gallery import scan as scan_module
-from index_builder.gallery.embed import Decoded, Failure, decode_photo
-from index_builder.gallery.rebuild import BuildOptions, GuardError, plan_build, rebuild
-from index_builder.gallery.scan import PhotoFile, Scan, display_path, scan_photos, sha256_file
-from index_builder.gallery.store import (
+from gallery_store.base import Report, SkippedItem
+from gallery_store.photos import display_path, sha256_file
+from gallery_store.versions import (
     POINTER,
     SERVED,
     VERSIONS,
-    Report,
-    SkippedItem,
     load_current,
     load_version,
     version_names,
 )
+from index_builder.cli import main
+from index_builder.gallery import scan as scan_module
+from index_builder.gallery.embed import Decoded, Failure, decode_photo
+from index_builder.gallery.rebuild import BuildOptions, GuardError, plan_build, rebuild
+from index_builder.gallery.scan import PhotoFile, Scan, scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import Preprocessing, load_image, to_rgb_on_white
 

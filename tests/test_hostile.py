@@ -35,7 +35,7 @@ from bench.hostile import (
     string_coordinates,
     unknown_keys,
 )
-from index_builder.gallery.store import (
+from gallery_store.versions import (
     INDEX_FILE,
     VERSIONS,
     Payload,

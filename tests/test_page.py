@@ -30,6 +30,7 @@ ARGS = [
 TIMEOUT_MS = 60_000  # the first search loads the model; later ones take milliseconds
 SCREENSHOT = Path("/tmp/page.png")
 SCREENSHOT_PHONE = Path("/tmp/page-phone.png")
+SCREENSHOT_ENLARGED = Path("/tmp/page-enlarged.png")
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e .[dev])"
@@ -188,6 +189,37 @@ def test_draw_search_undo_enlarge_clear(browser, base_url):
         page.wait_for_function("() => document.getElementById('lightbox').open")
         page.click("#lightbox-img")
         page.wait_for_function("() => !document.getElementById('lightbox').open")
+
+        # "more like this" on the enlarged result: the grid shows the photos nearest to it
+        # (by its stored vector), itself left out
+        enlarged_src = first.locator("img").get_attribute("src")
+        first.click()
+        page.wait_for_function("() => document.getElementById('lightbox').open")
+        assert page.locator("#more-like-this").is_visible()
+        page.screenshot(path=str(SCREENSHOT_ENLARGED))
+        with page.expect_response(re.compile(r".*/v1/photos/\d+/similar\?.*")) as similar:
+            page.click("#more-like-this")
+        assert similar.value.status == 200
+        page.wait_for_function("() => !document.getElementById('lightbox').open")
+        page.wait_for_function("() => document.getElementById('search-meta')"
+                               ".textContent.startsWith('More like')")  # fmt: skip
+        _wait_for_results(page)
+        srcs = page.locator("#results .result img").evaluate_all("els => els.map(e => e.src)")
+        assert srcs and base_url + enlarged_src not in srcs
+
+        # the class filter: its choices come from /v1/index; choosing one searches again
+        # with it, and every result is of that class
+        page.wait_for_function("() => document.getElementById('class-filter').options.length > 1")
+        choice = page.locator("#class-filter option").nth(1).get_attribute("value")
+        with page.expect_request("**/v1/search") as filtered:
+            page.select_option("#class-filter", choice)
+        assert json.loads(filtered.value.post_data)["classes"] == [choice]
+        page.wait_for_function(
+            """(c) => { const r = document.querySelectorAll('#results .result .class');
+                        return r.length > 0 && [...r].every((e) => e.textContent === c); }""",
+            arg=choice,
+        )
+        page.select_option("#class-filter", "")
 
         # clear: no strokes, no ink, no results
         page.click("#clear")

@@ -27,7 +27,7 @@ from index_builder.gallery.embed import Embedded
 from index_builder.gallery.engines import embedder
 from index_builder.gallery.rebuild import BuildOptions
 from index_builder.gallery.scan import scan_photos
-from index_builder.gallery.store import load_current
+from gallery_store.versions import load_current
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 from service.search import SearchEngine

@@ -1,6 +1,7 @@
 """The HTTP API against a real uvicorn on loopback, over a real model and index built by the
 builder from real images: the contract, every kind of bad input (each its own case), a model
-/ index mismatch, and a schemathesis run over the OpenAPI document.
+/ index mismatch, and a schemathesis run over the OpenAPI document; the contract, the bad
+inputs and schemathesis on both stores (FAISS, Qdrant in local mode).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from index_builder.gallery.store import Payload, commit_version, load_current, locked
+from gallery_store.versions import Payload, commit_version, load_current, locked
 from model.encoder import EncoderMetadata
 from model.preprocess import render_strokes
 from service.app import create_app
@@ -52,8 +53,8 @@ MAX_K, MAX_UPLOAD, MAX_PIXELS, MAX_STROKES = 50, 1_000_000, 4_000_000, 200  # th
 
 
 @pytest.fixture(scope="module")
-def client(service: RunningService) -> httpx.Client:
-    with service.client() as c:
+def client(any_service: RunningService) -> httpx.Client:
+    with any_service.client() as c:
         yield c
 
 
@@ -138,7 +139,7 @@ def test_search_by_upload(
 
 
 def test_photo_and_cached_thumbnail(
-    client: httpx.Client, sketch: Path, service_assets: ServiceAssets, service: RunningService
+    client: httpx.Client, sketch: Path, service_assets: ServiceAssets, any_service: RunningService
 ) -> None:
     top = upload(client, sketch.read_bytes(), k=1).json()["results"][0]
     photo = client.get(top["url"])
@@ -148,7 +149,7 @@ def test_photo_and_cached_thumbnail(
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(first.content)) as thumb:
         assert thumb.format == "JPEG" and max(thumb.size) <= 256
-    cached = list((service.log_file.parent / "thumbnails").rglob("*.jpg"))
+    cached = list((any_service.log_file.parent / "thumbnails").rglob("*.jpg"))
     assert len(cached) >= 1
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
     assert client.get(top["thumbnail_url"]).content == first.content
@@ -203,12 +204,71 @@ def test_k_defaults_and_caps_at_the_gallery(client: httpx.Client, sketch: Path) 
     assert len(ranked(upload(client, sketch.read_bytes(), k=MAX_K))) == min(MAX_K, count)
 
 
+def full_ranking(client: httpx.Client) -> list[dict]:
+    """Every photo, best first, for the house drawing."""
+    count = client.get("/v1/index").json()["count"]
+    body = client.post("/v1/search", json={"strokes": HOUSE, "k": min(count, MAX_K)}).json()
+    assert len(body["results"]) == min(count, MAX_K)
+    return body["results"]
+
+
+def search_json(client: httpx.Client, **fields: object) -> list[dict]:
+    response = client.post("/v1/search", json={"strokes": HOUSE, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def test_class_and_folder_filters_pages_and_cutoff(client: httpx.Client) -> None:
+    full = full_ranking(client)
+    ids = [r["id"] for r in full]
+    classes = sorted({r["class"] for r in full})
+    wanted = classes[:2]
+    of_classes = [r["id"] for r in full if r["class"] in wanted]
+    assert [r["id"] for r in search_json(client, k=5, classes=wanted)] == of_classes[:5]
+    one = classes[-1]  # a class is its folder in this gallery
+    under = [r["id"] for r in full if r["path"].startswith(one + "/")]
+    assert under and [r["id"] for r in search_json(client, k=50, path_prefix=one + "/")] == under
+    assert search_json(client, classes=["no such class"]) == []
+    assert [r["id"] for r in search_json(client, k=4, offset=3)] == ids[3:7]
+    assert search_json(client, k=4, offset=len(full)) == []
+    cutoff = full[5]["score"]
+    kept = search_json(client, k=50, min_score=cutoff)
+    assert [r["id"] for r in kept] == [r["id"] for r in full if r["score"] >= cutoff]
+    # the multipart form takes the same fields (classes repeated)
+    png = io.BytesIO()
+    render_strokes(HOUSE).save(png, "PNG")
+    form = client.post("/v1/search", files={"image": ("s.png", png.getvalue())},
+                       data={"k": "3", "offset": "1", "classes": wanted,
+                             "min_score": "-1"})  # fmt: skip
+    assert form.status_code == 200, form.text
+    assert all(r["class"] in wanted for r in form.json()["results"])
+    assert len(form.json()["results"]) == 3
+
+
+def test_more_like_a_gallery_photo(client: httpx.Client) -> None:
+    count = client.get("/v1/index").json()["count"]
+    photo = full_ranking(client)[0]
+    response = client.get(f"/v1/photos/{photo['id']}/similar", params={"k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    found = [r["id"] for r in body["results"]]
+    assert len(found) == 5 and photo["id"] not in found
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0 + 1e-5
+    assert body["index_version"] == client.get("/v1/index").json()["version"]
+    k = min(count, MAX_K)
+    everyone = client.get(f"/v1/photos/{photo['id']}/similar", params={"k": k}).json()
+    assert len(everyone["results"]) == min(count - 1, k)
+    assert client.get(body["results"][0]["thumbnail_url"]).status_code == 200
+
+
 def test_index_stats(client: httpx.Client, service_assets: ServiceAssets) -> None:
     stats = client.get("/v1/index").json()
     per_class = {p.name: len(list(p.iterdir())) for p in service_assets.photos.iterdir()}
     assert stats["version"] == "v000001" and stats["count"] == sum(per_class.values())
     assert stats["classes"] == per_class
-    assert stats["index"]["kind"] == "flat" and stats["device"] == "cpu"
+    expected = {"faiss": ("flat", "cpu"), "qdrant": ("qdrant", "qdrant")}[stats["store"]]
+    assert (stats["index"]["kind"], stats["device"]) == expected
     assert stats["model"]["providers"] == ["CPUExecutionProvider"]
 
 
@@ -379,6 +439,38 @@ BAD_INPUTS = {
                                 "not_found", "no such endpoint"),
     "unknown_index_version": Bad(lambda c, _: c.get("/v1/photos/0?v=v999999"), 404,
                                  "unknown_photo", "v999999"),
+    "classes_not_a_list": Bad(json_post({"strokes": HOUSE, "classes": "fish"}), 422,
+                              "invalid_request", "classes: must be an array"),
+    "classes_not_strings": Bad(json_post({"strokes": HOUSE, "classes": [1]}), 422,
+                               "invalid_request", "each class must be a string"),
+    "offset_negative": Bad(json_post({"strokes": HOUSE, "offset": -1}), 422, "invalid_offset",
+                           "not -1"),
+    "offset_not_integer": Bad(json_post({"strokes": HOUSE, "offset": 1.5}), 422,
+                              "invalid_request", "offset: must be an integer"),
+    "offset_over_the_largest": Bad(json_post({"strokes": HOUSE, "offset": 10**6}), 422,
+                                   "invalid_offset", "between 0 and"),
+    "form_offset_negative": Bad(lambda c, png: c.post("/v1/search", files={"image": png},
+                                                      data={"offset": "-2"}), 422,
+                                "invalid_request", "offset"),
+    "min_score_not_a_number": Bad(json_post({"strokes": HOUSE, "min_score": "high"}), 422,
+                                  "invalid_request", "min_score: must be a number"),
+    "min_score_boolean": Bad(json_post({"strokes": HOUSE, "min_score": True}), 422,
+                             "invalid_request", "not a boolean"),
+    "min_score_not_finite": Bad(raw_post(b'{"strokes": [[[1, 2], [1, 2]]], "min_score": NaN}',
+                                         "application/json"), 422, "invalid_request", "finite"),
+    "form_min_score_not_a_number": Bad(lambda c, png: c.post("/v1/search", files={"image": png},
+                                                             data={"min_score": "nan"}), 422,
+                                       "invalid_request", "min_score"),
+    "path_prefix_not_a_string": Bad(json_post({"strokes": HOUSE, "path_prefix": ["a"]}), 422,
+                                    "invalid_request", "path_prefix"),
+    "similar_unknown_id": Bad(lambda c, _: c.get("/v1/photos/999999/similar"), 404,
+                              "unknown_photo", "999999"),
+    "similar_k_zero": Bad(lambda c, _: c.get("/v1/photos/0/similar?k=0"), 422,
+                          "invalid_request", "k"),
+    "similar_k_over_the_largest": Bad(lambda c, _: c.get(f"/v1/photos/0/similar?k={MAX_K + 1}"),
+                                      422, "invalid_k", f"1 and {MAX_K}"),
+    "similar_k_not_a_number": Bad(lambda c, _: c.get("/v1/photos/0/similar?k=ten"), 422,
+                                  "invalid_request", "k"),
     "search_with_get": Bad(lambda c, _: c.get("/v1/search"), 405, "method_not_allowed",
                            "does not take GET"),
 }  # fmt: skip
@@ -479,8 +571,8 @@ def test_schema_is_the_served_one(client: httpx.Client) -> None:
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis_finds_no_server_error(
-    case: schemathesis.Case, service: RunningService
+    case: schemathesis.Case, any_service: RunningService
 ) -> None:
-    response = case.call(base_url=service.url, timeout=60)
+    response = case.call(base_url=any_service.url, timeout=60)
     assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:500]}"
     case.validate_response(response, checks=CHECKS)

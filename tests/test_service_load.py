@@ -1,7 +1,12 @@
 """The service under concurrent load, against a real uvicorn on loopback: 50 concurrent
-searches are micro-batched and all succeed with the rankings single requests get; an index
-rebuilt by the builder (one photo added) is switched to in the middle of load, by the admin
-endpoint and by watching CURRENT, without dropping a request.
+searches are micro-batched and all succeed with the rankings single requests get (on both
+stores); an index rebuilt by the builder (one photo added) is switched to in the middle of
+load, by the admin endpoint and by watching CURRENT, and on the Qdrant store by watching its
+alias, without dropping a request.
+
+Qdrant's embedded local mode lets one process hold its folder, so the Qdrant case runs the
+server (uvicorn, real HTTP) and the builder in this process, sharing the client; with a
+Qdrant server they would be separate processes, as the FAISS cases are.
 """
 
 from __future__ import annotations
@@ -9,25 +14,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import shutil
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from conftest import (
     ADMIN_TOKEN,
     HOUSE,
     STAMPS,
     RunningService,
     ServiceAssets,
+    copy_qdrant,
+    free_port,
     run_service,
     service_env,
 )
 
+from gallery_store.qdrant_store import QdrantStore
+from gallery_store.settings import StoreSettings
 from index_builder.gallery.rebuild import BuildOptions, rebuild
 from model.preprocess import render_strokes
+from service.app import create_app
+from service.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +68,9 @@ def top_ids(response: httpx.Response) -> list[int]:
 
 
 def test_50_concurrent_searches_all_succeed_batched(
-    service: RunningService, service_assets: ServiceAssets
+    any_service: RunningService, service_assets: ServiceAssets
 ) -> None:
+    service = any_service
     requests = sketch_requests(service_assets, 50)
     with service.client() as client:
         expected = [top_ids(client.post("/v1/search", **r)) for r in requests[:5]]
@@ -117,7 +134,7 @@ class Load:
 
 
 async def under_load(
-    service: RunningService,
+    service: RunningService | InProcessService,
     requests: list[dict],
     during: Callable[[httpx.AsyncClient], Awaitable[object]],
     workers: int = 4,
@@ -189,6 +206,92 @@ def test_current_moving_is_picked_up_under_load(
     assert version == "v000002"
     assert set(load.statuses) == {200}, load.statuses
     assert load.versions[0] == "v000001" and load.versions[-1] == "v000002"
+
+
+@dataclass
+class InProcessService:
+    """A uvicorn server on a thread of this process, and its log."""
+
+    url: str
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@contextmanager
+def serve_in_process(settings: ServiceSettings, log_file: Path) -> Iterator[InProcessService]:
+    """The service app under uvicorn on a free loopback port, in a thread, until /readyz."""
+    handler = logging.FileHandler(log_file)
+    logger = logging.getLogger("service")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = InProcessService(f"http://127.0.0.1:{port}", log_file)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(running.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"not ready:\n{running.log()}"
+            time.sleep(0.2)
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_qdrant_alias_moving_is_picked_up_under_load(
+    service_assets: ServiceAssets, qdrant_path: Path, tmp_path: Path
+) -> None:
+    gallery = Path(shutil.copytree(service_assets.photos, tmp_path / "gallery"))
+    location = copy_qdrant(qdrant_path, tmp_path / "qdrant")
+    settings = ServiceSettings(
+        model_dir=service_assets.model_dir, store="qdrant", qdrant_path=location,
+        thumbnail_dir=tmp_path / "thumbnails", watch_interval_s=0.2, ort_threads=1,
+        faiss_threads=1, decode_workers=2,
+    )  # fmt: skip
+    store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=location))
+    requests = sketch_requests(service_assets, 6)
+
+    def rebuild_with_a_photo() -> str | None:
+        add_photo(gallery, 2)
+        return rebuild(store, photos=gallery, options=BuildOptions(workers=1)).version
+
+    async def rebuild_and_wait(client: httpx.AsyncClient) -> str:
+        assert await asyncio.to_thread(rebuild_with_a_photo) == "v000002"
+        for _ in range(150):
+            version = (await client.get("/readyz")).json()["index_version"]
+            if version == "v000002":
+                return version
+            await asyncio.sleep(0.1)
+        return version
+
+    try:
+        with serve_in_process(settings, tmp_path / "service.log") as running:
+            load, version = asyncio.run(under_load(running, requests, rebuild_and_wait))
+            assert "the Qdrant alias moved to v000002" in running.log()
+            with httpx.Client(base_url=running.url) as client:
+                stats = client.get("/v1/index").json()
+    finally:
+        store.close()
+    assert version == "v000002"
+    assert set(load.statuses) == {200}, load.statuses
+    assert load.versions[0] == "v000001" and load.versions[-1] == "v000002"
+    assert load.versions == sorted(load.versions)
+    assert stats["store"] == "qdrant" and stats["count"] == sum(
+        1 for p in gallery.rglob("*") if p.is_file())  # fmt: skip
 
 
 def test_liveness_answers_while_searches_queue(service: RunningService) -> None:

@@ -1,4 +1,5 @@
-"""The photo gallery's FAISS index: scan, embed (ONNX photo encoder), index, store, rebuild.
+"""The photo gallery's builder: scan, embed (ONNX photo encoder), rebuild into a store.
 
-No PyTorch here: the gallery is embedded by the exported encoders (``model.encoder``).
+The store itself (the FAISS index directory, Qdrant) is ``gallery_store``, shared with the
+service. No PyTorch here: the gallery is embedded by the exported encoders (``model.encoder``).
 """

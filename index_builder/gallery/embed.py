@@ -31,12 +31,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from gallery_store.photos import MAX_PIXELS
 from index_builder.gallery.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
 from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image
 from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
-MAX_PIXELS = 100_000_000  # larger JPEGs are refused (the service's thumbnails use it too)
 MAX_DECODE_PIXELS = 32_000_000  # larger images of other formats are refused (decoded whole)
 MAX_FILE_BYTES = 128 * 2**20  # larger files are refused before they are read
 MAX_JPEG_SCANS = 100  # progressive JPEGs have about a dozen; thousands cost seconds each

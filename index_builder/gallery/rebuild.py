@@ -28,32 +28,25 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index_builder.gallery.embed import Embedded, default_workers
-from index_builder.gallery.engines import EmbedFn, Engine, check_engine, embedder
-from index_builder.gallery.faiss_index import build_index
-from index_builder.gallery.scan import PhotoFile, Scan, Skipped, display_path, scan_photos
-from index_builder.gallery.store import (
+from gallery_store.base import (
     KEEP,
-    VERSIONS,
     IndexIntegrityError,
-    LoadedIndex,
     Manifest,
     ManifestItem,
     ModelInfo,
-    Payload,
     Report,
     SkippedItem,
-    check_index_dir,
-    commit_version,
-    load_current,
-    load_version,
-    locked,
-    read_pointer,
-    read_served,
-    remove_stale,
-    version_names,
+    StoredVersion,
+    VectorStore,
 )
+from gallery_store.photos import display_path
+from gallery_store.versions import FaissStore
+from index_builder.gallery.embed import Embedded, default_workers
+from index_builder.gallery.engines import EmbedFn, Engine, check_engine, embedder
+from index_builder.gallery.scan import PhotoFile, Scan, Skipped, scan_photos
 from model.encoder import OnnxEncoder
+
+LoadedIndex = StoredVersion  # what the planning below reads: any engine's version
 
 SHOWN_SKIPS = 20  # skipped files listed in the summary (all are in report.json)
 
@@ -105,9 +98,10 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """The version written (None when already up to date) and its report and manifest."""
+    """The version written (None when already up to date) and its report and manifest;
+    ``index_dir``: the store it went into."""
 
-    index_dir: Path
+    index_dir: VectorStore
     version: str | None
     report: Report
     manifest: Manifest
@@ -115,24 +109,31 @@ class BuildResult:
     def summary(self) -> str:
         """A few lines for people."""
         r, m = self.report, self.manifest
-        index = (f"  index {m.index.factory} (nprobe {m.index.nprobe}), "
-                 f"recall@{m.index.recall_k} {m.index.recall_at_k:.3f} vs exact")  # fmt: skip
+        index = _describe_index(m)
         if self.version is None:
             return "\n".join([
-                f"{self.index_dir}: up to date at {m.version} (no photo changed)",
+                f"{self.index_dir.location}: up to date at {m.version} (no photo changed)",
                 f"  {m.count} photos indexed, {len(r.skipped)} skipped", index,
             ])  # fmt: skip
         more = len(r.skipped) - SHOWN_SKIPS
         return "\n".join([
-            f"{self.index_dir}: wrote {self.version} ({r.mode}: {r.reason})",
+            f"{self.index_dir.location}: wrote {self.version} ({r.mode}: {r.reason})",
             f"  {m.count} photos indexed; {r.added} added, {r.changed} changed, "
             f"{r.removed} removed, {r.unchanged} unchanged; {r.embedded} embedded, "
             f"{r.reused} reused, {len(r.skipped)} skipped",
             index,
             *(f"  skipped {display_path(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
-            *([f"  ... and {more} more skipped (all in {self.index_dir / VERSIONS / self.version}"
-               "/report.json)"] if more > 0 else []),
+            *([f"  ... and {more} more skipped (all in "
+               f"{self.index_dir.report_path(self.version)})"] if more > 0 else []),
         ])  # fmt: skip
+
+
+def _describe_index(m: Manifest) -> str:
+    info = m.index
+    if info is None or info.kind == "qdrant":
+        return f"  index: {info.factory if info else 'none'}"
+    return (f"  index {info.factory} (nprobe {info.nprobe}), "
+            f"recall@{info.recall_k} {info.recall_at_k:.3f} vs exact")  # fmt: skip
 
 
 @dataclass
@@ -144,37 +145,38 @@ class Plan:
     to_embed: list[PhotoFile] = field(default_factory=list)
 
 
+def as_store(index: str | Path | VectorStore) -> VectorStore:
+    """A store as given, or the FAISS index directory at a path."""
+    return index if isinstance(index, VectorStore) else FaissStore(index)
+
+
 def build_new_index(
-    model_dir: str | Path, photos: str | Path, index_dir: str | Path, options: BuildOptions
-) -> BuildResult:
-    """``build-index``: a full build into an INDEX_DIR that holds no index yet."""
-    index_dir = Path(index_dir)
-    if index_dir.exists() and not index_dir.is_dir():
-        raise NotADirectoryError(f"{index_dir}: a file, not a folder; choose another --out")
-    if (index_dir / "CURRENT").exists():
-        raise ValueError(f"{index_dir}: already holds an index; use `rebuild` to update it")
-    if index_dir.is_dir() and {p.name for p in index_dir.iterdir()} - {VERSIONS, ".lock"}:
-        raise ValueError(f"{index_dir}: not empty and not an index directory; choose another")
-    return rebuild(index_dir, photos, model_dir, full=True, options=options, create=True)
+    model_dir: str | Path, photos: str | Path, index: str | Path | VectorStore,
+    options: BuildOptions,
+) -> BuildResult:  # fmt: skip
+    """``build-index``: a full build into a store (an INDEX_DIR) that holds no index yet."""
+    store = as_store(index)
+    store.check_new()
+    return rebuild(store, photos, model_dir, full=True, options=options, create=True)
 
 
 def rebuild(
-    index_dir: str | Path,
+    index: str | Path | VectorStore,
     photos: str | Path | None = None,
     model_dir: str | Path | None = None,
     full: bool = False,
     options: BuildOptions | None = None,
     create: bool = False,
 ) -> BuildResult:
-    """Bring INDEX_DIR up to date with ``photos`` (default: the current version's source)
-    embedded by ``model_dir`` (default: the current version's model). INDEX_DIR must hold an
-    index unless ``create``."""
-    index_dir, options = Path(index_dir), options or BuildOptions()
+    """Bring a store (an INDEX_DIR: the FAISS one) up to date with ``photos`` (default: the
+    current version's source) embedded by ``model_dir`` (default: the current version's
+    model). It must hold an index unless ``create``."""
+    index_dir, options = as_store(index), options or BuildOptions()
     if not create:
-        check_index_dir(index_dir)
+        index_dir.check_existing()
     embed = embedder(options.engine, options.ray_address)  # fails before the scan
-    with locked(index_dir):
-        remove_stale(index_dir)
+    with index_dir.lock():
+        index_dir.remove_stale()
         previous, problem = _previous(index_dir)
         photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)
         encoder = OnnxEncoder(model_dir, "photo")
@@ -237,7 +239,7 @@ def _hashes(scan: Scan, paths: list[str] | set[str]) -> set[str]:
 
 
 def _defaults(
-    index_dir: Path,
+    index_dir: VectorStore,
     previous: LoadedIndex | None,
     problem: str | None,
     photos: str | Path | None,
@@ -250,35 +252,34 @@ def _defaults(
         model_dir = model_dir or previous.manifest.model.model_dir
     if not photos or not model_dir:
         why = f" ({problem})" if problem else ""
-        raise ValueError(f"{index_dir}: no usable current version to take the photos and the "
-                         f"model from{why}; give --photos and --model")  # fmt: skip
+        raise ValueError(f"{index_dir.location}: no usable current version to take the photos "
+                         f"and the model from{why}; give --photos and --model")  # fmt: skip
     return os.path.abspath(photos), os.path.abspath(model_dir)
 
 
-def _previous(index_dir: Path) -> tuple[LoadedIndex | None, str | None]:
+def _previous(index_dir: VectorStore) -> tuple[LoadedIndex | None, str | None]:
     """The current version, verified, or None and why it cannot be used."""
     try:
-        if read_pointer(index_dir) is None:
+        if index_dir.served() is None:
             return None, None
-        return load_current(index_dir), None
+        return index_dir.load_current(), None
     except (IndexIntegrityError, FileNotFoundError) as err:
         return None, f"the current version is unusable ({err})"
 
 
 def _bases(
-    index_dir: Path, previous: LoadedIndex | None, fingerprint: str, older: bool
+    index_dir: VectorStore, previous: LoadedIndex | None, fingerprint: str, older: bool
 ) -> list[LoadedIndex]:
     """Versions whose vectors may be reused: the current one first, then with ``older`` the
     other kept served versions by the same model, newest first (damaged ones passed over)."""
     bases = [previous] if previous is not None and previous.fingerprint == fingerprint else []
     if not older:
         return bases
-    served = read_served(index_dir)
-    for name in reversed(version_names(index_dir)):
-        if name not in served or (previous is not None and name == previous.version):
+    for name in reversed(index_dir.served_versions()):
+        if previous is not None and name == previous.version:
             continue
         try:
-            loaded = load_version(index_dir, name, served[name] or None)
+            loaded = index_dir.load_version(name)
         except (IndexIntegrityError, OSError):
             continue
         if loaded.fingerprint == fingerprint:
@@ -286,16 +287,14 @@ def _bases(
     return bases
 
 
-def _newest_served(index_dir: Path) -> LoadedIndex | None:
+def _newest_served(index_dir: VectorStore) -> LoadedIndex | None:
     """The newest readable served version (what the guards compare with when CURRENT is
     unreadable)."""
-    served = read_served(index_dir)
-    for name in reversed(version_names(index_dir)):
-        if name in served:
-            try:
-                return load_version(index_dir, name, served[name] or None)
-            except (IndexIntegrityError, OSError):
-                continue
+    for name in reversed(index_dir.served_versions()):
+        try:
+            return index_dir.load_version(name)
+        except (IndexIntegrityError, OSError):
+            continue
     return None
 
 
@@ -365,7 +364,7 @@ class _Job:
     """One build's inputs: ``bases`` are what vectors are reused from (none for a full build),
     ``previous`` the current version the report compares with."""
 
-    index_dir: Path
+    index_dir: VectorStore
     encoder: OnnxEncoder
     scan: Scan
     plan: Plan
@@ -385,20 +384,17 @@ def _build(
     t1 = time.perf_counter()
     vectors, items = assemble(scan, plan, embedded, job.bases)
     check_guards(scan, {it.sha256 for it in items}, job.reference, options, "would be")
-    built = build_index(vectors)
-    t2 = time.perf_counter()
-    seconds |= {"embed": t1 - t0, "index": t2 - t1}
+    seconds |= {"embed": t1 - t0}
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         model=ModelInfo(fingerprint=encoder.fingerprint, backbone=encoder.metadata.backbone,
                         embedding_dim=encoder.embedding_dim,
                         model_dir=_model_dir(encoder)),
-        photos_root=str(scan.root), source=str(scan.source), count=len(items),
-        index=built.info, items=items,
+        photos_root=str(scan.root), source=str(scan.source), count=len(items), items=items,
     )  # fmt: skip
     report = _report(job, embedded, seconds)
-    version = commit_version(job.index_dir, Payload(built.index, vectors, manifest, report),
-                             options.keep)  # fmt: skip
+    # the index time (FAISS: choosing and training the index) is the store's commit
+    version = job.index_dir.commit(vectors, manifest, report, options.keep)
     return BuildResult(job.index_dir, version, report, manifest)
 
 

@@ -20,7 +20,6 @@ every scan.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 from tqdm import tqdm
 
+from gallery_store.photos import display_path, sha256_file
 from index_builder.datasets.base import IMAGE_SUFFIXES
 
 # Other image formats people keep photos in: indexed where this Pillow decodes them (AVIF in
@@ -100,17 +100,6 @@ class Walk:
     found: dict[str, str | None] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     unreadable_folders: list[str] = field(default_factory=list)
-
-
-def display_path(path: str | Path) -> str:
-    """``path`` printable anywhere: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _try_hash(path: Path) -> str | OSError:

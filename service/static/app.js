@@ -1,7 +1,9 @@
 // Sketch search page: a canvas to draw on, live search as you draw, a grid of results.
 // Plain JavaScript, no dependencies. The API (same origin):
-//   POST /v1/search {"strokes": [[[x...], [y...]], ...], "k": 24}
+//   POST /v1/search {"strokes": [[[x...], [y...]], ...], "k": 24, "classes"?: [name]}
 //     -> {"results": [{id, score, path, class?, url, thumbnail_url}], took_ms, index_version}
+//   GET /v1/photos/{id}/similar?k=24&v=VERSION  -> the same shape ("more like this")
+//   GET /v1/index -> {classes: {name: count}, ...} (the class filter's choices)
 //   GET /readyz
 "use strict";
 
@@ -31,6 +33,8 @@
   const lightbox = $("lightbox");
   const lightboxImg = $("lightbox-img");
   const lightboxCaption = $("lightbox-caption");
+  const classFilter = $("class-filter");
+  const moreLikeThis = $("more-like-this");
 
   /** @type {{points: number[][], width: number}[]} finished strokes */
   const strokes = [];
@@ -202,6 +206,7 @@
   // ---------------------------------------------------------------- searching
 
   let debounceTimer = null;
+  let shownVersion = null; // the index version of the results on show
   let lastSearchAt = 0;
   let inflight = null; // AbortController of the request in flight
   let requestSeq = 0;
@@ -248,7 +253,7 @@
       const resp = await fetch("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ strokes: payload, k: K }),
+        body: JSON.stringify(searchBody(payload)),
         signal: controller.signal,
       });
       const body = await resp.json().catch(() => null);
@@ -276,6 +281,12 @@
         document.body.classList.remove("searching");
       }
     }
+  }
+
+  function searchBody(payload) {
+    const body = { strokes: payload, k: K };
+    if (classFilter.value) body.classes = [classFilter.value];
+    return body;
   }
 
   function apiErrorText(status, body) {
@@ -364,14 +375,17 @@
     if (typeof body.took_ms === "number") parts.push(`${Math.round(body.took_ms)} ms`);
     if (body.index_version) parts.push(`index ${body.index_version}`);
     meta.textContent = parts.join(" · ");
+    shownVersion = body.index_version || null;
   }
 
   // ---------------------------------------------------------------- enlarged view
 
   let lastFocus = null;
+  let enlarged = null; // the result shown enlarged, and its index version
 
   function openLightbox(r, label) {
     lastFocus = document.activeElement;
+    enlarged = { result: r, label, version: shownVersion };
     lightboxImg.src = r.url || r.thumbnail_url;
     lightboxImg.alt = label;
     const bits = [label, `score ${formatScore(r.score)}`];
@@ -388,6 +402,37 @@
   }
 
   lightbox.addEventListener("click", closeLightbox); // anywhere: image, backdrop or the button
+  // "More like this": the photos nearest to the enlarged one by its stored vector; the click
+  // then closes the enlarged view (above) and the grid shows them.
+  moreLikeThis.addEventListener("click", () => {
+    if (enlarged) showSimilar(enlarged.result, enlarged.label, enlarged.version);
+  });
+
+  async function showSimilar(r, label, version) {
+    cancelSearch();
+    const seq = ++requestSeq;
+    const query = new URLSearchParams({ k: String(K) });
+    if (version) query.set("v", version);
+    document.body.classList.add("searching");
+    try {
+      const resp = await fetch(`/v1/photos/${encodeURIComponent(r.id)}/similar?${query}`, {
+        headers: { Accept: "application/json" },
+      });
+      const body = await resp.json().catch(() => null);
+      if (seq !== requestSeq) return;
+      if (!resp.ok || !body || !Array.isArray(body.results)) {
+        showMessage(apiErrorText(resp.status, body));
+        return;
+      }
+      hideMessage();
+      renderResults(body);
+      meta.textContent = `More like ${label} · ${meta.textContent}`;
+    } catch {
+      if (seq === requestSeq) showMessage("Can't reach the search server. Check the connection and try again.");
+    } finally {
+      if (seq === requestSeq) document.body.classList.remove("searching");
+    }
+  }
   lightbox.addEventListener("close", () => {
     lightboxImg.removeAttribute("src");
     if (lastFocus && typeof lastFocus.focus === "function") lastFocus.focus();
@@ -403,11 +448,36 @@
     statusText.textContent = text;
   }
 
+  async function loadClasses() {
+    try {
+      const resp = await fetch("/v1/index", { headers: { Accept: "application/json" } });
+      const body = await resp.json().catch(() => null);
+      if (!resp.ok || !body || typeof body.classes !== "object") return;
+      const chosen = classFilter.value;
+      const options = Object.keys(body.classes).map((name) => {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = `${name} (${body.classes[name]})`;
+        return option;
+      });
+      classFilter.replaceChildren(classFilter.options[0], ...options);
+      classFilter.value = chosen;
+    } catch {
+      // the filter stays at "All classes"; searches still work
+    }
+  }
+
+  classFilter.addEventListener("change", () => {
+    if (strokesPayload().length) scheduleSearch(0);
+  });
+
   async function checkReady() {
     try {
       const resp = await fetch("/readyz", { headers: { Accept: "application/json" } });
-      if (resp.ok) setStatus("ok", "Ready");
-      else setStatus("wait", "Index loading…");
+      if (resp.ok) {
+        setStatus("ok", "Ready");
+        loadClasses();
+      } else setStatus("wait", "Index loading…");
       return resp.ok;
     } catch {
       setStatus("error", "Offline");

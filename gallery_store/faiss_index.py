@@ -52,7 +52,7 @@ N_QUERIES = 1_000
 MIN_POINTS_PER_LIST = 39  # faiss warns below this
 TRAIN_POINTS_PER_LIST = 64
 
-IndexKind = Literal["flat", "ivf-flat", "ivf-pq"]
+IndexKind = Literal["flat", "ivf-flat", "ivf-pq", "qdrant"]  # qdrant: the Qdrant engine's
 
 
 @dataclass(frozen=True)

@@ -30,19 +30,32 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from index_builder.gallery.faiss_index import IndexInfo, read_index, write_index
-from index_builder.gallery.scan import sha256_file
+from gallery_store.base import (
+    KEEP,
+    FingerprintMismatchError,
+    IndexBusyError,
+    IndexIntegrityError,
+    Manifest,
+    Report,
+    StoredVersion,
+    VectorStore,
+    Where,
+    check_payload,
+    folder_of,
+    from_json,
+    to_json,
+)
+from gallery_store.faiss_index import build_index, read_index, set_nprobe, use_gpu, write_index
+from gallery_store.photos import display_path, sha256_file
 
-FORMAT_VERSION = 1
 POINTER = "CURRENT"
 SERVED = "SERVED"
 VERSIONS = "versions"
@@ -51,83 +64,6 @@ STAGING_PREFIX = ".staging-"
 INDEX_FILE, VECTORS_FILE = "index.faiss", "vectors.npy"
 MANIFEST_FILE, REPORT_FILE, CHECKSUMS_FILE = "manifest.json", "report.json", "checksums.json"
 DATA_FILES = (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, REPORT_FILE)
-KEEP = 3
-M = TypeVar("M", bound=BaseModel)
-
-
-class IndexIntegrityError(RuntimeError):
-    """An index version is incomplete, truncated or tampered with."""
-
-
-class FingerprintMismatchError(ValueError):
-    """The index was built by another model than the one that would query it."""
-
-
-class IndexBusyError(RuntimeError):
-    """Another build holds the index directory's lock."""
-
-
-class ManifestItem(BaseModel):
-    """One indexed photo; its id is its row in the index and in vectors.npy."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    id: int
-    path: str  # relative to the photos root (absolute if listed outside it)
-    cls: str | None = Field(None, alias="class")
-    width: int
-    height: int
-    sha256: str
-
-
-class ModelInfo(BaseModel):
-    """The photo encoder that made the vectors."""
-
-    fingerprint: str
-    backbone: str
-    embedding_dim: int
-    model_dir: str
-
-
-class Manifest(BaseModel):
-    """What a version holds: the model, the photos root and every indexed photo by id."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    format_version: int = FORMAT_VERSION
-    version: str = ""
-    created: str
-    model: ModelInfo
-    photos_root: str
-    source: str  # the folder or list file the photos were scanned from
-    count: int
-    index: IndexInfo
-    items: list[ManifestItem]
-
-
-class SkippedItem(BaseModel):
-    """A photo left out, and why (sha256 None when the file could not be read at all);
-    ``retry``: a failure that may not recur (read errors), so not remembered."""
-
-    path: str
-    sha256: str | None
-    error: str
-    retry: bool = False
-
-
-class Report(BaseModel):
-    """How a version was built: what changed, what was embedded, what was skipped."""
-
-    mode: Literal["full", "incremental"]
-    reason: str
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    embedded: int = 0
-    reused: int = 0
-    skipped: list[SkippedItem] = []
-    seconds: dict[str, float] = {}
 
 
 class Pointer(BaseModel):
@@ -138,8 +74,8 @@ class Pointer(BaseModel):
 
 
 @dataclass
-class LoadedIndex:
-    """A verified index version, ready to search."""
+class LoadedIndex(StoredVersion):
+    """A verified index version of a FAISS store, ready to search."""
 
     index_dir: Path
     version: str
@@ -147,27 +83,82 @@ class LoadedIndex:
     index: faiss.Index
     manifest: Manifest
     report: Report
+    searcher: faiss.Index = field(init=False)  # the index, or its copy on the GPUs
+    device: str = field(default="cpu", init=False)
 
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest.model.fingerprint
-
-    @property
-    def photos_root(self) -> Path:
-        return Path(self.manifest.photos_root)
-
-    def photo_path(self, item_id: int) -> Path:
-        """The file of photo ``item_id`` on disk."""
-        return self.photos_root / self.manifest.items[item_id].path
+    def __post_init__(self) -> None:
+        self.searcher = self.index
+        self._classes: list[str | None] | None = None
+        self._paths: list[str] | None = None
 
     def vectors(self) -> np.ndarray:
         """The (n, d) embeddings, memory-mapped."""
         return np.load(self.path / VECTORS_FILE, mmap_mode="r")
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the top ``k`` photos per query row; ids -1 pad short results."""
+    def vector(self, item_id: int) -> np.ndarray:
+        return np.array(self.vectors()[item_id], dtype=np.float32)
+
+    def serve_on_gpu(self) -> None:
+        """Search on all GPUs when FAISS sees one (an index type the GPU build cannot hold
+        stays on the CPU)."""
+        if not use_gpu():
+            return
+        try:
+            self.searcher = faiss.index_cpu_to_all_gpus(self.index)
+        except RuntimeError:
+            return
+        set_nprobe(self.searcher, self.manifest.index.nprobe if self.manifest.index else 0)
+        self.device = "gpu"
+
+    def search(
+        self, queries: np.ndarray, k: int, where: Where | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the top ``k`` photos per query row passing ``where``; ids -1 pad.
+
+        Unfiltered: the index (IVF kinds approximate, as built). Excluding ids only: the
+        index, asked for as many more. Filtered by class or folder: an exact inner-product
+        scan of the stored vectors of the matching photos, so no match is ever lost to IVF
+        lists not probed; its cost grows with the number of matches, not the gallery.
+        """
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        return self.index.search(q, min(k, max(self.index.ntotal, 1)))
+        where = where or Where()
+        if where.classes is None and not folder_of(where.path_prefix or ""):
+            return self._search_index(q, k, where.exclude_ids)
+        rows = self._matching(where)
+        if rows.size == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        subset = np.ascontiguousarray(self.vectors()[rows], dtype=np.float32)
+        scores, found = faiss.knn(q, subset, min(k, rows.size), faiss.METRIC_INNER_PRODUCT)
+        return scores, np.where(found >= 0, rows[np.maximum(found, 0)], -1)
+
+    def _search_index(
+        self, q: np.ndarray, k: int, exclude: frozenset[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        want = min(k + len(exclude), max(self.searcher.ntotal, 1))
+        scores, ids = self.searcher.search(q, want)
+        if not exclude:
+            return scores, ids
+        keep = [np.flatnonzero(~np.isin(row, list(exclude)))[:k] for row in ids]
+        width = min(len(kept) for kept in keep)  # rows differ only when ids are padded
+        return (np.stack([s[kept[:width]] for s, kept in zip(scores, keep, strict=True)]),
+                np.stack([i[kept[:width]] for i, kept in zip(ids, keep, strict=True)]))  # fmt: skip
+
+    def _matching(self, where: Where) -> np.ndarray:
+        """Ids of the photos of ``where``'s classes under its folder, ascending."""
+        if self._classes is None or self._paths is None:
+            items = self.manifest.items
+            self._classes = [None if it.cls is None else display_path(it.cls) for it in items]
+            self._paths = [display_path(it.path) for it in items]
+        n = len(self._paths)
+        mask = np.ones(n, bool)
+        if where.classes is not None:
+            mask &= np.fromiter((c in where.classes for c in self._classes), bool, n)
+        folder = folder_of(where.path_prefix or "")
+        if folder:
+            mask &= np.fromiter((p.startswith(folder + "/") for p in self._paths), bool, n)
+        excluded = [i for i in where.exclude_ids if 0 <= i < n]
+        mask[excluded] = False
+        return np.flatnonzero(mask)
 
 
 @dataclass(frozen=True)
@@ -209,20 +200,6 @@ def read_served(index_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in served.items()} if isinstance(served, dict) else {}
 
 
-def to_json(model: BaseModel, indent: int | None = None) -> str:
-    """JSON of a model; strings with surrogate escapes (non-UTF-8 file names) are written as
-    ``\\udcNN`` escapes, which pydantic's own serialiser refuses."""
-    return json.dumps(model.model_dump(mode="json", by_alias=True), indent=indent)
-
-
-def from_json(cls: type[M], data: bytes | str) -> M:
-    """The model ``to_json`` wrote (pydantic's own parser refuses lone surrogates)."""
-    try:
-        return cls.model_validate(json.loads(data))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err})") from err
-
-
 def load_current(
     index_dir: str | Path, expected_fingerprint: str | None = None, verify: bool = True
 ) -> LoadedIndex:
@@ -252,7 +229,7 @@ def load_version(index_dir: Path, version: str, checksums_sha256: str | None = N
     try:
         manifest = from_json(Manifest, (folder / MANIFEST_FILE).read_bytes())
         report = from_json(Report, (folder / REPORT_FILE).read_bytes())
-        index = read_index(folder / INDEX_FILE, manifest.index.nprobe)
+        index = read_index(folder / INDEX_FILE, manifest.index.nprobe if manifest.index else 0)
     except (OSError, ValueError, RuntimeError) as err:
         raise IndexIntegrityError(f"{folder}: cannot be read ({_first_line(err)})") from err
     _check_consistent(folder, index, manifest)
@@ -476,3 +453,67 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- the store interface ---------------------------------------------------------------------
+
+
+class FaissStore(VectorStore):
+    """The versioned FAISS directory as a ``VectorStore`` (the layout in the module docstring)."""
+
+    engine = "faiss"
+
+    def __init__(self, index_dir: str | Path) -> None:
+        self.index_dir = Path(index_dir)
+        self.location = str(self.index_dir)
+
+    def served(self) -> str | None:
+        pointer = read_pointer(self.index_dir)
+        return pointer.version if pointer else None
+
+    def load_current(
+        self, expected_fingerprint: str | None = None, verify: bool = True
+    ) -> LoadedIndex:
+        return load_current(self.index_dir, expected_fingerprint, verify)
+
+    def load_version(self, version: str, verify: bool = True) -> LoadedIndex:
+        served = read_served(self.index_dir).get(version) if verify else None
+        return load_version(self.index_dir, version, served or None)
+
+    def served_versions(self) -> list[str]:
+        served = read_served(self.index_dir)
+        return [name for name in version_names(self.index_dir) if name in served]
+
+    def exists(self) -> bool:
+        return (self.index_dir / POINTER).exists()
+
+    def check_new(self) -> None:
+        index_dir = self.index_dir
+        if index_dir.exists() and not index_dir.is_dir():
+            raise NotADirectoryError(f"{index_dir}: a file, not a folder; choose another --out")
+        if (index_dir / POINTER).exists():
+            raise ValueError(f"{index_dir}: already holds an index; use `rebuild` to update it")
+        if index_dir.is_dir() and {p.name for p in index_dir.iterdir()} - {VERSIONS, LOCK}:
+            raise ValueError(f"{index_dir}: not empty and not an index directory; choose "
+                             "another")  # fmt: skip
+
+    def check_existing(self) -> None:
+        check_index_dir(self.index_dir)
+
+    def lock(self) -> AbstractContextManager[None]:
+        return locked(self.index_dir)
+
+    def remove_stale(self) -> None:
+        remove_stale(self.index_dir)
+
+    def commit(self, vectors: np.ndarray, manifest: Manifest, report: Report, keep: int) -> str:
+        """Build the FAISS index for ``vectors`` (its kind follows the gallery size) and write
+        it as the next version."""
+        check_payload(vectors, manifest)
+        built = build_index(vectors)
+        manifest.index = built.info
+        return commit_version(self.index_dir, Payload(built.index, vectors, manifest, report),
+                              keep)  # fmt: skip
+
+    def report_path(self, version: str) -> str:
+        return str(self.index_dir / VERSIONS / version / REPORT_FILE)
