@@ -22,12 +22,12 @@ import pytest
 from conftest import REPO, ServiceAssets, free_port
 from PIL import Image
 
+from gallery_store.versions import load_current
 from index_builder.cli import main
 from index_builder.gallery.embed import Embedded
 from index_builder.gallery.engines import embedder
 from index_builder.gallery.rebuild import BuildOptions
 from index_builder.gallery.scan import scan_photos
-from gallery_store.versions import load_current
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 from service.search import SearchEngine
