@@ -223,9 +223,12 @@ def _print_validation(info: dict) -> None:
     check = info.get("validation")
     if not check:
         return
+    # the baseline reads the model's inputs: photos with their pseudo-sketches where it does
+    with_pseudo = " (photos with pseudo-sketches)" if info["config"].get("pseudo_sketch") else ""
+    baseline = f"standardised backbone features{with_pseudo} {check['baseline_map_all']:.4f}"
     print(f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
           f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "
-          f"standardised backbone features {check['baseline_map_all']:.4f}")  # fmt: skip
+          f"{baseline}")  # fmt: skip
     if not check["model_better"]:
         print(
             "warning: the model does not beat the training-free standardised baseline on "
