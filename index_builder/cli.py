@@ -224,7 +224,8 @@ def _print_validation(info: dict) -> None:
     if not check:
         return
     # the baseline reads the model's inputs: photos with their pseudo-sketches where it does
-    with_pseudo = " (photos with pseudo-sketches)" if info["config"].get("pseudo_sketch") else ""
+    pseudo = info.get("config", {}).get("pseudo_sketch")
+    with_pseudo = " (photos with pseudo-sketches)" if pseudo else ""
     baseline = f"standardised backbone features{with_pseudo} {check['baseline_map_all']:.4f}"
     print(f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
           f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "

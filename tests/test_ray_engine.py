@@ -124,7 +124,7 @@ def test_build_index_with_ray_serves_searches_and_rebuilds(
     assert engine.load().version == "v000001"
     assert engine.encoder is not None
     sketch = engine.encoder.embed_images([load_image(service_assets.sketches()[0])])
-    scores, ids = engine.snapshot.searcher.search(sketch, 3)
+    scores, ids = engine.snapshot.index.search(sketch, 3)
     assert len(set(ids[0].tolist())) == 3 and ids.min() >= 0 and np.isfinite(scores).all()
 
     # rebuild --engine ray embeds only the new photo and reuses the rest
