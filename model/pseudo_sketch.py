@@ -7,7 +7,7 @@ the photo's edge map lie in the sketch domain. A photo encoder trained with
 input is the two normalised images stacked, (6, S, S) (``encoder_input_array``). Numpy and
 Pillow only, so feature extraction, the exported encoder's callers and the gallery builder
 all draw the same lines; keeping the drawing's aspect ratio and margin as ``render_strokes``
-does matters (fitting the edges of the photo as it is, stretched to a square, loses a third
+does matters (the edges of the photo as it is, stretched to a square, lose half
 of the gain; BENCHMARKS.md section 1).
 """
 
