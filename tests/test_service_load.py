@@ -67,6 +67,17 @@ def top_ids(response: httpx.Response) -> list[int]:
     return [r["id"] for r in response.json()["results"]]
 
 
+async def served_version(client: httpx.AsyncClient, wanted: str, polls: int = 150) -> str:
+    """The version /readyz reports once it is ``wanted``, or the last one after ``polls``
+    checks 0.1 s apart."""
+    for _ in range(polls):
+        version = (await client.get("/readyz")).json()["index_version"]
+        if version == wanted:
+            return version
+        await asyncio.sleep(0.1)
+    return version
+
+
 def test_50_concurrent_searches_all_succeed_batched(
     any_service: RunningService, service_assets: ServiceAssets
 ) -> None:
@@ -193,12 +204,7 @@ def test_current_moving_is_picked_up_under_load(
 
     async def rebuild_and_wait(client: httpx.AsyncClient) -> str:
         assert await asyncio.to_thread(rebuild_with_a_photo, gallery, index, 1) == "v000002"
-        for _ in range(150):
-            version = (await client.get("/readyz")).json()["index_version"]
-            if version == "v000002":
-                return version
-            await asyncio.sleep(0.1)
-        return version
+        return await served_version(client, "v000002")
 
     with run_service(env, tmp_path / "service.log") as running:
         load, version = asyncio.run(under_load(running, requests, rebuild_and_wait))
@@ -271,12 +277,7 @@ def test_the_qdrant_alias_moving_is_picked_up_under_load(
 
     async def rebuild_and_wait(client: httpx.AsyncClient) -> str:
         assert await asyncio.to_thread(rebuild_with_a_photo) == "v000002"
-        for _ in range(150):
-            version = (await client.get("/readyz")).json()["index_version"]
-            if version == "v000002":
-                return version
-            await asyncio.sleep(0.1)
-        return version
+        return await served_version(client, "v000002")
 
     try:
         with serve_in_process(settings, tmp_path / "service.log") as running:

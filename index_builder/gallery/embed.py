@@ -137,6 +137,13 @@ def _check_header(
     return (height, width) if turned else (width, height)
 
 
+def check_batching(batch_size: int, workers: int) -> None:
+    """ValueError unless both are at least 1 (every embedding engine takes them)."""
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
+                         f"{workers})")  # fmt: skip
+
+
 def embed_photos(
     encoder: OnnxEncoder,
     root: Path,
@@ -146,9 +153,7 @@ def embed_photos(
     progress: bool = False,
 ) -> Embedded:
     """Embed ``photos`` (paths relative to ``root``); unusable ones go to ``skipped``."""
-    if batch_size < 1 or workers < 1:
-        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
-                         f"{workers})")  # fmt: skip
+    check_batching(batch_size, workers)
     prep = encoder.metadata.preprocessing
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     parts = [out.vectors]

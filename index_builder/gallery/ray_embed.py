@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
-from index_builder.gallery.embed import Decoded, Embedded, Failure, decode_photo
+from index_builder.gallery.embed import Decoded, Embedded, Failure, check_batching, decode_photo
 from index_builder.gallery.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
 
@@ -192,9 +192,7 @@ def embed_photos_ray(
     address: str | None = None,
 ) -> Embedded:
     """``embed_photos`` on Ray Data (``address``: a cluster's, else a local Ray)."""
-    if batch_size < 1 or workers < 1:
-        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
-                         f"{workers})")  # fmt: skip
+    check_batching(batch_size, workers)
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     if not photos:
         return out  # nothing to embed: no Ray started (an incremental build with no change)

@@ -39,7 +39,6 @@ class Backbone(nn.Module):
         net: nn.Module,
         feature_dim: int,
         preprocessing: Preprocessing,
-        input_channels: int = 3,
         edges: EdgeConfig | None = None,
     ) -> None:
         super().__init__()
@@ -47,8 +46,12 @@ class Backbone(nn.Module):
         self.net = net
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
-        self.input_channels = input_channels
         self.edges = edges  # photos are read with their pseudo-sketches (photo_views.py)
+
+    @property
+    def input_channels(self) -> int:
+        """3, or 6 where each photo comes with its pseudo-sketch."""
+        return 3 if self.edges is None else 6
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

@@ -34,6 +34,5 @@ def with_pseudo_sketch(backbone: Backbone, cfg: EdgeConfig | None = None) -> Bac
         PhotoViews(backbone),
         feature_dim=2 * backbone.feature_dim,
         preprocessing=backbone.preprocessing,
-        input_channels=6,
         edges=cfg,
     ).eval()
