@@ -21,8 +21,9 @@ categories, used for early stopping, are in neither block.)
 
 Rows: the run's encoders (backbone + r^x for sketches, backbone + r^y for photos, each photo
 with its pseudo-sketch and fused with the standardised features where the run says so), its
-r^x / r^y alone (no fusion), the backbone features standardised per domain with the run's
-training statistics (the training-free baseline), the same with each photo's standardised
+r^x / r^y alone (no fusion), the backbone features scaled per domain as the run scales its
+inputs, with its training statistics (z-scored, or square-rooted and whitened: the
+training-free baseline), the same with each photo's scaled
 features averaged with its pseudo-sketch's (where the run reads pseudo-sketches), the raw
 backbone features, the raw backbone features with each photo drawn as its outline (a
 sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
@@ -53,6 +54,7 @@ from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_fr
 from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.backbones import Backbone
 from model.export import load_run_encoders
+from model.iiae import IIAEConfig
 from model.preprocess import load_image, render_strokes
 from model.pseudo_sketch import encoder_input_array
 
@@ -206,6 +208,7 @@ def run(
     model = encoders["sketch"].model  # the exported encoders' heads, over the same features
     fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
     d = backbone.feature_dim  # the photo's own features come first
+    scaled = scaling_name(model.cfg)
     with torch.inference_mode():
         z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
@@ -213,10 +216,10 @@ def run(
                 unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))),
             f"IIAE {run_dir.name} (r^x vs r^y alone)": (
                 unit(model.shared_x(z_sketch).mean), unit(model.shared_y(z_photo).mean)),
-            f"{backbone.name} standardised features": (unit(z_sketch), unit(z_photo[:, :d])),
+            f"{backbone.name} {scaled} features": (unit(z_sketch), unit(z_photo[:, :d])),
         }  # fmt: skip
         if model.cfg.pseudo_sketch:
-            candidates[f"{backbone.name} standardised, photos with pseudo-sketches"] = (
+            candidates[f"{backbone.name} {scaled}, photos with pseudo-sketches"] = (
                 unit(z_sketch),
                 unit(model.sketch_like(z_photo)),
             )
@@ -242,6 +245,12 @@ def run(
         "rows": rows,
         "guitar_first_ranks": guitar,
     }
+
+
+def scaling_name(cfg: IIAEConfig) -> str:
+    """How the run scales its inputs (``Standardize``), for the training-free rows' names."""
+    name = "whitened" if cfg.whiten_shrinkage else "standardised"
+    return name if cfg.input_power == 1 else f"power {cfg.input_power:g}, {name}"
 
 
 def report(result: dict) -> str:

@@ -9,7 +9,8 @@ and, for each fold, trains every candidate recipe on the other folds' classes an
 the fold's classes, which no choice ever sees: early stopping and the choice between recipes
 use validation classes carved out of the training folds (``val_classes`` of each run). The
 training-free baselines (raw and per-domain standardised backbone features, standardised with
-the training folds' statistics) are scored on the same fold in the same run.
+the training folds' statistics; and with the photos' pseudo-sketches, z-scored or rooted and
+whitened as the recommended recipe's inputs) are scored on the same fold in the same run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.evaluate import evaluate_baselines, evaluate_run
 from index_builder.prepare import PHOTO_MAP, prepare_shared_data
+from index_builder.recipes import input_scaling
 from index_builder.run import train_run
 from index_builder.sources import data_classes, feature_sets
 
@@ -44,6 +46,7 @@ BASELINES = {
     "raw": "raw features",
     "standardized": "standardized features",
     "standardized + photo pseudo-sketches": "standardized features + photo pseudo-sketches",
+    "whitened + photo pseudo-sketches": "rooted and whitened features + photo pseudo-sketches",
 }
 
 
@@ -71,7 +74,8 @@ def run_fold(
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text("\n".join(test) + "\n")
     train = [c for c in data_classes(data) if c not in test]
-    base = evaluate_baselines(data, train, test, backbone, settings, with_pseudo_sketch=True)
+    base = evaluate_baselines(data, train, test, backbone, settings, with_pseudo_sketch=True,
+                              whiten=input_scaling())  # fmt: skip
     rows = {name: base[f"{backbone} {label}"] for name, label in BASELINES.items()}
     validation, fusion = {}, {}
     for name in candidates:
@@ -119,6 +123,22 @@ def summarise(folds: list[dict]) -> dict:
     }
 
 
+def prepared(shared: Path, work: Path) -> tuple[Path, BuilderSettings, list[str]]:
+    """The shared data prepared under ``work`` (idempotent), its feature cache settings and
+    its classes."""
+    data = work / "data"
+    print(prepare_shared_data(shared, data, photo_table=PHOTO_MAP).summary())
+    return data, BuilderSettings(cache_dir=work / "cache"), data_classes(data)
+
+
+def data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the data, work folder, backbone and folds (shared by the k-fold benches)."""
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("runs/zero_shot"))
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--folds", type=int, default=5)
+
+
 def _timed_fold(fold: int, test: list[str], *args) -> dict:
     t0 = time.time()
     BuilderSettings().apply_torch_threads()  # in a worker process too
@@ -132,10 +152,7 @@ def run(
     jobs: int = 1,
 ) -> dict:  # fmt: skip
     """Every fold (``jobs`` of them at once, in worker processes), then the summary."""
-    data = work / "data"
-    print(prepare_shared_data(shared, data, photo_table=PHOTO_MAP).summary())
-    settings = BuilderSettings(cache_dir=work / "cache")
-    classes = data_classes(data)
+    data, settings, classes = prepared(shared, work)
     for pseudo_sketch in (False, True):  # extracted once, before the folds read them
         feature_sets(data, classes, backbone, settings=settings, pseudo_sketch=pseudo_sketch)
     splits = class_folds(classes, k)
@@ -177,10 +194,7 @@ def print_result(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--work", type=Path, default=Path("runs/zero_shot"))
-    parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--folds", type=int, default=5)
+    data_arguments(parser)
     parser.add_argument("--seeds", type=int, default=2, help="runs per recipe and fold")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
     parser.add_argument("--jobs", type=int, default=1, help="folds run at once (processes)")

@@ -93,11 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Sketchy photos searched: the extended photos (default), or SAKE's / "
                         "ZSE-SBIR's set: those plus Sketchy's own photos")  # fmt: skip
 
-    p = sub.add_parser("baselines", help="untrained backbone features, raw and standardised")
+    p = sub.add_parser("baselines", help="untrained backbone features: raw, standardised, and "
+                       "rooted and whitened as the recommended recipe's inputs")  # fmt: skip
     _data_args(p)
     p.add_argument("--backbone", default="efficientnet-lite0")
     p.add_argument("--pseudo-sketch", action="store_true",
-                   help="also both with photos read with their pseudo-sketches")  # fmt: skip
+                   help="also with photos read with their pseudo-sketches")  # fmt: skip
     p.add_argument("--json", type=Path)
 
     p = sub.add_parser("export-onnx", help="export a run's sketch and photo encoders to ONNX")
@@ -281,10 +282,12 @@ def _gallery(args: argparse.Namespace) -> None:
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
     from index_builder.evaluate import evaluate_baselines, format_table
+    from index_builder.recipes import input_scaling
     from index_builder.sources import data_split
 
     data, train, test = data_split(args.data, args.train_classes, args.test_classes)
-    rows = evaluate_baselines(data, train, test, args.backbone, settings, args.pseudo_sketch)
+    rows = evaluate_baselines(data, train, test, args.backbone, settings, args.pseudo_sketch,
+                              whiten=input_scaling())  # fmt: skip
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

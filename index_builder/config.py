@@ -93,6 +93,12 @@ class TrainConfig(BaseSettings):
     pseudo_sketch: bool = Field(
         False, description="photos are seen as themselves and as pseudo-sketches (edge maps)"
     )
+    input_power: float = Field(
+        1.0, description="signed power of the input features before standardising (0.5: root)"
+    )
+    whiten_shrinkage: float = Field(
+        0.0, description="> 0: whiten the inputs, shrunk by this x the mean variance; 0: z-score"
+    )
     val_classes: int = Field(0, description="training classes held out for early stopping")
     eval_every: int = 200
     checkpoint_every: int = 500
@@ -135,6 +141,8 @@ class TrainConfig(BaseSettings):
             fusion_weight=self.fusion_weight,
             fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and fusable else 0,
             pseudo_sketch=self.pseudo_sketch,
+            input_power=self.input_power,
+            whiten_shrinkage=self.whiten_shrinkage,
             decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
             decoder_activation="relu" if self.decoder == "authors" else "leaky_relu",
             init=self.init,

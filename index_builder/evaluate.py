@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from index_builder.config import BuilderSettings
 from index_builder.datasets.authors_features import is_authors_features
@@ -24,6 +25,7 @@ from index_builder.sources import (
 )
 from index_builder.train import embed
 from model.checkpoint import load_model
+from model.iiae import Standardize
 
 CONVENTION = (
     "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "
@@ -119,18 +121,28 @@ def _test_classes(data: Path, test_classes: str | Path | None, info: dict) -> li
 
 
 def baseline_embeddings(
-    train: tuple[FeatureSet, FeatureSet] | None, test: tuple[FeatureSet, FeatureSet]
+    train: tuple[FeatureSet, FeatureSet] | None,
+    test: tuple[FeatureSet, FeatureSet],
+    whiten: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features with no training: raw, or z-scored per domain with training stats.
-    Photo features twice a sketch's size are [photo; pseudo-sketch] halves, taken by their
-    (z-scored) mean, as the fused model does."""
+    """Backbone features with no training: raw, or z-scored per domain with training stats,
+    or with ``whiten`` = (power, shrinkage) rooted and whitened per domain as the recommended
+    recipe's inputs (``Standardize``). Photo features twice a sketch's size are [photo;
+    pseudo-sketch] halves, taken by their (standardised) mean, as the fused model does."""
     sk, ph = test
     if train is None:
         return l2_normalize(sk.clean), l2_normalize(_sketch_like(ph.clean, sk.clean))
     out = []
     for fit_on, feats in ((train[0], sk), (train[1], ph)):
         ref = fit_on.clean
-        out.append((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6))
+        if whiten is None:
+            out.append((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6))
+            continue
+        blocks = ref.shape[1] // sk.clean.shape[1]
+        scale = Standardize(ref.shape[1], *whiten, blocks=blocks)
+        with torch.no_grad():
+            scale.fit(torch.from_numpy(ref))
+            out.append(scale(torch.from_numpy(np.asarray(feats.clean))).numpy())
     return l2_normalize(out[0]), l2_normalize(_sketch_like(out[1], out[0]))
 
 
@@ -167,17 +179,23 @@ def evaluate_baselines(
     backbone: str,
     settings: BuilderSettings | None = None,
     with_pseudo_sketch: bool = False,
+    whiten: tuple[float, float] | None = None,
 ) -> dict[str, dict]:
-    """Raw and standardised pooled-feature baselines on the test classes, and the standardised
-    one with each photo's pseudo-sketch beside it (``with_pseudo_sketch``)."""
+    """Raw and standardised pooled-feature baselines on the test classes, the standardised
+    one with each photo's pseudo-sketch beside it (``with_pseudo_sketch``), and with
+    ``whiten`` = (power, shrinkage) that one rooted and whitened instead of z-scored."""
     results = {}
     for pseudo in (False, True) if with_pseudo_sketch else (False,):
         test = feature_sets(data, test_classes, backbone, settings=settings, pseudo_sketch=pseudo)
         train = feature_sets(data, train_classes, backbone, settings=settings,
                              pseudo_sketch=pseudo)  # fmt: skip
+        suffix = " + photo pseudo-sketches" if pseudo else ""
         for name, fit_on in (("raw", None), ("standardized", train)):
             zx, zy = baseline_embeddings(fit_on, test)
-            label = f"{backbone} {name} features" + (" + photo pseudo-sketches" if pseudo else "")
+            results[f"{backbone} {name} features{suffix}"] = score(zx, test[0], zy, test[1])
+        if whiten is not None and (pseudo or not with_pseudo_sketch):
+            zx, zy = baseline_embeddings(train, test, whiten)
+            label = f"{backbone} rooted and whitened features{suffix}"
             results[label] = score(zx, test[0], zy, test[1])
     return results
 

@@ -21,10 +21,14 @@ RECIPES: dict[str, dict[str, object]] = {
     },
     # What generalises best on the real thin data here (BENCHMARKS.md section 1): photos read
     # with their pseudo-sketches (edge maps, model/pseudo_sketch.py), the class head, early
-    # stopping on held-out training classes, 64 classes a step, and the retrieval embedding
-    # fused with the standardised features at the weight the validation classes pick.
+    # stopping on held-out training classes, 64 classes a step, inputs square-rooted and
+    # whitened (shrinkage 30), and the retrieval embedding fused with the whole whitened
+    # features at the weight the validation classes pick.
     "recommended": {
         "pseudo_sketch": True,
+        "input_power": 0.5,
+        "whiten_shrinkage": 30.0,
+        "fusion_dim": 0,
         "w_cls": 1.0,
         "steps": 3000,
         "val_classes": 20,
@@ -40,3 +44,9 @@ def recipe_values(name: str) -> dict[str, object]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     return {**RECIPES[name], "recipe": name}
+
+
+def input_scaling(name: str = DEFAULT_RECIPE) -> tuple[float, float]:
+    """(input_power, whiten_shrinkage) of recipe ``name``, for training-free comparisons."""
+    values = recipe_values(name)
+    return float(values.get("input_power", 1.0)), float(values.get("whiten_shrinkage", 0.0))

@@ -53,6 +53,11 @@ class IIAEConfig(BaseModel):
     # The photo features are [the photo's; its pseudo-sketch's] (model/pseudo_sketch.py):
     # r^y reads both, and the fusion's photo part is the mean of the two standardised halves.
     pseudo_sketch: bool = False
+    # How inputs are standardised (``Standardize``): a signed power, then the per-dimension
+    # z-score (shrinkage 0) or a shrunk whitening kept on this many principal axes.
+    input_power: float = Field(1.0, gt=0.0)
+    whiten_shrinkage: float = Field(0.0, ge=0.0)
+    whiten_rank: int = Field(128, ge=1)
 
     @property
     def sketch_like_dim_y(self) -> int:
@@ -160,19 +165,63 @@ class Decoder(nn.Module):
 
 
 class Standardize(nn.Module):
-    """Per-dimension (x - mean) / std with stored statistics; identity until fitted."""
+    """Inputs brought to one scale with stored statistics; identity until fitted.
 
-    def __init__(self, dim: int) -> None:
+    First a signed power ``sign(x) |x|^power`` (``power`` 0.5: the square root that evens
+    out the heavy tail of pooled ReLU features), then either the per-dimension z-score
+    (``shrinkage`` 0) or, with ``shrinkage`` > 0, centring and a shrunk whitening
+    ``(C + s I)^(-1/2)`` with ``s`` = ``shrinkage`` x the mean variance, kept exactly on
+    the ``rank`` largest principal axes (beyond them it is the constant ``s^(-1/2)``) and
+    scaled to unit mean variance. ``blocks`` > 1 fits equal slices of the features (a photo's
+    and its pseudo-sketch's) each on their own.
+    """
+
+    def __init__(
+        self, dim: int, power: float = 1.0, shrinkage: float = 0.0, rank: int = 128,
+        blocks: int = 1,
+    ) -> None:  # fmt: skip
         super().__init__()
+        if dim % blocks:
+            raise ValueError(f"{dim} features do not split into {blocks} blocks")
+        self.power, self.shrinkage, self.blocks = power, shrinkage, blocks
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        if shrinkage > 0:  # the whitening's correction on the principal axes, per block
+            rank = min(rank, dim // blocks)
+            self.register_buffer("axes", torch.zeros(blocks, dim // blocks, rank))
+            self.register_buffer("gain", torch.zeros(blocks, 1, rank))
+
+    def _power(self, x: Tensor) -> Tensor:
+        return x if self.power == 1 else torch.sign(x) * x.abs().pow(self.power)
 
     def fit(self, features: Tensor, eps: float = 1e-6) -> None:
-        self.mean.copy_(features.mean(dim=0))
-        self.std.copy_(features.std(dim=0).clamp_min(eps))
+        x = self._power(features)
+        self.mean.copy_(x.mean(dim=0))
+        if self.shrinkage <= 0:
+            self.std.copy_(x.std(dim=0).clamp_min(eps))
+            return
+        for b, centred in enumerate((x - self.mean).double().chunk(self.blocks, dim=1)):
+            cov = centred.T @ centred / len(centred)
+            var, axes = torch.linalg.eigh(cov)  # ascending
+            rank = self.axes.shape[-1]
+            var, axes = var.flip(0)[:rank].clamp_min(0), axes.flip(1)[:, :rank]
+            s = self.shrinkage * cov.diagonal().mean()
+            gain = (var + s).rsqrt() - s.rsqrt()
+            white = centred * s.rsqrt() + (centred @ axes) * gain @ axes.T
+            norm = white.var(dim=0).mean().rsqrt()  # unit mean variance
+            d = centred.shape[1]
+            self.std[b * d : (b + 1) * d] = (s.sqrt() / norm).float()
+            self.axes[b] = axes.float()
+            self.gain[b, 0] = (gain * norm).float()
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+        centred = self._power(x) - self.mean
+        out = centred / self.std
+        if self.shrinkage <= 0:
+            return out
+        blocks = centred.unflatten(-1, (self.blocks, -1)).transpose(0, 1)  # (blocks, B, d)
+        correction = (blocks @ self.axes) * self.gain @ self.axes.transpose(1, 2)
+        return out + correction.transpose(0, 1).flatten(-2)
 
 
 @dataclass
@@ -204,8 +253,9 @@ class IIAE(nn.Module):
         self.cfg = cfg
         if cfg.fusion_dim > 0:  # the principal axes, until fitted the first coordinates
             self.register_buffer("fusion_basis", torch.eye(cfg.input_dim_x)[:, : cfg.fusion_dim])
-        self.scale_x = Standardize(cfg.input_dim_x)
-        self.scale_y = Standardize(cfg.input_dim_y)
+        scaling = (cfg.input_power, cfg.whiten_shrinkage, cfg.whiten_rank)
+        self.scale_x = Standardize(cfg.input_dim_x, *scaling)
+        self.scale_y = Standardize(cfg.input_dim_y, *scaling, blocks=2 if cfg.pseudo_sketch else 1)
         self.dropout = nn.Dropout(cfg.input_dropout)
         self.enc_x = Encoder(cfg.input_dim_x, cfg)  # q(z^x|x)
         self.enc_y = Encoder(cfg.input_dim_y, cfg)  # q(z^y|y)

@@ -156,7 +156,8 @@ def test_baselines_score_the_raw_features(
     assert code == 0
     rows = json.loads(out.read_text())
     assert set(rows) == {"efficientnet-lite0 raw features",
-                         "efficientnet-lite0 standardized features"}  # fmt: skip
+                         "efficientnet-lite0 standardized features",
+                         "efficientnet-lite0 rooted and whitened features"}  # fmt: skip
     for metrics in rows.values():
         for key in METRICS:
             assert 0.0 <= metrics[key] <= 1.0, key
