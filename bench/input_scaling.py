@@ -45,13 +45,15 @@ def fold_scores(sets, classes: list[str], test: list[str]) -> dict[str, tuple[fl
     train = [c for c in classes if c not in test]
     fit, val = pick_validation(train, 20, 0)
 
-    def map_all(setting, fit_on: list[str], on: list[str]) -> float:
-        ref = tuple(s.subset(set(fit_on)) for s in sets)
-        part = tuple(s.subset(set(on)) for s in sets)
+    # (fitted on, scored on) of each column, taken out of the features once for every setting
+    columns = [tuple(tuple(s.subset(set(c)) for s in sets) for c in pair)
+               for pair in ((fit, val), (train, test))]  # fmt: skip
+
+    def map_all(setting, ref, part) -> float:
         zx, zy = baseline_embeddings(ref, part, setting)
         return score(zx, part[0], zy, part[1])["map_all"]
 
-    return {label(s): (map_all(s, fit, val), map_all(s, train, test)) for s in SETTINGS}
+    return {label(s): tuple(map_all(s, *c) for c in columns) for s in SETTINGS}
 
 
 def main() -> None:

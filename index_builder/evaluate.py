@@ -193,7 +193,7 @@ def evaluate_baselines(
         for name, fit_on in (("raw", None), ("standardized", train)):
             zx, zy = baseline_embeddings(fit_on, test)
             results[f"{backbone} {name} features{suffix}"] = score(zx, test[0], zy, test[1])
-        if whiten is not None and (pseudo or not with_pseudo_sketch):
+        if whiten is not None and pseudo == with_pseudo_sketch:  # on the last feature set
             zx, zy = baseline_embeddings(train, test, whiten)
             label = f"{backbone} rooted and whitened features{suffix}"
             results[label] = score(zx, test[0], zy, test[1])
