@@ -1,6 +1,7 @@
 """Open-gallery zero-shot retrieval: the demo model against the whole Tux Paint gallery.
 
-    python -m bench.demo_gallery [--run models/demo] [--shared ../shared/data] [--json OUT]
+    python -m bench.demo_gallery [--run models/demo] [--shared ../shared/data]
+                                 [--fusion-weights 0,0.5,1] [--json OUT]
 
 ``bench.zero_shot`` ranks each test sketch against the 31 photos of its 18 test classes. The
 demo ranks a drawing against every stamp of ``tuxpaint-stamps-default`` (802, most of them of
@@ -28,6 +29,9 @@ features averaged with its pseudo-sketch's (where the run reads pseudo-sketches)
 backbone features, the raw backbone features with each photo drawn as its outline (a
 sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is the share of
 queries with a relevant stamp among the first 10 (what a user of the page sees first).
+The fusion weight's trade-off: hit@10 and mAP@all of both blocks at each of
+``--fusion-weights`` (the run's encoders with that weight instead of the one its validation
+classes chose; 0 is its r^x / r^y alone). A display of the trade-off, not a way to choose it.
 Also: the rank of the first guitar stamp for six hand-made guitar drawings
 (``bench/drawings/guitars.json``; guitar is absent from ../shared/data, so unseen by every
 model here).
@@ -54,7 +58,7 @@ from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_fr
 from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.backbones import Backbone
 from model.export import load_run_encoders
-from model.iiae import IIAEConfig
+from model.iiae import IIAE, IIAEConfig
 from model.preprocess import load_image, render_strokes
 from model.pseudo_sketch import encoder_input_array
 
@@ -182,8 +186,30 @@ def guitar_ranks(scores: np.ndarray, stamps: list[str]) -> list[int]:
     return first_relevant_ranks(scores, relevant).tolist()
 
 
+def fusion_tradeoff(
+    model: IIAE, f_sketch: Tensor, f_photo: Tensor, weights: Sequence[float], score
+) -> dict[str, dict]:
+    """``score(sketch embeddings, gallery embeddings)`` of the run's encoders at each fusion
+    weight; the model is left at its own weight."""
+    chosen, rows = model.cfg.fusion_weight, {}
+    try:
+        for weight in weights:
+            model.cfg.fusion_weight = weight
+            with torch.inference_mode():
+                zx, zy = unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))
+            rows[f"{weight:g}"] = score(zx, zy)
+    finally:
+        model.cfg.fusion_weight = chosen
+    return rows
+
+
 def run(
-    run_dir: Path, shared: Path, stamps_dir: Path, per_class: int, per_trained_class: int
+    run_dir: Path,
+    shared: Path,
+    stamps_dir: Path,
+    per_class: int,
+    per_trained_class: int,
+    fusion_weights: Sequence[float] = (),
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
     stamps = sorted(walk_images(stamps_dir))
@@ -226,14 +252,22 @@ def run(
         candidates[f"{backbone.name} raw features"] = (unit(f_sketch), unit(f_photo[:, :d]))
         candidates[f"{backbone.name} raw, photos as outlines"] = (unit(f_sketch), unit(f_outline))
     n_unseen, n_trained = len(queries["unseen"][1]), len(queries["trained"][1])
+
+    def block_rows(zx: np.ndarray, zy: np.ndarray) -> dict[str, dict]:
+        scores = zx @ zy.T
+        return {
+            "unseen": score_row(scores[:n_unseen], queries["unseen"][1], g_labels),
+            "trained": score_row(scores[n_unseen : n_unseen + n_trained],
+                                 queries["trained"][1], g_labels),
+            "guitar": guitar_ranks(scores[n_unseen + n_trained :], stamps),
+        }  # fmt: skip
+
     rows: dict[str, dict] = {"unseen": {}, "trained": {}}
     guitar = {}
     for name, (zx, zy) in candidates.items():
-        scores = zx @ zy.T
-        rows["unseen"][name] = score_row(scores[:n_unseen], queries["unseen"][1], g_labels)
-        trained_scores = scores[n_unseen : n_unseen + n_trained]
-        rows["trained"][name] = score_row(trained_scores, queries["trained"][1], g_labels)
-        guitar[name] = guitar_ranks(scores[n_unseen + n_trained :], stamps)
+        scored = block_rows(zx, zy)
+        rows["unseen"][name], rows["trained"][name] = scored["unseen"], scored["trained"]
+        guitar[name] = scored["guitar"]
     for block, (_, labels) in queries.items():
         rows[block]["chance"] = chance_row(len(labels), labels, g_labels)
     return {
@@ -244,6 +278,7 @@ def run(
         "n_gallery": len(stamps),
         "rows": rows,
         "guitar_first_ranks": guitar,
+        "fusion_tradeoff": fusion_tradeoff(model, f_sketch, f_photo, fusion_weights, block_rows),
     }
 
 
@@ -265,6 +300,14 @@ def report(result: dict) -> str:
     lines.append("rank of the first guitar stamp, six hand-made guitar drawings:")
     for name, ranks in result["guitar_first_ranks"].items():
         lines.append(f"  {name.ljust(width)}{ranks}")
+    if result["fusion_tradeoff"]:
+        lines.append("the fusion weight's trade-off (the run's encoders at each weight):")
+        head = ("unseen hit@10", "unseen mAP", "trained hit@10", "trained mAP", "guitar ranks")
+        lines.append("weight".ljust(8) + "".join(h.rjust(16) for h in head))
+        for weight, row in result["fusion_tradeoff"].items():
+            cells = [row[b][k] for b in ("unseen", "trained") for k in ("hit_at_10", "map_all")]
+            ranks = ",".join(map(str, row["guitar"]))
+            lines.append(weight.ljust(8) + "".join(f"{c:16.3f}" for c in cells) + ranks.rjust(16))
     return "\n".join(lines)
 
 
@@ -280,9 +323,22 @@ def main(argv: list[str] | None = None) -> None:
         default=10,
         help="sketches per trained category (the upper-bound block)",
     )
+    parser.add_argument(
+        "--fusion-weights",
+        type=lambda s: [float(w) for w in s.split(",")],
+        default=[],
+        help="comma-separated fusion weights whose trade-off to show (e.g. 0,0.25,0.5,0.75,1)",
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
-    result = run(args.run, args.shared, args.stamps, args.per_class, args.per_trained_class)
+    result = run(
+        args.run,
+        args.shared,
+        args.stamps,
+        args.per_class,
+        args.per_trained_class,
+        args.fusion_weights,
+    )
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.demo_gallery import (
     chance_row,
     first_relevant_ranks,
+    fusion_tradeoff,
     names_class,
     outline,
     score_row,
     stamp_labels,
 )
+from model.iiae import IIAE, IIAEConfig
 
 
 @pytest.mark.parametrize(
@@ -82,3 +85,20 @@ def test_outline_draws_the_silhouette_only(tmp_path: Path) -> None:
 def test_outline_of_a_fully_transparent_image_is_blank(tmp_path: Path) -> None:
     Image.new("RGBA", (30, 30), (0, 0, 0, 0)).save(tmp_path / "empty.png")
     assert np.asarray(outline(tmp_path / "empty.png").convert("L")).min() == 255
+
+
+def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
+    torch.manual_seed(0)
+    model = IIAE(IIAEConfig(input_dim_x=12, input_dim_y=12, latent_dim=4, fusion_weight=0.5))
+    model.eval()
+    model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
+    model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
+    x, y = torch.randn(6, 12), torch.randn(9, 12)
+    rows = fusion_tradeoff(model, x, y, [0.0, 1.0], lambda zx, zy: zx @ zy.T)
+    assert model.cfg.fusion_weight == 0.5
+    with torch.no_grad():  # 0: r^x vs r^y alone; 1: the scaled features alone
+        alone = [model.shared_x(model.scale_x(x)).mean, model.shared_y(model.scale_y(y)).mean]
+        scaled = [model.scale_x(x), model.scale_y(y)]
+    for weight, (zx, zy) in {"0": alone, "1": scaled}.items():
+        zx, zy = (torch.nn.functional.normalize(z, dim=-1).numpy() for z in (zx, zy))
+        np.testing.assert_allclose(rows[weight], zx @ zy.T, atol=1e-5)
