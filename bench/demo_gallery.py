@@ -42,7 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -187,7 +187,11 @@ def guitar_ranks(scores: np.ndarray, stamps: list[str]) -> list[int]:
 
 
 def fusion_tradeoff(
-    model: IIAE, f_sketch: Tensor, f_photo: Tensor, weights: Sequence[float], score
+    model: IIAE,
+    f_sketch: Tensor,
+    f_photo: Tensor,
+    weights: Sequence[float],
+    score: Callable[[np.ndarray, np.ndarray], dict],
 ) -> dict[str, dict]:
     """``score(sketch embeddings, gallery embeddings)`` of the run's encoders at each fusion
     weight; the model is left at its own weight."""
@@ -212,6 +216,9 @@ def run(
     fusion_weights: Sequence[float] = (),
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
+    model = encoders["sketch"].model  # the exported encoders' heads, over the same features
+    if fusion_weights and model.cfg.input_dim_x != model.cfg.sketch_like_dim_y:
+        raise ValueError(f"{run_dir}: its sketch and photo features differ in size: no fusion")
     stamps = sorted(walk_images(stamps_dir))
     table = {c: [r.path for r in refs if r.source == "tuxpaint"]
              for c, refs in read_photo_table(PHOTO_MAP).items()}  # fmt: skip
@@ -231,7 +238,6 @@ def run(
     # the photo encoder's backbone: with each photo's pseudo-sketch where the run reads them
     f_photo = features(encoders["photo"].backbone, [load_image(stamps_dir / s) for s in stamps])
     f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps])
-    model = encoders["sketch"].model  # the exported encoders' heads, over the same features
     fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
     d = backbone.feature_dim  # the photo's own features come first
     scaled = scaling_name(model.cfg)
@@ -311,6 +317,17 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def fusion_weights(text: str) -> list[float]:
+    """``0,0.5,1`` -> [0.0, 0.5, 1.0]; each weight in [0, 1]."""
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not all(0 <= w <= 1 for w in weights):
+        raise argparse.ArgumentTypeError(f"fusion weights lie in [0, 1]: {text!r}")
+    return weights
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("models/demo"), help="training run")
@@ -325,20 +342,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--fusion-weights",
-        type=lambda s: [float(w) for w in s.split(",")],
+        type=fusion_weights,
         default=[],
         help="comma-separated fusion weights whose trade-off to show (e.g. 0,0.25,0.5,0.75,1)",
     )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
-    result = run(
-        args.run,
-        args.shared,
-        args.stamps,
-        args.per_class,
-        args.per_trained_class,
-        args.fusion_weights,
-    )
+    try:
+        result = run(
+            args.run,
+            args.shared,
+            args.stamps,
+            args.per_class,
+            args.per_trained_class,
+            args.fusion_weights,
+        )
+    except ValueError as e:
+        parser.error(str(e))
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

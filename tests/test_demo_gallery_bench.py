@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from bench.demo_gallery import (
     chance_row,
     first_relevant_ranks,
     fusion_tradeoff,
+    fusion_weights,
     names_class,
     outline,
     score_row,
@@ -102,3 +104,10 @@ def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
     for weight, (zx, zy) in {"0": alone, "1": scaled}.items():
         zx, zy = (torch.nn.functional.normalize(z, dim=-1).numpy() for z in (zx, zy))
         np.testing.assert_allclose(rows[weight], zx @ zy.T, atol=1e-5)
+
+
+def test_fusion_weights_are_checked() -> None:
+    assert fusion_weights("0,0.5,1") == [0.0, 0.5, 1.0]
+    for bad in ("0,x", "0.5,1.5", "-0.1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fusion_weights(bad)
