@@ -58,7 +58,7 @@ from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_fr
 from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.backbones import Backbone
 from model.export import load_run_encoders
-from model.iiae import IIAE, IIAEConfig
+from model.iiae import IIAE, scaling_name
 from model.preprocess import load_image, render_strokes
 from model.pseudo_sketch import encoder_input_array
 
@@ -160,8 +160,9 @@ def first_relevant_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray
 def score_row(scores: np.ndarray, q_labels: list[str], g_labels: list[set]) -> dict:
     """mAP@all, P@10, hit@10 and the median first-relevant rank of a (Q, N) score matrix."""
     relevant = np.array([[q in g for g in g_labels] for q in q_labels])
-    # a stamp relevant to two held-out classes is rare; the metrics take one label a stamp
-    single = [next(iter(g)) if g else "" for g in g_labels]
+    # a stamp relevant to two classes is rare; the metrics take one label a stamp, the first
+    # in sorted order (not set order, which changes from run to run with the string hashes)
+    single = [min(g) if g else "" for g in g_labels]
     m = retrieval_metrics_from_scores(scores, q_labels, single)
     first = first_relevant_ranks(scores, relevant)
     return {
@@ -240,7 +241,7 @@ def run(
     f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps])
     fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
     d = backbone.feature_dim  # the photo's own features come first
-    scaled = scaling_name(model.cfg)
+    scaled = scaling_name(model.cfg.input_power, model.cfg.whiten_shrinkage)
     with torch.inference_mode():
         z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
@@ -286,12 +287,6 @@ def run(
         "guitar_first_ranks": guitar,
         "fusion_tradeoff": fusion_tradeoff(model, f_sketch, f_photo, fusion_weights, block_rows),
     }
-
-
-def scaling_name(cfg: IIAEConfig) -> str:
-    """How the run scales its inputs (``Standardize``), for the training-free rows' names."""
-    name = "whitened" if cfg.whiten_shrinkage else "standardised"
-    return name if cfg.input_power == 1 else f"power {cfg.input_power:g}, {name}"
 
 
 def report(result: dict) -> str:

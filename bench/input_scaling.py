@@ -23,6 +23,7 @@ from bench.zero_shot import class_folds, data_arguments, machine, prepared
 from index_builder.evaluate import baseline_embeddings, score
 from index_builder.run import pick_validation
 from index_builder.sources import feature_sets
+from model.iiae import scaling_name
 
 # (power, shrinkage); None: the per-dimension z-score of the standardised baseline
 SETTINGS: list[tuple[float, float] | None] = [
@@ -33,11 +34,7 @@ SETTINGS: list[tuple[float, float] | None] = [
 
 
 def label(setting: tuple[float, float] | None) -> str:
-    if setting is None:
-        return "z-score (standardised baseline)"
-    power, shrinkage = setting
-    scaling = f"whitened, shrinkage {shrinkage:g}" if shrinkage else "z-score"
-    return f"power {power:g}, {scaling}"
+    return "z-score (standardised baseline)" if setting is None else scaling_name(*setting)
 
 
 def fold_scores(sets, classes: list[str], test: list[str]) -> dict[str, tuple[float, float]]:

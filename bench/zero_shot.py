@@ -32,6 +32,7 @@ from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 from index_builder.recipes import input_scaling
 from index_builder.run import train_run
 from index_builder.sources import data_classes, feature_sets
+from model.iiae import scaling_name
 
 # Candidates: a recipe (index_builder/recipes.py) and values over it, chosen between on
 # validation classes. Each also reports its IIAE embedding alone (fusion weight 0) as a row.
@@ -42,11 +43,12 @@ CANDIDATES: dict[str, dict] = {
 }
 METRICS = ("map_all", "p_at_10", "p_at_100")
 # row name -> the baseline's name in evaluate_baselines (after the backbone's)
+WHITENED = scaling_name(*input_scaling())
 BASELINES = {
     "raw": "raw features",
     "standardized": "standardized features",
     "standardized + photo pseudo-sketches": "standardized features + photo pseudo-sketches",
-    "whitened + photo pseudo-sketches": "rooted and whitened features + photo pseudo-sketches",
+    "whitened + photo pseudo-sketches": f"{WHITENED} features + photo pseudo-sketches",
 }
 
 

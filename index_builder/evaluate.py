@@ -25,7 +25,7 @@ from index_builder.sources import (
 )
 from index_builder.train import embed
 from model.checkpoint import load_model
-from model.iiae import Standardize
+from model.iiae import Standardize, scaling_name
 
 CONVENTION = (
     "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "
@@ -195,7 +195,7 @@ def evaluate_baselines(
             results[f"{backbone} {name} features{suffix}"] = score(zx, test[0], zy, test[1])
         if whiten is not None and pseudo == with_pseudo_sketch:  # on the last feature set
             zx, zy = baseline_embeddings(train, test, whiten)
-            label = f"{backbone} rooted and whitened features{suffix}"
+            label = f"{backbone} {scaling_name(*whiten)} features{suffix}"
             results[label] = score(zx, test[0], zy, test[1])
     return results
 

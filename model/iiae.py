@@ -166,6 +166,12 @@ class Decoder(nn.Module):
         return self.out(self.hidden(torch.cat([z_shared, z_exclusive], dim=-1)))
 
 
+def scaling_name(power: float, shrinkage: float) -> str:
+    """How ``Standardize(power=power, shrinkage=shrinkage)`` scales, as reports name it:
+    "power 1, z-score", "power 0.5, whitened, shrinkage 30"."""
+    return f"power {power:g}, " + (f"whitened, shrinkage {shrinkage:g}" if shrinkage else "z-score")
+
+
 class Standardize(nn.Module):
     """Inputs brought to one scale with stored statistics; identity until fitted.
 

@@ -111,3 +111,10 @@ def test_fusion_weights_are_checked() -> None:
     for bad in ("0,x", "0.5,1.5", "-0.1"):
         with pytest.raises(argparse.ArgumentTypeError):
             fusion_weights(bad)
+
+
+def test_score_row_takes_a_two_class_stamp_as_its_first_class_in_sorted_order() -> None:
+    # set order follows the string hashes, which change from run to run; the label must not
+    scores = np.array([[0.9, 0.1]])
+    for g_labels in ([{"dog", "cat"}, set()], [{"cat", "dog"}, set()]):
+        assert score_row(scores, ["cat"], g_labels)["map_all"] == 1.0

@@ -157,7 +157,8 @@ def test_baselines_score_the_raw_features(
     rows = json.loads(out.read_text())
     assert set(rows) == {"efficientnet-lite0 raw features",
                          "efficientnet-lite0 standardized features",
-                         "efficientnet-lite0 rooted and whitened features"}  # fmt: skip
+                         "efficientnet-lite0 power 0.5, whitened, shrinkage 30 features",
+                         }  # fmt: skip
     for metrics in rows.values():
         for key in METRICS:
             assert 0.0 <= metrics[key] <= 1.0, key
