@@ -218,7 +218,7 @@ def run(
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
     model = encoders["sketch"].model  # the exported encoders' heads, over the same features
-    if fusion_weights and model.cfg.input_dim_x != model.cfg.sketch_like_dim_y:
+    if fusion_weights and not model.cfg.fusable:
         raise ValueError(f"{run_dir}: its sketch and photo features differ in size: no fusion")
     stamps = sorted(walk_images(stamps_dir))
     table = {c: [r.path for r in refs if r.source == "tuxpaint"]

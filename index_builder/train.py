@@ -124,7 +124,7 @@ def choose_fusion_weight(
 ) -> dict[float, float]:
     """Validation mAP@all of each fusion weight; leaves ``model`` at the best one. Nothing
     to choose (``{}``) where sketch and photo features differ in size."""
-    if model.cfg.input_dim_x != model.cfg.sketch_like_dim_y:
+    if not model.cfg.fusable:
         return {}
     scores = {}
     for weight in grid:

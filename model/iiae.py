@@ -67,6 +67,11 @@ class IIAEConfig(BaseModel):
         return self.input_dim_y // 2 if self.pseudo_sketch else self.input_dim_y
 
     @property
+    def fusable(self) -> bool:
+        """Whether sketch and photo features are of one size, as the fusion compares them."""
+        return self.input_dim_x == self.sketch_like_dim_y
+
+    @property
     def embedding_dim(self) -> int:
         """Size of the retrieval embedding (the fused one adds the standardised features)."""
         if self.fusion_weight <= 0:
@@ -256,7 +261,7 @@ class IIAE(nn.Module):
         if cfg.pseudo_sketch and cfg.input_dim_y % 2:
             raise ValueError("photo features with a pseudo-sketch half need an even size")
         fusing = cfg.fusion_weight > 0 or cfg.fusion_dim > 0
-        if fusing and cfg.input_dim_x != cfg.sketch_like_dim_y:
+        if fusing and not cfg.fusable:
             raise ValueError("fusion needs sketch and photo features of one size")
         self.cfg = cfg
         if cfg.fusion_dim > 0:  # the principal axes, until fitted the first coordinates
