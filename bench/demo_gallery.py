@@ -31,7 +31,9 @@ sketch-like rendering of the cut-out's silhouette), and chance. ``hit@10`` is th
 queries with a relevant stamp among the first 10 (what a user of the page sees first).
 The fusion weight's trade-off: hit@10 and mAP@all of both blocks at each of
 ``--fusion-weights`` (the run's encoders with that weight instead of the one its validation
-classes chose; 0 is its r^x / r^y alone). A display of the trade-off, not a way to choose it.
+classes chose; 0 is its r^x / r^y alone, where it has no category head), and at each of
+``--category-weights`` (the share of the known-category head's posteriors, where the run
+has one; 0 leaves them out). A display of the trade-offs, not a way to choose them.
 Also: the rank of the first guitar stamp for six hand-made guitar drawings
 (``bench/drawings/guitars.json``; guitar is absent from ../shared/data, so unseen by every
 model here).
@@ -187,24 +189,26 @@ def guitar_ranks(scores: np.ndarray, stamps: list[str]) -> list[int]:
     return first_relevant_ranks(scores, relevant).tolist()
 
 
-def fusion_tradeoff(
+def weight_tradeoff(
     model: IIAE,
+    field: str,
     f_sketch: Tensor,
     f_photo: Tensor,
     weights: Sequence[float],
     score: Callable[[np.ndarray, np.ndarray], dict],
 ) -> dict[str, dict]:
-    """``score(sketch embeddings, gallery embeddings)`` of the run's encoders at each fusion
-    weight; the model is left at its own weight."""
-    chosen, rows = model.cfg.fusion_weight, {}
+    """``score(sketch embeddings, gallery embeddings)`` of the run's encoders at each value of
+    ``field`` (``fusion_weight`` or ``category_weight``), the other as the run chose it; the
+    model is left at its own weights."""
+    chosen, rows = getattr(model.cfg, field), {}
     try:
         for weight in weights:
-            model.cfg.fusion_weight = weight
+            setattr(model.cfg, field, weight)
             with torch.inference_mode():
                 zx, zy = unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))
             rows[f"{weight:g}"] = score(zx, zy)
     finally:
-        model.cfg.fusion_weight = chosen
+        setattr(model.cfg, field, chosen)
     return rows
 
 
@@ -215,11 +219,14 @@ def run(
     per_class: int,
     per_trained_class: int,
     fusion_weights: Sequence[float] = (),
+    category_weights: Sequence[float] = (),
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
     model = encoders["sketch"].model  # the exported encoders' heads, over the same features
     if fusion_weights and not model.cfg.fusable:
         raise ValueError(f"{run_dir}: its sketch and photo features differ in size: no fusion")
+    if category_weights and model.category_head is None:
+        raise ValueError(f"{run_dir}: the run has no category head")
     stamps = sorted(walk_images(stamps_dir))
     table = {c: [r.path for r in refs if r.source == "tuxpaint"]
              for c, refs in read_photo_table(PHOTO_MAP).items()}  # fmt: skip
@@ -240,17 +247,26 @@ def run(
     f_photo = features(encoders["photo"].backbone, [load_image(stamps_dir / s) for s in stamps])
     f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps])
     fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
+    category = model.cfg.category_weight
+    head = f", category head {category:g}" if category else ""
     d = backbone.feature_dim  # the photo's own features come first
     scaled = scaling_name(model.cfg.input_power, model.cfg.whiten_shrinkage)
     with torch.inference_mode():
         z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
-            f"IIAE {run_dir.name} (r^x vs r^y{fused})": (
+            f"IIAE {run_dir.name} (r^x vs r^y{fused}{head})": (
                 unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))),
             f"IIAE {run_dir.name} (r^x vs r^y alone)": (
                 unit(model.shared_x(z_sketch).mean), unit(model.shared_y(z_photo).mean)),
             f"{backbone.name} {scaled} features": (unit(z_sketch), unit(z_photo[:, :d])),
         }  # fmt: skip
+        if category:
+            model.cfg.category_weight = 0.0
+            candidates[f"IIAE {run_dir.name} (r^x vs r^y{fused}, no category head)"] = (
+                unit(model.embed_sketch(f_sketch)),
+                unit(model.embed_photo(f_photo)),
+            )
+            model.cfg.category_weight = category
         if model.cfg.pseudo_sketch:
             candidates[f"{backbone.name} {scaled}, photos with pseudo-sketches"] = (
                 unit(z_sketch),
@@ -285,7 +301,12 @@ def run(
         "n_gallery": len(stamps),
         "rows": rows,
         "guitar_first_ranks": guitar,
-        "fusion_tradeoff": fusion_tradeoff(model, f_sketch, f_photo, fusion_weights, block_rows),
+        "fusion_tradeoff": weight_tradeoff(
+            model, "fusion_weight", f_sketch, f_photo, fusion_weights, block_rows
+        ),
+        "category_tradeoff": weight_tradeoff(
+            model, "category_weight", f_sketch, f_photo, category_weights, block_rows
+        ),
     }
 
 
@@ -301,25 +322,28 @@ def report(result: dict) -> str:
     lines.append("rank of the first guitar stamp, six hand-made guitar drawings:")
     for name, ranks in result["guitar_first_ranks"].items():
         lines.append(f"  {name.ljust(width)}{ranks}")
-    if result["fusion_tradeoff"]:
-        lines.append("the fusion weight's trade-off (the run's encoders at each weight):")
+    tradeoffs = {"fusion_tradeoff": "fusion weight", "category_tradeoff": "category head's share"}
+    for key, what in tradeoffs.items():
+        if not result.get(key):
+            continue
+        lines.append(f"the {what}'s trade-off (the run's encoders at each value):")
         head = ("unseen hit@10", "unseen mAP", "trained hit@10", "trained mAP", "guitar ranks")
         lines.append("weight".ljust(8) + "".join(h.rjust(16) for h in head))
-        for weight, row in result["fusion_tradeoff"].items():
+        for weight, row in result[key].items():
             cells = [row[b][k] for b in ("unseen", "trained") for k in ("hit_at_10", "map_all")]
             ranks = ",".join(map(str, row["guitar"]))
             lines.append(weight.ljust(8) + "".join(f"{c:16.3f}" for c in cells) + ranks.rjust(16))
     return "\n".join(lines)
 
 
-def fusion_weights(text: str) -> list[float]:
+def weights_arg(text: str) -> list[float]:
     """``0,0.5,1`` -> [0.0, 0.5, 1.0]; each weight in [0, 1]."""
     try:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
     if not all(0 <= w <= 1 for w in weights):
-        raise argparse.ArgumentTypeError(f"fusion weights lie in [0, 1]: {text!r}")
+        raise argparse.ArgumentTypeError(f"weights lie in [0, 1]: {text!r}")
     return weights
 
 
@@ -337,9 +361,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--fusion-weights",
-        type=fusion_weights,
+        type=weights_arg,
         default=[],
         help="comma-separated fusion weights whose trade-off to show (e.g. 0,0.25,0.5,0.75,1)",
+    )
+    parser.add_argument(
+        "--category-weights",
+        type=weights_arg,
+        default=[],
+        help="comma-separated shares of the category head whose trade-off to show",
     )
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
@@ -351,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             args.per_class,
             args.per_trained_class,
             args.fusion_weights,
+            args.category_weights,
         )
     except ValueError as e:
         parser.error(str(e))

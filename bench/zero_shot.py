@@ -35,7 +35,8 @@ from index_builder.sources import data_classes, feature_sets
 from model.iiae import scaling_name
 
 # Candidates: a recipe (index_builder/recipes.py) and values over it, chosen between on
-# validation classes. Each also reports its IIAE embedding alone (fusion weight 0) as a row.
+# validation classes. Each also reports its IIAE embedding alone (no fusion, no category
+# head) as a row.
 CANDIDATES: dict[str, dict] = {
     "recommended": {"recipe": "recommended"},
     "recommended, no class head": {"recipe": "recommended", "w_cls": 0.0},
@@ -79,7 +80,7 @@ def run_fold(
     base = evaluate_baselines(data, train, test, backbone, settings, with_pseudo_sketch=True,
                               whiten=input_scaling())  # fmt: skip
     rows = {name: base[f"{backbone} {label}"] for name, label in BASELINES.items()}
-    validation, fusion = {}, {}
+    validation, chosen = {}, {}
     for name in candidates:
         tests, alone, vals, weights = [], [], [], []
         for seed in range(seeds):
@@ -87,13 +88,14 @@ def run_fold(
             run_dir = work / "runs" / backbone / f"fold{fold}" / f"{_slug(name)}-seed{seed}"
             info = train_run(data, run_dir, cfg, None, split, settings, progress=False)
             vals.append(info["validation"]["model_map_all"])
-            weights.append(json.loads((run_dir / "run.json").read_text())["iiae"]["fusion_weight"])
+            iiae = json.loads((run_dir / "run.json").read_text())["iiae"]
+            weights.append({k: iiae[k] for k in ("fusion_weight", "category_weight")})
             tests.append(evaluate_run(run_dir, data, split, settings=settings))
-            alone.append(evaluate_run(run_dir, data, split, settings=settings, fusion_weight=0))
+            alone.append(evaluate_run(run_dir, data, split, settings=settings, iiae_alone=True))
         rows[name] = _mean_metrics(tests)
         rows[f"{name}: IIAE alone"] = _mean_metrics(alone)
-        validation[name], fusion[name] = float(np.mean(vals)), weights
-    return {"test_classes": test, "rows": rows, "validation": validation, "fusion": fusion}
+        validation[name], chosen[name] = float(np.mean(vals)), weights
+    return {"test_classes": test, "rows": rows, "validation": validation, "weights": chosen}
 
 
 def _mean_metrics(results: list[dict]) -> dict[str, float]:
@@ -187,8 +189,10 @@ def print_result(result: dict) -> None:
         )
     print("\nvalidation mAP@all (mean over folds and seeds; the only basis of the choice):")
     for n, v in result["validation"].items():
-        weights = [w for fold in result["folds"] for w in fold["fusion"][n]]
-        print(f"  {n:34s} {v:.4f}  (fusion weights chosen: {weights})")
+        chosen = [w for fold in result["folds"] for w in fold["weights"][n]]
+        fusion = [w["fusion_weight"] for w in chosen]
+        category = [w["category_weight"] for w in chosen]
+        print(f"  {n:34s} {v:.4f}  (chosen fusion weights {fusion}, category shares {category})")
     ratios = ", ".join(f"{r:.2f}" for r in result["ratio_to_standardized"])
     print(f"chosen: {result['chosen']}; its mAP@all / standardised baseline per fold: {ratios}; "
           f"mean gain {100 * result['gain_of_means']:+.1f} %")  # fmt: skip

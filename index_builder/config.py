@@ -90,6 +90,11 @@ class TrainConfig(BaseSettings):
     choose_fusion: bool = Field(
         False, description="choose fusion_weight on the validation classes (0, .25, .5, .75)"
     )
+    category_head: bool = Field(
+        False,
+        description="add the known-category head after training, its share chosen on "
+        "held-out sketches of training classes and on the validation classes",
+    )
     pseudo_sketch: bool = Field(
         False, description="photos are seen as themselves and as pseudo-sketches (edge maps)"
     )
@@ -132,6 +137,7 @@ class TrainConfig(BaseSettings):
             input_dim_y=dim_y,
             latent_dim=self.latent_dim,
             num_classes=num_classes if self.w_cls > 0 else 0,
+            category_classes=num_classes if self.category_head and fusable else 0,
             input_dropout=self.input_dropout,
             beta=self.beta,
             lam=self.lam,

@@ -49,16 +49,16 @@ def evaluate_run(
     voc: bool = False,
     settings: BuilderSettings | None = None,
     gallery: Gallery = "extended",
-    fusion_weight: float | None = None,
+    iiae_alone: bool = False,
 ) -> dict:
     """Metrics of a trained run on the unseen classes (the run's own test split by default).
 
     ``gallery="sake"`` searches Sketchy's own photos too, as SAKE and ZSE-SBIR do.
-    ``fusion_weight`` overrides the run's (0: its IIAE embedding alone).
+    ``iiae_alone``: the run's r^x / r^y embedding alone (no fusion, no category head).
     """
     model, info = load_model(run_dir)
-    if fusion_weight is not None:
-        model.cfg.fusion_weight = fusion_weight
+    if iiae_alone:
+        model.cfg.fusion_weight = model.cfg.category_weight = 0.0
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
         if gallery != "extended":

@@ -60,11 +60,26 @@ class FeatureSet:
         return np.asarray(self.features[:, 0])
 
     def subset(self, classes: set[str]) -> FeatureSet:
-        idx = [i for i, c in enumerate(self.labels) if c in classes]
+        """The rows of these classes."""
+        return self.rows([i for i, c in enumerate(self.labels) if c in classes])
+
+    def rows(self, idx: list[int]) -> FeatureSet:
+        """These rows, in this order."""
         return FeatureSet(
             np.asarray(self.features[idx]),
             [self.labels[i] for i in idx],
             [self.paths[i] for i in idx],
+            self.backbone,
+            self.preprocessing,
+            self.backbone_fingerprint,
+        )
+
+    def concat(self, other: FeatureSet) -> FeatureSet:
+        """This set's rows, then ``other``'s (features of the same network)."""
+        return FeatureSet(
+            np.concatenate([np.asarray(self.features), np.asarray(other.features)]),
+            self.labels + other.labels,
+            self.paths + other.paths,
             self.backbone,
             self.preprocessing,
             self.backbone_fingerprint,

@@ -22,8 +22,9 @@ RECIPES: dict[str, dict[str, object]] = {
     # What generalises best on the real thin data here (BENCHMARKS.md section 1): photos read
     # with their pseudo-sketches (edge maps, model/pseudo_sketch.py), the class head, early
     # stopping on held-out training classes, 64 classes a step, inputs square-rooted and
-    # whitened (shrinkage 30), and the retrieval embedding fused with the whole whitened
-    # features at the weight the validation classes pick.
+    # whitened (shrinkage 30), the retrieval embedding fused with the whole whitened
+    # features at the weight the validation classes pick, and the known-category head's
+    # posteriors at the share held-out sketches of training and validation classes pick.
     "recommended": {
         "pseudo_sketch": True,
         "input_power": 0.5,
@@ -35,6 +36,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "eval_every": 200,
         "batch_classes": 64,
         "choose_fusion": True,
+        "category_head": True,
     },
 }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from index_builder.category_head import choose_category_weight
 from index_builder.config import BuilderSettings, TrainConfig
 from index_builder.datasets.authors_features import is_authors_features
 from index_builder.evaluate import validation_check
@@ -150,7 +151,13 @@ def train_run(
     if ckpt.best_state is not None:
         model.load_state_dict(ckpt.best_state)
     fusion = choose_fusion_weight(model, *val) if val and cfg.choose_fusion else {}
-    val_map = max(fusion.values(), default=ckpt.best_map)  # of the model as saved
+    category = {}
+    if model.category_head is not None:
+        if val:
+            category = choose_category_weight(model, (sk_fit, ph_fit), val, fit_classes)
+        else:
+            print("note: no validation classes to choose the category head's share; "
+                  "left out of the embedding", file=sys.stderr)  # fmt: skip
     info = {
         "recipe": cfg.recipe,
         "backbone": cfg.backbone,
@@ -166,7 +173,10 @@ def train_run(
         "selected_step": ckpt.best_step if val else steps,
         "val_history": ckpt.history,
         "fusion_val_map_all": {str(k): v for k, v in fusion.items()},
-        "validation": validation_check(val_map, (sk_fit, ph_fit), val) if val else None,
+        "category_val_map_all": {str(k): v for k, v in category.items()},
+        "validation": (
+            validation_check(zero_shot_map(model, *val), (sk_fit, ph_fit), val) if val else None
+        ),
         "config": cfg.model_dump(),
     }
     save_model(model, run_dir, info)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 LOGVAR_MAX = math.log(1e4)  # 9.2103...: variance is clamped at <= 1e4
 # principal axes on which Standardize whitens exactly: the model file grows by 2 MB, not 20
 WHITEN_RANK = 128
+CATEGORY_LOGIT_SCALE = 16.0  # cosine logits: the category head reads unit-norm features
 
 
 class IIAEConfig(BaseModel):
@@ -60,6 +61,13 @@ class IIAEConfig(BaseModel):
     input_power: float = Field(1.0, gt=0.0)
     whiten_shrinkage: float = Field(0.0, ge=0.0)
     whiten_rank: int = Field(WHITEN_RANK, ge=1)
+    # > 0: the known-category head, a linear classifier of this many training categories on
+    # the scaled features (a sketch's, or a photo's sketch-like ones), fitted after training.
+    category_classes: int = Field(0, ge=0)
+    # Share c of the cosine given to the category posteriors: [sqrt(1 - c) e, sqrt(c) p] of
+    # unit-norm parts, e the embedding above. It finds the trained categories' pictures for
+    # new sketches of them, which the zero-shot embedding alone ranks low in a large gallery.
+    category_weight: float = Field(0.0, ge=0.0, le=1.0)
 
     @property
     def sketch_like_dim_y(self) -> int:
@@ -73,10 +81,14 @@ class IIAEConfig(BaseModel):
 
     @property
     def embedding_dim(self) -> int:
-        """Size of the retrieval embedding (the fused one adds the standardised features)."""
-        if self.fusion_weight <= 0:
-            return self.latent_dim
-        return self.latent_dim + (self.fusion_dim or self.input_dim_x)
+        """Size of the retrieval embedding (the fused one adds the standardised features, the
+        category part one posterior per known category)."""
+        size = self.latent_dim
+        if self.fusion_weight > 0:
+            size += self.fusion_dim or self.input_dim_x
+        if self.category_weight > 0:
+            size += self.category_classes
+        return size
 
 
 @dataclass
@@ -260,9 +272,11 @@ class IIAE(nn.Module):
         super().__init__()
         if cfg.pseudo_sketch and cfg.input_dim_y % 2:
             raise ValueError("photo features with a pseudo-sketch half need an even size")
-        fusing = cfg.fusion_weight > 0 or cfg.fusion_dim > 0
+        fusing = cfg.fusion_weight > 0 or cfg.fusion_dim > 0 or cfg.category_classes > 0
         if fusing and not cfg.fusable:
-            raise ValueError("fusion needs sketch and photo features of one size")
+            raise ValueError("fusion and category head need sketch and photo features of one size")
+        if cfg.category_weight > 0 and cfg.category_classes == 0:
+            raise ValueError("category_weight > 0 needs the category head (category_classes > 0)")
         self.cfg = cfg
         if cfg.fusion_dim > 0:  # the principal axes, until fitted the first coordinates
             self.register_buffer("fusion_basis", torch.eye(cfg.input_dim_x)[:, : cfg.fusion_dim])
@@ -283,6 +297,9 @@ class IIAE(nn.Module):
         self.dec_y = Decoder(cfg.input_dim_y, cfg)  # p(y|z^y,z^s)
         self.class_head = (
             nn.Linear(cfg.latent_dim, cfg.num_classes) if cfg.num_classes > 0 else None
+        )
+        self.category_head = (
+            nn.Linear(cfg.input_dim_x, cfg.category_classes) if cfg.category_classes > 0 else None
         )
         if cfg.init == "glorot":
             glorot_init(self)
@@ -308,13 +325,15 @@ class IIAE(nn.Module):
 
     def embed_sketch(self, x: Tensor) -> Tensor:
         """The sketch's retrieval embedding (not normalised): mean of r^x(z^s|x), fused with
-        the standardised features when ``fusion_weight`` > 0."""
+        the standardised features when ``fusion_weight`` > 0 and with the category posteriors
+        when ``category_weight`` > 0."""
         scaled = self.scale_x(x)
         return self._retrieval(self.shared_x(scaled).mean, scaled)
 
     def embed_photo(self, y: Tensor) -> Tensor:
         """The photo's retrieval embedding (not normalised): mean of r^y(z^s|y), fused with
-        the standardised features when ``fusion_weight`` > 0."""
+        the standardised features when ``fusion_weight`` > 0 and with the category posteriors
+        when ``category_weight`` > 0."""
         scaled = self.scale_y(y)
         return self._retrieval(self.shared_y(scaled).mean, self.sketch_like(scaled))
 
@@ -333,7 +352,25 @@ class IIAE(nn.Module):
         self.fusion_basis.zero_()
         self.fusion_basis[:, : axes.shape[1]] = axes
 
+    def category_logits(self, scaled: Tensor) -> Tensor:
+        """The category head's logits for scaled sketch (or sketch-like photo) features: a
+        linear classifier of their directions (cosine logits at a fixed scale)."""
+        return self.category_head(CATEGORY_LOGIT_SCALE * F.normalize(scaled, dim=-1))
+
     def _retrieval(self, z: Tensor, scaled: Tensor) -> Tensor:
+        embedding = self._fused(z, scaled)
+        c = self.cfg.category_weight
+        if c <= 0:
+            return embedding
+        posterior = F.softmax(self.category_logits(scaled), dim=-1)
+        # Unit-norm parts, so that ``c`` alone sets their balance in the cosine.
+        parts = (
+            math.sqrt(1 - c) * F.normalize(embedding, dim=-1),
+            math.sqrt(c) * F.normalize(posterior, dim=-1),
+        )
+        return torch.cat(parts, dim=-1)
+
+    def _fused(self, z: Tensor, scaled: Tensor) -> Tensor:
         a = self.cfg.fusion_weight
         if a <= 0:
             return z

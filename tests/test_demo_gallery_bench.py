@@ -13,12 +13,12 @@ from PIL import Image
 from bench.demo_gallery import (
     chance_row,
     first_relevant_ranks,
-    fusion_tradeoff,
-    fusion_weights,
     names_class,
     outline,
     score_row,
     stamp_labels,
+    weight_tradeoff,
+    weights_arg,
 )
 from model.iiae import IIAE, IIAEConfig
 
@@ -96,7 +96,7 @@ def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
     model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
     model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
     x, y = torch.randn(6, 12), torch.randn(9, 12)
-    rows = fusion_tradeoff(model, x, y, [0.0, 1.0], lambda zx, zy: zx @ zy.T)
+    rows = weight_tradeoff(model, "fusion_weight", x, y, [0.0, 1.0], lambda zx, zy: zx @ zy.T)
     assert model.cfg.fusion_weight == 0.5
     with torch.no_grad():  # 0: r^x vs r^y alone; 1: the scaled features alone
         alone = [model.shared_x(model.scale_x(x)).mean, model.shared_y(model.scale_y(y)).mean]
@@ -106,11 +106,11 @@ def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
         np.testing.assert_allclose(rows[weight], zx @ zy.T, atol=1e-5)
 
 
-def test_fusion_weights_are_checked() -> None:
-    assert fusion_weights("0,0.5,1") == [0.0, 0.5, 1.0]
+def test_weights_arg_are_checked() -> None:
+    assert weights_arg("0,0.5,1") == [0.0, 0.5, 1.0]
     for bad in ("0,x", "0.5,1.5", "-0.1"):
         with pytest.raises(argparse.ArgumentTypeError):
-            fusion_weights(bad)
+            weights_arg(bad)
 
 
 def test_score_row_takes_a_two_class_stamp_as_its_first_class_in_sorted_order() -> None:

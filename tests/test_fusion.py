@@ -111,20 +111,28 @@ class TinyBackbone(nn.Module):
         return self.conv(images).mean(dim=(2, 3))
 
 
-def test_the_fused_encoders_export_to_onnx(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    encoders = build_encoders(model_with(0.5), TinyBackbone().eval())
+def check_onnx_export(model: IIAE, folder: Path) -> None:
+    """Both encoders (on a tiny backbone) export to ONNX and embed there as in PyTorch."""
+    encoders = build_encoders(model, TinyBackbone().eval())
     images = torch.randn(3, 3, 16, 16)
+    dim = model.cfg.embedding_dim
     for domain, encoder in encoders.items():
-        path = tmp_path / f"{domain}.onnx"
-        export_module(encoder, path, 16, 16, 17)
+        path = folder / f"{domain}.onnx"
+        export_module(encoder, path, 16, dim, 17)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {"image": images.numpy()})
         with torch.no_grad():
             expected = encoder(images).numpy()
-        assert got.shape == (3, 16)
+        assert got.shape == (3, dim)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_fused_encoders_export_to_onnx(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = model_with(0.5)
+    assert model.cfg.embedding_dim == 16
+    check_onnx_export(model, tmp_path)
 
 
 def test_with_pseudo_sketches_the_photo_part_is_the_mean_of_its_halves() -> None:
