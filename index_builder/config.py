@@ -130,11 +130,10 @@ class TrainConfig(BaseSettings):
     def iiae_config(self, dim_x: int, dim_y: int, num_classes: int) -> IIAEConfig:
         from model.iiae import IIAEConfig  # torch: only where a model is built
 
-        # the fusion compares sketch features with the photo's (or its halves' mean)
-        fusable = dim_x == (dim_y // 2 if self.pseudo_sketch else dim_y)
+        sizes = {"input_dim_x": dim_x, "input_dim_y": dim_y, "pseudo_sketch": self.pseudo_sketch}
+        fusable = IIAEConfig(**sizes).fusable  # the fusion and category head need it
         return IIAEConfig(
-            input_dim_x=dim_x,
-            input_dim_y=dim_y,
+            **sizes,
             latent_dim=self.latent_dim,
             num_classes=num_classes if self.w_cls > 0 else 0,
             category_classes=num_classes if self.category_head and fusable else 0,
@@ -146,7 +145,6 @@ class TrainConfig(BaseSettings):
             anneal_steps=self.anneal_steps,
             fusion_weight=self.fusion_weight,
             fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and fusable else 0,
-            pseudo_sketch=self.pseudo_sketch,
             input_power=self.input_power,
             whiten_shrinkage=self.whiten_shrinkage,
             decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
