@@ -261,12 +261,9 @@ def run(
             f"{backbone.name} {scaled} features": (unit(z_sketch), unit(z_photo[:, :d])),
         }  # fmt: skip
         if category:
-            model.cfg.category_weight = 0.0
-            candidates[f"IIAE {run_dir.name} (r^x vs r^y{fused}, no category head)"] = (
-                unit(model.embed_sketch(f_sketch)),
-                unit(model.embed_photo(f_photo)),
-            )
-            model.cfg.category_weight = category
+            without = weight_tradeoff(model, "category_weight", f_sketch, f_photo, [0.0],
+                                      lambda zx, zy: (zx, zy))  # fmt: skip
+            candidates[f"IIAE {run_dir.name} (r^x vs r^y{fused}, no category head)"] = without["0"]
         if model.cfg.pseudo_sketch:
             candidates[f"{backbone.name} {scaled}, photos with pseudo-sketches"] = (
                 unit(z_sketch),

@@ -36,8 +36,8 @@ def fit_category_head(
         y = model.sketch_like(model.scale_y(torch.from_numpy(photos.clean).to(device)))
         inputs = torch.cat([x, y])
     labels = torch.tensor([index[c] for c in sketches.labels + photos.labels], device=device)
-    weights = torch.cat([torch.full((len(x),), 1.0 / len(x)), torch.full((len(y),), 1.0 / len(y))])
-    weights = weights.to(device) / 2
+    domains = [torch.full((len(t),), 1.0 / len(t)) for t in (x, y) if len(t)]
+    weights = torch.cat(domains).to(device) / len(domains)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         head.weight.copy_(0.01 * torch.randn(head.weight.shape, generator=generator))
@@ -49,6 +49,7 @@ def fit_category_head(
         loss = (loss * weights).sum() + weight_decay * head.weight.square().sum()
         loss.backward()
         opt.step()
+    head.zero_grad(set_to_none=True)
 
 
 def choose_category_weight(
@@ -56,7 +57,8 @@ def choose_category_weight(
     classes: list[str], grid: tuple[float, ...] = CATEGORY_GRID,
 ) -> dict[float, dict[str, float]]:  # fmt: skip
     """Seen, unseen and harmonic-mean mAP@all of each category weight (above); leaves
-    ``model`` with the head fitted on all of ``fit`` at the best weight."""
+    ``model`` with the head fitted on all of ``fit`` at the best weight (at 0, and ``{}``,
+    where every class has a single sketch and none can be held out)."""
     (sk_fit, ph_fit), (sk_val, ph_val) = fit, val
     gallery = ph_fit.concat(ph_val)
     halves = _alternate_halves(sk_fit.labels)
@@ -64,7 +66,7 @@ def choose_category_weight(
     for half in (0, 1):
         held = [i for i, h in enumerate(halves) if h == half]
         kept = [i for i, h in enumerate(halves) if h != half]
-        if not held:  # every class with a single sketch: nothing to hold out
+        if not held or not kept:  # classes of a single sketch: nothing to hold out or fit on
             continue
         fit_category_head(model, sk_fit.rows(kept), ph_fit, classes)
         for c in grid:
@@ -74,11 +76,14 @@ def choose_category_weight(
                 zx = embed(model, queries.clean, "sketch")
                 mean_ap = retrieval_metrics(zx, queries.labels, zy, gallery.labels)["map_all"]
                 scores[c][block].append(mean_ap)
+    fit_category_head(model, sk_fit, ph_fit, classes)
+    if not scores[grid[0]]["seen"]:  # no half could be held out: nothing to choose on
+        model.cfg.category_weight = 0.0
+        return {}
     table = {c: {b: float(np.mean(v)) for b, v in s.items()} for c, s in scores.items()}
     for row in table.values():
         total = row["seen"] + row["unseen"]
         row["harmonic"] = 2 * row["seen"] * row["unseen"] / total if total > 0 else 0.0
-    fit_category_head(model, sk_fit, ph_fit, classes)
     model.cfg.category_weight = max(table, key=lambda c: table[c]["harmonic"])
     return table
 

@@ -72,7 +72,7 @@ def test_a_weight_needs_the_head_and_the_head_features_of_one_size() -> None:
 
 def test_the_fitted_head_names_new_sketches_and_photos_of_its_classes() -> None:
     model = model_with(0.0)
-    before = [p.detach().clone() for p in model.parameters() if p is not model.category_head.weight]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     fit_category_head(model, *clustered(40, seed=1), CLASSES)
     sketches, photos = clustered(20, seed=2)  # new samples of the same classes
     truth = torch.tensor([CLASSES.index(c) for c in sketches.labels])
@@ -80,9 +80,18 @@ def test_the_fitted_head_names_new_sketches_and_photos_of_its_classes() -> None:
         for fs, scale in ((sketches, model.scale_x), (photos, model.scale_y)):
             logits = model.category_logits(scale(torch.from_numpy(fs.clean)))
             assert (logits.argmax(-1) == truth).float().mean() >= 0.9
-    after = [p for p in model.parameters() if p is not model.category_head.weight]
-    changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
-    assert changed.count(True) == 1  # the head's bias; nothing outside the head
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"category_head.weight", "category_head.bias"}  # nothing outside it
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_with_one_sketch_a_class_the_head_is_fitted_but_left_out() -> None:
+    """Nothing can be held out to choose the share on: the head is fitted, its share 0."""
+    model = model_with(0.3)
+    sketches, photos = clustered(4, seed=1)  # one of each class
+    val = clustered(4, seed=3)
+    assert choose_category_weight(model, (sketches, photos), val, CLASSES) == {}
+    assert model.cfg.category_weight == 0.0
 
 
 def test_the_weight_is_chosen_by_the_harmonic_mean_of_seen_and_unseen() -> None:

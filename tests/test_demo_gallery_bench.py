@@ -106,7 +106,25 @@ def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
         np.testing.assert_allclose(rows[weight], zx @ zy.T, atol=1e-5)
 
 
-def test_weights_arg_are_checked() -> None:
+def test_category_tradeoff_leaves_out_the_posteriors_at_0_and_restores_the_share() -> None:
+    torch.manual_seed(0)
+    cfg = IIAEConfig(input_dim_x=12, input_dim_y=12, latent_dim=4, fusion_weight=0.5,
+                     category_classes=3, category_weight=0.4)  # fmt: skip
+    model = IIAE(cfg).eval()
+    x, y = torch.randn(6, 12), torch.randn(9, 12)
+    rows = weight_tradeoff(model, "category_weight", x, y, [0.0, 0.4], lambda zx, zy: zx @ zy.T)
+    assert model.cfg.category_weight == 0.4
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(model.embed_sketch(x), dim=-1)
+        model.cfg.category_weight = 0.0
+        fused = torch.nn.functional.normalize(model.embed_sketch(x), dim=-1)
+        fused_y = torch.nn.functional.normalize(model.embed_photo(y), dim=-1)
+    assert full.shape[1] == fused.shape[1] + 3
+    np.testing.assert_allclose(rows["0"], (fused @ fused_y.T).numpy(), atol=1e-5)
+    assert not np.allclose(rows["0.4"], rows["0"])
+
+
+def test_weight_lists_are_checked() -> None:
     assert weights_arg("0,0.5,1") == [0.0, 0.5, 1.0]
     for bad in ("0,x", "0.5,1.5", "-0.1"):
         with pytest.raises(argparse.ArgumentTypeError):
