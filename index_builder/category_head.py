@@ -69,10 +69,11 @@ def choose_category_weight(
         if not held or not kept:  # classes of a single sketch: nothing to hold out or fit on
             continue
         fit_category_head(model, sk_fit.rows(kept), ph_fit, classes)
+        blocks = (("seen", sk_fit.rows(held)), ("unseen", sk_val))
         for c in grid:
             model.cfg.category_weight = c
             zy = embed(model, gallery.clean, "photo")
-            for block, queries in (("seen", sk_fit.rows(held)), ("unseen", sk_val)):
+            for block, queries in blocks:
                 zx = embed(model, queries.clean, "sketch")
                 mean_ap = retrieval_metrics(zx, queries.labels, zy, gallery.labels)["map_all"]
                 scores[c][block].append(mean_ap)
