@@ -37,8 +37,10 @@ def machine() -> str:
     models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     cpu = models[0] if models else platform.processor()
     load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores (load {load:.1f}); torch {torch.__version__}, "
-            f"onnxruntime {ort.__version__}")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores (load {load:.1f}); torch {torch.__version__}, "
+        f"onnxruntime {ort.__version__}"
+    )
 
 
 def _median_seconds(call, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -52,8 +54,14 @@ def _median_seconds(call, repeats: int) -> float:  # type: ignore[no-untyped-def
 
 
 def _row(name: str, runtime: str, threads: int, batch: int, seconds: float) -> dict:
-    return {"backbone": name, "runtime": runtime, "threads": threads, "batch": batch,
-            "images_per_s": batch / seconds, "ms_per_batch": 1e3 * seconds}  # fmt: skip
+    return {
+        "backbone": name,
+        "runtime": runtime,
+        "threads": threads,
+        "batch": batch,
+        "images_per_s": batch / seconds,
+        "ms_per_batch": 1e3 * seconds,
+    }
 
 
 def measure(name: str, threads: list[int], repeats: int) -> list[dict]:
@@ -81,11 +89,15 @@ def measure(name: str, threads: list[int], repeats: int) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| backbone | runtime | threads | batch | images/s | ms per batch |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| backbone | runtime | threads | batch | images/s | ms per batch |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['backbone']} | {r['runtime']} | {r['threads']} | {r['batch']} "
-                     f"| {r['images_per_s']:.1f} | {r['ms_per_batch']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['backbone']} | {r['runtime']} | {r['threads']} | {r['batch']} "
+            f"| {r['images_per_s']:.1f} | {r['ms_per_batch']:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -101,9 +101,10 @@ def held_out_classes(
     seen = set(run_info["train_classes"]) | set(run_info.get("val_classes", []))
     drawn = sorted(p.stem for p in (shared / "quickdraw" / "simplified").glob("*.ndjson"))
     unpaired = [
-        c for c in drawn
+        c
+        for c in drawn
         if c not in table and c not in seen and any(names_class(s, c) for s in stamps)
-    ]  # fmt: skip
+    ]
     return sorted(set(run_info["test_classes"]) | set(unpaired))
 
 
@@ -178,8 +179,9 @@ def score_row(scores: np.ndarray, q_labels: list[str], g_labels: list[set]) -> d
 def chance_row(n_queries: int, q_labels, g_labels, seeds: int = 20) -> dict:
     """Every metric averaged over random rankings."""
     rng = np.random.default_rng(0)
-    rows = [score_row(rng.random((n_queries, len(g_labels))), q_labels, g_labels)
-            for _ in range(seeds)]  # fmt: skip
+    rows = [
+        score_row(rng.random((n_queries, len(g_labels))), q_labels, g_labels) for _ in range(seeds)
+    ]
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
 
 
@@ -228,8 +230,10 @@ def run(
     if category_weights and model.category_head is None:
         raise ValueError(f"{run_dir}: the run has no category head")
     stamps = sorted(walk_images(stamps_dir))
-    table = {c: [r.path for r in refs if r.source == "tuxpaint"]
-             for c, refs in read_photo_table(PHOTO_MAP).items()}  # fmt: skip
+    table = {
+        c: [r.path for r in refs if r.source == "tuxpaint"]
+        for c, refs in read_photo_table(PHOTO_MAP).items()
+    }
     blocks = {
         "unseen": held_out_classes(info, table, shared, stamps),
         "trained": sorted(info["train_classes"]),  # fitted on; not the early-stopping ones
@@ -255,14 +259,19 @@ def run(
         z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
             f"IIAE {run_dir.name} (r^x vs r^y{fused}{head})": (
-                unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))),
+                unit(model.embed_sketch(f_sketch)),
+                unit(model.embed_photo(f_photo)),
+            ),
             f"IIAE {run_dir.name} (r^x vs r^y alone)": (
-                unit(model.shared_x(z_sketch).mean), unit(model.shared_y(z_photo).mean)),
+                unit(model.shared_x(z_sketch).mean),
+                unit(model.shared_y(z_photo).mean),
+            ),
             f"{backbone.name} {scaled} features": (unit(z_sketch), unit(z_photo[:, :d])),
-        }  # fmt: skip
+        }
         if category:
-            without = weight_tradeoff(model, "category_weight", f_sketch, f_photo, [0.0],
-                                      lambda zx, zy: (zx, zy))  # fmt: skip
+            without = weight_tradeoff(
+                model, "category_weight", f_sketch, f_photo, [0.0], lambda zx, zy: (zx, zy)
+            )
             candidates[f"IIAE {run_dir.name} (r^x vs r^y{fused}, no category head)"] = without["0"]
         if model.cfg.pseudo_sketch:
             candidates[f"{backbone.name} {scaled}, photos with pseudo-sketches"] = (
@@ -277,10 +286,11 @@ def run(
         scores = zx @ zy.T
         return {
             "unseen": score_row(scores[:n_unseen], queries["unseen"][1], g_labels),
-            "trained": score_row(scores[n_unseen : n_unseen + n_trained],
-                                 queries["trained"][1], g_labels),
+            "trained": score_row(
+                scores[n_unseen : n_unseen + n_trained], queries["trained"][1], g_labels
+            ),
             "guitar": guitar_ranks(scores[n_unseen + n_trained :], stamps),
-        }  # fmt: skip
+        }
 
     rows: dict[str, dict] = {"unseen": {}, "trained": {}}
     guitar = {}

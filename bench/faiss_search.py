@@ -158,8 +158,10 @@ def machine() -> str:
     cpu = models[0] if models else platform.processor()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    return (f"{cpu}, {os.cpu_count()} cores (load {load:.1f}), faiss {faiss.__version__} with "
-            f"{faiss.omp_get_max_threads()} OpenMP threads, {gpus} GPU(s)")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores (load {load:.1f}), faiss {faiss.__version__} with "
+        f"{faiss.omp_get_max_threads()} OpenMP threads, {gpus} GPU(s)"
+    )
 
 
 def format_table(rows: list[dict]) -> str:
@@ -169,8 +171,11 @@ def format_table(rows: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
-        role = "exact baseline" if r["kind"] == "flat" and not r["chosen"] else (
-            "chosen" if r["chosen"] else "IVF-PQ tier")  # fmt: skip
+        role = (
+            "exact baseline"
+            if r["kind"] == "flat" and not r["chosen"]
+            else ("chosen" if r["chosen"] else "IVF-PQ tier")
+        )
         lines.append(
             f"| {r['n']:,} | {r['index']} | {role} | {r['nprobe'] or '-'} | {r['build_s']:.2f} "
             f"| {r['bytes'] / 1e6:.1f} | {r['recall']:.3f} | {r['b1_p50']:.3f} "
@@ -211,8 +216,13 @@ def main() -> None:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     sizes = [*args.sizes, *([10_000_000] if args.with_10m else [])]
-    qdrant = {"engines": args.qdrant, "queries": args.qdrant_queries, "threads": args.threads,
-              "edge_hnsw_max": args.edge_hnsw_max, "local_max": args.local_max}  # fmt: skip
+    qdrant = {
+        "engines": args.qdrant,
+        "queries": args.qdrant_queries,
+        "threads": args.threads,
+        "edge_hnsw_max": args.edge_hnsw_max,
+        "local_max": args.local_max,
+    }
     rows, qrows = [], []
     for n in sizes:
         faiss_rows, qdrant_rows = bench_size(n, args.pq, qdrant)

@@ -50,12 +50,13 @@ def make_images(work: Path) -> dict[str, Path]:
     cases = {
         "jpeg-100mp": (lambda: Image.fromarray(ramp(jpeg_side, jpeg_side, 3)), "jpg"),
         "rgba-png-32mp": (lambda: Image.fromarray(ramp(side, side, 4), "RGBA"), "png"),
-        "grey16-png-32mp": (lambda: Image.fromarray(ramp(side, side, 1).astype(np.uint16) * 257),
-                            "png"),
-        "palette-trns-png-32mp": (lambda: Image.fromarray(ramp(side, side, 3)).quantize(64),
-                                  "png"),
+        "grey16-png-32mp": (
+            lambda: Image.fromarray(ramp(side, side, 1).astype(np.uint16) * 257),
+            "png",
+        ),
+        "palette-trns-png-32mp": (lambda: Image.fromarray(ramp(side, side, 3)).quantize(64), "png"),
         "png-100mp-refused": (lambda: Image.fromarray(ramp(jpeg_side, jpeg_side, 3)), "png"),
-    }  # fmt: skip
+    }
     paths = {}
     for name, (make, ext) in cases.items():
         path = work / f"{name}.{ext}"
@@ -115,8 +116,10 @@ def main() -> None:
         cmd = [sys.executable, "-m", "bench.gallery_decode_memory", "--measure", *map(str, files)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(done.stdout)
-        print(f"{name:28s} peak +{rows[name]['peak_mb']:5d} MB  {rows[name]['seconds']:6.2f} s  "
-              f"{rows[name]['outcome'][0]}")  # fmt: skip
+        print(
+            f"{name:28s} peak +{rows[name]['peak_mb']:5d} MB  {rows[name]['seconds']:6.2f} s  "
+            f"{rows[name]['outcome'][0]}"
+        )
     print(f"bound used for the default workers: {PER_IMAGE_PEAK_BYTES / 2**20:.0f} MB an image")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

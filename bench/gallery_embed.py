@@ -101,10 +101,14 @@ def pick(files: list[PhotoFile], limit: int) -> list[PhotoFile]:
 
 def machine(threads: int, workers: int, batch: int, ray_actors: int | None) -> str:
     load = os.getloadavg()
-    ray = "" if ray_actors is None else (
-        f"; ray: {ray_actors} actor(s) on a local Ray, 1 intra-op thread and 1 decode "
-        f"thread each, blocks of {batch}"
-    )  # fmt: skip
+    ray = (
+        ""
+        if ray_actors is None
+        else (
+            f"; ray: {ray_actors} actor(s) on a local Ray, 1 intra-op thread and 1 decode "
+            f"thread each, blocks of {batch}"
+        )
+    )
     return (
         f"{base_machine()}; Python {platform.python_version()}; onnxruntime "
         f"{ort.__version__} (CPUExecutionProvider, {threads} intra-op thread(s)); batched: "
@@ -126,8 +130,10 @@ def table(rows: list[dict]) -> str:
     lines = ["| mode | images | seconds | images/s | ratio vs naive |", "|---|---|---|---|---|"]
     base = rows[0]["rate"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['images']} | {r['seconds']:.2f} | {r['rate']:.1f} "
-                     f"| {r['rate'] / base:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {r['mode']} | {r['images']} | {r['seconds']:.2f} | {r['rate']:.1f} "
+            f"| {r['rate'] / base:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -141,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=Path, default=TUXPAINT, help="folder of photos")
     parser.add_argument("--limit", type=int, default=400, help="photos to embed per run")
     cores = os.cpu_count() or 1
-    parser.add_argument("--threads", type=int, default=cores,
-                        help="ONNX Runtime intra-op threads, both modes")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=cores,
-                        help="decode threads of the batched mode")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=cores, help="ONNX Runtime intra-op threads, both modes"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=cores, help="decode threads of the batched mode"
+    )
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-service",
-                        help="where the default model is trained")  # fmt: skip
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "runs" / "bench-service",
+        help="where the default model is trained",
+    )
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--no-ray", action="store_true", help="leave the ray mode out")
     parser.add_argument("--json", type=Path)
@@ -170,23 +182,29 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, ray: object) 
     actors = None if ray is None else int(ray.cluster_resources().get("CPU", 1))  # type: ignore[attr-defined]
     before = machine(args.threads, args.workers, args.batch, actors)
     model = args.model or make_model(args.work, args.train_steps)
-    encoder = OnnxEncoder(model, "photo", providers=["CPUExecutionProvider"],
-                          intra_op_threads=args.threads)  # fmt: skip
+    encoder = OnnxEncoder(
+        model, "photo", providers=["CPUExecutionProvider"], intra_op_threads=args.threads
+    )
     scan = scan_photos(args.photos, workers=args.workers)
     photos = pick(scan.files, args.limit)
     if not photos:
         parser.error(f"--photos {args.photos}: no image files found")
-    print(f"{len(photos)} of {len(scan.files)} photos under {scan.root}; model {model} "
-          f"({encoder.metadata.backbone}, {encoder.metadata.input_size}px, "
-          f"{encoder.embedding_dim}-d)", flush=True)  # fmt: skip
+    print(
+        f"{len(photos)} of {len(scan.files)} photos under {scan.root}; model {model} "
+        f"({encoder.metadata.backbone}, {encoder.metadata.input_size}px, "
+        f"{encoder.embedding_dim}-d)",
+        flush=True,
+    )
 
     order = [m for m in ORDER if m != "ray" or ray is not None]
     naive(encoder, scan.root, photos[:WARMUP])
     batched(encoder, scan.root, photos[: 2 * args.batch], args.batch, args.workers)
     if ray is not None:
         on_ray(encoder, scan.root, photos[: 2 * args.batch], args.batch, args.workers)
-    totals = {mode: {"seconds": 0.0, "images": 0, "decode_s": 0.0, "encode_s": 0.0}
-              for mode in dict.fromkeys(order)}  # fmt: skip
+    totals = {
+        mode: {"seconds": 0.0, "images": 0, "decode_s": 0.0, "encode_s": 0.0}
+        for mode in dict.fromkeys(order)
+    }
     reference, max_diff = None, 0.0
     for mode in order:
         started = time.perf_counter()
@@ -208,17 +226,24 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, ray: object) 
             raise SystemExit(f"{mode}: embedded a different set of photos than naive")
         else:
             max_diff = max(max_diff, float(np.abs(got["vectors"] - reference["vectors"]).max()))
-        print(f"  {mode}: {len(got['done'])} images in {seconds:.2f} s "
-              f"({len(got['done']) / seconds:.1f} images/s)", flush=True)  # fmt: skip
+        print(
+            f"  {mode}: {len(got['done'])} images in {seconds:.2f} s "
+            f"({len(got['done']) / seconds:.1f} images/s)",
+            flush=True,
+        )
     after = os.getloadavg()
 
     rows = [{"mode": mode, **t, "rate": t["images"] / t["seconds"]} for mode, t in totals.items()]
     skipped = len(photos) - len(reference["done"])
-    print(f"\nmachine: {before}; load average after the run {after[0]:.2f} / {after[1]:.2f} "
-          f"/ {after[2]:.2f}")  # fmt: skip
-    print(f"photos: {len(photos)} from {scan.root} ({skipped} undecodable, skipped by both), "
-          f"each mode run twice (order {', '.join(order)}); max abs difference of the "
-          f"embeddings between runs and modes {max_diff:.2e}")  # fmt: skip
+    print(
+        f"\nmachine: {before}; load average after the run {after[0]:.2f} / {after[1]:.2f} "
+        f"/ {after[2]:.2f}"
+    )
+    print(
+        f"photos: {len(photos)} from {scan.root} ({skipped} undecodable, skipped by both), "
+        f"each mode run twice (order {', '.join(order)}); max abs difference of the "
+        f"embeddings between runs and modes {max_diff:.2e}"
+    )
     n = rows[0]
     print(
         f"naive split: decode + preprocess {1e3 * n['decode_s'] / n['images']:.1f} ms, "

@@ -115,8 +115,10 @@ def big_png(side: int = 4000) -> bytes:
 def multipart(image: bytes, k: str = "5") -> tuple[bytes, str]:
     boundary = "hostile-boundary-1234"
     part = f"--{boundary}\r\nContent-Disposition: form-data; name="
-    body = (f'{part}"k"\r\n\r\n{k}\r\n{part}"image"; filename="s"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    body = (
+        f'{part}"k"\r\n\r\n{k}\r\n{part}"image"; filename="s"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     body += image + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -179,9 +181,13 @@ def free_port() -> int:
 
 def start_server(repo: Path, python: str, model: Path, index: Path, work: Path) -> Server:
     port = free_port()
-    env = os.environ | {"SBIR_MODEL_DIR": str(model), "SBIR_INDEX_DIR": str(index),
-                        "SBIR_THUMBNAIL_DIR": str(work / "thumbnails"),
-                        "SBIR_WATCH_INTERVAL_S": "0", "PYTHONPATH": str(repo)}  # fmt: skip
+    env = os.environ | {
+        "SBIR_MODEL_DIR": str(model),
+        "SBIR_INDEX_DIR": str(index),
+        "SBIR_THUMBNAIL_DIR": str(work / "thumbnails"),
+        "SBIR_WATCH_INTERVAL_S": "0",
+        "PYTHONPATH": str(repo),
+    }
     cmd = [python, "-m", "service", "--port", str(port), "--no-access-log"]
     log = open(work / f"service-{port}.log", "wb")  # noqa: SIM115 (the server's life)
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -255,8 +261,12 @@ def run_attack(server: Server, attack: Attack) -> Outcome:
     def send(_: int) -> tuple[int, float]:
         started = time.perf_counter()
         try:
-            r = httpx.post(server.url + "/v1/search", content=body, timeout=120,
-                           headers={"Content-Type": content_type})  # fmt: skip
+            r = httpx.post(
+                server.url + "/v1/search",
+                content=body,
+                timeout=120,
+                headers={"Content-Type": content_type},
+            )
             status = r.status_code
         except httpx.HTTPError:
             status = 0  # the connection failed or was dropped
@@ -281,16 +291,25 @@ def run_attack(server: Server, attack: Attack) -> Outcome:
     time.sleep(0.3)
     probe.stop.set()
     thread.join()
-    return Outcome(attack.name, statuses, slowest, rss, max(probe.healthz) * 1000,
-                   max(probe.search) * 1000, len(probe.failures))  # fmt: skip
+    return Outcome(
+        attack.name,
+        statuses,
+        slowest,
+        rss,
+        max(probe.healthz) * 1000,
+        max(probe.search) * 1000,
+        len(probe.failures),
+    )
 
 
 def stalled_body(server: Server, cap_s: float = 40.0) -> str:
     """A Content-Length larger than the body sent: when the server answers, and hangs up."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 1000\r\n\r\n{\"strokes\": [")  # fmt: skip
+        sock.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b'\r\nContent-Length: 1000\r\n\r\n{"strokes": ['
+        )
         sock.settimeout(cap_s)
         started, data, answered = time.monotonic(), b"", None
         try:
@@ -330,8 +349,10 @@ def aborted_uploads(server: Server, n: int = 5) -> str:
     host, port = server.url.removeprefix("http://").split(":")
     for _ in range(n):
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                         b"\r\nContent-Length: 100000\r\n\r\n" + b" " * 5000)  # fmt: skip
+            sock.sendall(
+                b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                b"\r\nContent-Length: 100000\r\n\r\n" + b" " * 5000
+            )
         time.sleep(0.2)
     time.sleep(0.5)
     return f"{n} aborted uploads: 5xx count +{server_errors(server) - before}"
@@ -341,10 +362,13 @@ def aborted_uploads(server: Server, n: int = 5) -> str:
 
 
 def table(label: str, outcomes: list[Outcome], extras: list[str]) -> str:
-    lines = [f"### {label}", "",
-             "| attack | statuses | slowest attack answer s | server RSS peak MB "
-             "| ordinary /healthz max ms | ordinary search max ms | ordinary failures |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"### {label}",
+        "",
+        "| attack | statuses | slowest attack answer s | server RSS peak MB "
+        "| ordinary /healthz max ms | ordinary search max ms | ordinary failures |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for o in outcomes:
         statuses = ", ".join(f"{k}x{v}" for k, v in sorted(o.statuses.items()))
         ordinary = f"{o.healthz_ms:.0f} | {o.search_ms:.0f} | {o.ordinary_failures}"
@@ -363,13 +387,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__)
     parser.add_argument("--model", type=Path, help="exported model dir (default: train one)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sbir-bench-hostile"))
-    parser.add_argument("--index", type=Path, help="an index built for --model (default: "
-                        "a synthetic one)")  # fmt: skip
+    parser.add_argument(
+        "--index", type=Path, help="an index built for --model (default: a synthetic one)"
+    )
     parser.add_argument("--photos", type=int, default=5000, help="synthetic index size")
-    parser.add_argument("--repo", type=Path, action="append", default=[],
-                        help="a checkout to serve (repeatable; default: this one)")  # fmt: skip
-    parser.add_argument("--python", action="append", default=[],
-                        help="its interpreter (one per --repo)")  # fmt: skip
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkout to serve (repeatable; default: this one)",
+    )
+    parser.add_argument(
+        "--python", action="append", default=[], help="its interpreter (one per --repo)"
+    )
     args = parser.parse_args(argv)
     from bench.service_latency import make_model, synthesise_index
 
@@ -385,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(repo.resolve(), python, model, index, args.work)
         try:
             outcomes = [run_attack(server, attack) for attack in ATTACKS]
-            extras = [f"stalled body: {stalled_body(server)}",
-                      f"dripped headers: {dripped_headers(server)}",
-                      aborted_uploads(server)]  # fmt: skip
+            extras = [
+                f"stalled body: {stalled_body(server)}",
+                f"dripped headers: {dripped_headers(server)}",
+                aborted_uploads(server),
+            ]
         finally:
             server.stop()
         print(table(str(repo), outcomes, extras), flush=True)

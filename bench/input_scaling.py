@@ -27,10 +27,20 @@ from model.iiae import scaling_name
 
 # (power, shrinkage); None: the per-dimension z-score of the standardised baseline
 SETTINGS: list[tuple[float, float] | None] = [
-    None, (0.25, 0.0), (0.35, 0.0), (0.5, 0.0), (0.7, 0.0),
-    (1.0, 1.0), (1.0, 3.0), (1.0, 10.0),
-    (0.5, 3.0), (0.5, 10.0), (0.5, 30.0), (0.5, 100.0), (0.5, 1000.0),
-]  # fmt: skip
+    None,
+    (0.25, 0.0),
+    (0.35, 0.0),
+    (0.5, 0.0),
+    (0.7, 0.0),
+    (1.0, 1.0),
+    (1.0, 3.0),
+    (1.0, 10.0),
+    (0.5, 3.0),
+    (0.5, 10.0),
+    (0.5, 30.0),
+    (0.5, 100.0),
+    (0.5, 1000.0),
+]
 
 
 def label(setting: tuple[float, float] | None) -> str:
@@ -43,8 +53,10 @@ def fold_scores(sets, classes: list[str], test: list[str]) -> dict[str, tuple[fl
     fit, val = pick_validation(train, 20, 0)
 
     # (fitted on, scored on) of each column, taken out of the features once for every setting
-    columns = [tuple(tuple(s.subset(set(c)) for s in sets) for c in pair)
-               for pair in ((fit, val), (train, test))]  # fmt: skip
+    columns = [
+        tuple(tuple(s.subset(set(c)) for s in sets) for c in pair)
+        for pair in ((fit, val), (train, test))
+    ]
 
     def map_all(setting, ref, part) -> float:
         zx, zy = baseline_embeddings(ref, part, setting)

@@ -96,9 +96,13 @@ def load_cdcb(n_test: int, seed: int, pool: int = 1) -> dict[str, np.ndarray]:
     x, y = pool_pixels(x, pool), pool_pixels(y, pool)
     train, test = stratified_split(labels, n_test, seed)
     return {
-        "x_train": x[train], "y_train": y[train], "l_train": labels[train],
-        "x_test": x[test], "y_test": y[test], "l_test": labels[test],
-    }  # fmt: skip
+        "x_train": x[train],
+        "y_train": y[train],
+        "l_train": labels[train],
+        "x_test": x[test],
+        "y_test": y[test],
+        "l_test": labels[test],
+    }
 
 
 def pair_sampler(
@@ -115,8 +119,9 @@ def pair_sampler(
     return sample
 
 
-def precision_at_1(query: np.ndarray, q_labels: np.ndarray,
-                   gallery: np.ndarray, g_labels: np.ndarray) -> float:  # fmt: skip
+def precision_at_1(
+    query: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray
+) -> float:
     """Fraction of queries whose cosine-nearest gallery item has the same label."""
     nearest = np.argmax(l2_normalize(query) @ l2_normalize(gallery).T, axis=1)
     return float(np.mean(g_labels[nearest] == q_labels))
@@ -158,11 +163,18 @@ def machine() -> dict[str, str | int]:
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "threads": torch.get_num_threads(),
-            "torch": torch.__version__}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 @dataclass(frozen=True)
@@ -216,9 +228,14 @@ def build_model(r: Recipe, x_train: np.ndarray, y_train: np.ndarray) -> IIAE:
     torch.manual_seed(r.seed)
     dim = x_train.shape[1]
     train_cfg = TrainConfig(
-        recipe="paper", beta=r.beta, lam=r.lam, w_rec=r.w_rec, anneal_steps=r.anneal_steps,
-        decoder=r.decoder, init=r.init,
-    )  # fmt: skip
+        recipe="paper",
+        beta=r.beta,
+        lam=r.lam,
+        w_rec=r.w_rec,
+        anneal_steps=r.anneal_steps,
+        decoder=r.decoder,
+        init=r.init,
+    )
     model = IIAE(train_cfg.iiae_config(dim, dim, 0))
     if r.standardize:
         model.scale_x.fit(torch.from_numpy(x_train), eps=r.std_floor)
@@ -234,17 +251,28 @@ def _run(r: Recipe, progress: bool) -> dict:
     sample = pair_sampler(data["x_train"], data["y_train"], data["l_train"], r.batch, r.seed)
     losses: list[float] = []
     fit_start = time.perf_counter()
-    fit(model, sample, opt, r.steps, on_step=lambda _, t: losses.append(t["total"]),
-        progress=progress)  # fmt: skip
+    fit(
+        model,
+        sample,
+        opt,
+        r.steps,
+        on_step=lambda _, t: losses.append(t["total"]),
+        progress=progress,
+    )
     train_s = time.perf_counter() - fit_start
     scores = evaluate(model, data["x_test"], data["y_test"], data["l_test"])
     return {
-        **scores, **asdict(r),
-        "n_train": len(data["l_train"]), "n_test": len(data["l_test"]),
+        **scores,
+        **asdict(r),
+        "n_train": len(data["l_train"]),
+        "n_test": len(data["l_test"]),
         "feature_dim": data["x_train"].shape[1],
-        "first_loss": losses[0], "final_loss": float(np.mean(losses[-20:])),
-        "train_s": train_s, "total_s": time.perf_counter() - start, **machine(),
-    }  # fmt: skip
+        "first_loss": losses[0],
+        "final_loss": float(np.mean(losses[-20:])),
+        "train_s": train_s,
+        "total_s": time.perf_counter() - start,
+        **machine(),
+    }
 
 
 def report(result: dict) -> str:
@@ -254,8 +282,10 @@ def report(result: dict) -> str:
         "same digit (target, paper) / the query's own pair",
         f"{'representation':<16}{'direction':<10}{'P@1':>7}{'target':>9}{'paper':>10}{'pair@1':>9}",
     ]
-    for rep, target, paper in (("shared", f">={TARGET_SHARED}", "0.997"),
-                               ("exclusive", f"<={TARGET_EXCLUSIVE}", "(0.0001)")):  # fmt: skip
+    for rep, target, paper in (
+        ("shared", f">={TARGET_SHARED}", "0.997"),
+        ("exclusive", f"<={TARGET_EXCLUSIVE}", "(0.0001)"),
+    ):
         for key, direction in (("cd_to_cb", "CD -> CB"), ("cb_to_cd", "CB -> CD")):
             lines.append(
                 f"{rep:<16}{direction:<10}{result[f'{rep}_{key}']:>7.3f}{target:>9}{paper:>10}"
@@ -286,13 +316,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=Recipe.threads, help="torch threads")
     parser.add_argument("--decoder", choices=["authors", "deep"], default=Recipe.decoder)
     parser.add_argument("--init", choices=["glorot", "torch"], default=Recipe.init)
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction,
-                        default=Recipe.standardize, help="z-score the pixels")  # fmt: skip
+    parser.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=Recipe.standardize,
+        help="z-score the pixels",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args()
-    result = run_mnist_cdcb(steps=args.steps, seed=args.seed, batch=args.batch, pool=args.pool,
-                            threads=args.threads, decoder=args.decoder, init=args.init,
-                            standardize=args.standardize, progress=True)  # fmt: skip
+    result = run_mnist_cdcb(
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        pool=args.pool,
+        threads=args.threads,
+        decoder=args.decoder,
+        init=args.init,
+        standardize=args.standardize,
+        progress=True,
+    )
     print(report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

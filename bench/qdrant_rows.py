@@ -62,8 +62,11 @@ def time_queries(search: Callable[[np.ndarray], list[int]], queries: np.ndarray)
         ids = search(q)
         times.append((time.perf_counter() - start) * 1e3)
         found[i, : len(ids)] = ids
-    return {"found": found, "p50": float(np.percentile(times, 50)),
-            "p99": float(np.percentile(times, 99))}  # fmt: skip
+    return {
+        "found": found,
+        "p50": float(np.percentile(times, 50)),
+        "p99": float(np.percentile(times, 99)),
+    }
 
 
 def local_rows(x: np.ndarray, queries: np.ndarray) -> list[dict]:
@@ -76,9 +79,13 @@ def local_rows(x: np.ndarray, queries: np.ndarray) -> list[dict]:
     start = time.perf_counter()
     for ids in batches(len(x), f"local mode upload {len(x):,}"):
         client.upload_collection(
-            "gallery", vectors=x[ids.start : ids.stop], ids=list(ids),
-            payload=[payload(i) for i in ids], batch_size=len(ids), wait=True,
-        )  # fmt: skip
+            "gallery",
+            vectors=x[ids.start : ids.stop],
+            ids=list(ids),
+            payload=[payload(i) for i in ids],
+            batch_size=len(ids),
+            wait=True,
+        )
     load_s = time.perf_counter() - start
 
     def search(q: np.ndarray) -> list[int]:
@@ -96,16 +103,19 @@ def edge_shard(path: Path, dim: int, threads: int | None) -> Any:
     import qdrant_edge as qe
 
     hnsw = qe.HnswIndexConfig(
-        m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10,
+        m=HNSW_M,
+        ef_construct=HNSW_EF_CONSTRUCT,
+        full_scan_threshold=10,
         max_indexing_threads=threads or 0,
-    )  # fmt: skip
+    )
     config = qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
         hnsw_config=hnsw,
         # indexing_threshold is in KB: index even a small test gallery (768 KB at 3,000 x 64-d)
         optimizers=qe.EdgeOptimizersConfig(default_segment_number=1, indexing_threshold=10),
-        max_search_threads=threads, wal_enabled=False,
-    )  # fmt: skip
+        max_search_threads=threads,
+        wal_enabled=False,
+    )
     return qe.EdgeShard.create(str(path), config)
 
 
@@ -126,14 +136,23 @@ def edge_rows(x: np.ndarray, queries: np.ndarray, threads: int | None, hnsw: boo
             shard.optimize()
             index_s = time.perf_counter() - start
             assert shard.info().indexed_vectors_count == len(x), "HNSW did not index them all"
-            rows.append({"engine": "qdrant-edge-py", "load_s": load_s + index_s,
-                         "index": f"HNSW m={HNSW_M} ef_construct={HNSW_EF_CONSTRUCT} "
-                                  f"hnsw_ef={HNSW_EF}",
-                         **time_queries(edge_search(shard, qe.SearchParams(hnsw_ef=HNSW_EF)),
-                                        queries)})  # fmt: skip
+            rows.append(
+                {
+                    "engine": "qdrant-edge-py",
+                    "load_s": load_s + index_s,
+                    "index": f"HNSW m={HNSW_M} ef_construct={HNSW_EF_CONSTRUCT} hnsw_ef={HNSW_EF}",
+                    **time_queries(edge_search(shard, qe.SearchParams(hnsw_ef=HNSW_EF)), queries),
+                }
+            )
         exact = time_queries(edge_search(shard, qe.SearchParams(exact=True)), queries)
-        rows.append({"engine": "qdrant-edge-py", "index": "exact (Rust brute force)",
-                     "load_s": load_s, **exact})  # fmt: skip
+        rows.append(
+            {
+                "engine": "qdrant-edge-py",
+                "index": "exact (Rust brute force)",
+                "load_s": load_s,
+                **exact,
+            }
+        )
         shard.close()
     return rows
 

@@ -64,9 +64,23 @@ def make_model(work: Path, steps: int) -> Path:
     prepare_shared_data(SHARED, work / "data", categories=CLASSES)
     (work / "test.txt").write_text("apple\n")
     os.environ.setdefault("SBIR_CACHE_DIR", str(work / "cache"))
-    args = ["train", "--data", str(work / "data"), "--test-classes", str(work / "test.txt"),
-            "--out", str(work / "run"), "--steps", str(steps), "--log-every", str(steps),
-            "--eval-every", "100000", "--checkpoint-every", "100000"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(work / "data"),
+        "--test-classes",
+        str(work / "test.txt"),
+        "--out",
+        str(work / "run"),
+        "--steps",
+        str(steps),
+        "--log-every",
+        str(steps),
+        "--eval-every",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+    ]
     if main(args) != 0 or main(["export-onnx", "--run", str(work / "run"), "--out", str(model)]):
         raise SystemExit("training or export failed")
     return model
@@ -90,8 +104,15 @@ def synthesise_index(model_dir: Path, photos: Path, index_dir: Path, n: int) -> 
     if pointer is not None:
         return pointer.version
     files = sorted(p for p in photos.rglob("*.png"))
-    real = [(p.relative_to(photos).as_posix(), p.parent.name, image_size(p),
-             hashlib.sha256(p.read_bytes()).hexdigest()) for p in files]  # fmt: skip
+    real = [
+        (
+            p.relative_to(photos).as_posix(),
+            p.parent.name,
+            image_size(p),
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in files
+    ]
     items = []
     for i in range(n):
         path, cls, (w, h), sha = real[i % len(real)]
@@ -100,11 +121,18 @@ def synthesise_index(model_dir: Path, photos: Path, index_dir: Path, n: int) -> 
     built = build_index(vectors)
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        model=ModelInfo(fingerprint=meta.fingerprint, backbone=meta.backbone,
-                        embedding_dim=meta.embedding_dim, model_dir=str(model_dir.resolve())),
-        photos_root=str(photos.resolve()), source=str(photos.resolve()), count=n,
-        index=built.info, items=items,
-    )  # fmt: skip
+        model=ModelInfo(
+            fingerprint=meta.fingerprint,
+            backbone=meta.backbone,
+            embedding_dim=meta.embedding_dim,
+            model_dir=str(model_dir.resolve()),
+        ),
+        photos_root=str(photos.resolve()),
+        source=str(photos.resolve()),
+        count=n,
+        index=built.info,
+        items=items,
+    )
     report = Report(mode="full", reason=f"{n} synthetic vectors (bench)", added=n, embedded=n)
     with locked(index_dir):
         return commit_version(index_dir, Payload(built.index, vectors, manifest, report))
@@ -147,11 +175,26 @@ def start_server(model: Path, index: Path, work: Path, mode: str, extra: dict[st
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = os.environ | {"SBIR_MODEL_DIR": str(model), "SBIR_INDEX_DIR": str(index),
-                        "SBIR_THUMBNAIL_DIR": str(work / "thumbnails"),
-                        "SBIR_WATCH_INTERVAL_S": "0"} | extra  # fmt: skip
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--no-access-log",
-           "--log-level", "warning"]  # fmt: skip
+    env = (
+        os.environ
+        | {
+            "SBIR_MODEL_DIR": str(model),
+            "SBIR_INDEX_DIR": str(index),
+            "SBIR_THUMBNAIL_DIR": str(work / "thumbnails"),
+            "SBIR_WATCH_INTERVAL_S": "0",
+        }
+        | extra
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     with open(work / f"server-{mode}.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}")
@@ -191,10 +234,17 @@ async def load(url: str, sketches: list[bytes], concurrency: int, total: int) ->
 
 def summarise(samples: list[Sample], wall: float) -> dict[str, float]:
     lat = [s.latency_ms for s in samples]
-    mean = {k: statistics.fmean(s.timing[k] for s in samples)
-            for k in ("decode_ms", "queue_ms", "encode_ms", "search_ms", "batch_size")}  # fmt: skip
-    return {"n": len(samples), "p50": float(np.percentile(lat, 50)),
-            "p99": float(np.percentile(lat, 99)), "rps": len(samples) / wall, **mean}  # fmt: skip
+    mean = {
+        k: statistics.fmean(s.timing[k] for s in samples)
+        for k in ("decode_ms", "queue_ms", "encode_ms", "search_ms", "batch_size")
+    }
+    return {
+        "n": len(samples),
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "rps": len(samples) / wall,
+        **mean,
+    }
 
 
 Results = dict[str, dict[int, dict[str, float]]]
@@ -203,8 +253,9 @@ Results = dict[str, dict[int, dict[str, float]]]
 def measure(args: argparse.Namespace, model: Path, index: Path, sketches: list[bytes]) -> Results:
     """Both modes' servers up at once; at each concurrency the modes take turns (A B B A), so
     that drifting background load on the machine hits both alike."""
-    servers = {mode: start_server(model, index, args.work, mode, extra)
-               for mode, extra in MODES.items()}  # fmt: skip
+    servers = {
+        mode: start_server(model, index, args.work, mode, extra) for mode, extra in MODES.items()
+    }
     try:
         for server in servers.values():
             asyncio.run(load(server.url, sketches, 4, 16))  # warm up
@@ -218,8 +269,11 @@ def measure(args: argparse.Namespace, model: Path, index: Path, sketches: list[b
                     got[mode] = (got[mode][0] + samples, got[mode][1] + wall)
             for mode, (samples, wall) in got.items():
                 results[mode][c] = summarise(samples, wall)
-            print(f"  concurrency {c:>2}: " + ", ".join(
-                f"{m} {results[m][c]['rps']:.1f} req/s" for m in servers), flush=True)  # fmt: skip
+            print(
+                f"  concurrency {c:>2}: "
+                + ", ".join(f"{m} {results[m][c]['rps']:.1f} req/s" for m in servers),
+                flush=True,
+            )
         return results
     finally:
         for server in servers.values():
@@ -235,33 +289,44 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     load1, load5, _ = os.getloadavg()
-    return (f"{cpus[0] if cpus else platform.processor()}, {os.cpu_count()} cores, "
-            f"{mem:.0f} GiB; {platform.platform()}; Python {platform.python_version()}; "
-            f"onnxruntime {ort.__version__} {ort.get_available_providers()}; "
-            f"faiss {faiss.__version__}, {gpus} GPU(s); load average {load1:.1f} / {load5:.1f} "
-            "(1 / 5 min) before the run; client and server on the same machine")  # fmt: skip
+    return (
+        f"{cpus[0] if cpus else platform.processor()}, {os.cpu_count()} cores, "
+        f"{mem:.0f} GiB; {platform.platform()}; Python {platform.python_version()}; "
+        f"onnxruntime {ort.__version__} {ort.get_available_providers()}; "
+        f"faiss {faiss.__version__}, {gpus} GPU(s); load average {load1:.1f} / {load5:.1f} "
+        "(1 / 5 min) before the run; client and server on the same machine"
+    )
 
 
 def table(results: Results) -> str:
-    head = ("| mode | concurrency | requests | p50 ms | p99 ms | req/s | decode ms | batch wait ms"
-            " | encode ms (batch) | search ms (batch) | mean batch |")  # fmt: skip
+    head = (
+        "| mode | concurrency | requests | p50 ms | p99 ms | req/s | decode ms | batch wait ms"
+        " | encode ms (batch) | search ms (batch) | mean batch |"
+    )
     lines = [head, "|" + "---|" * 11]
     for mode, rows in results.items():
         for c, r in rows.items():
-            lines.append(f"| {mode} | {c} | {r['n']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                         f"{r['rps']:.1f} | {r['decode_ms']:.1f} | {r['queue_ms']:.1f} | "
-                         f"{r['encode_ms']:.1f} | {r['search_ms']:.2f} | "
-                         f"{r['batch_size']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {mode} | {c} | {r['n']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                f"{r['rps']:.1f} | {r['decode_ms']:.1f} | {r['queue_ms']:.1f} | "
+                f"{r['encode_ms']:.1f} | {r['search_ms']:.2f} | "
+                f"{r['batch_size']:.1f} |"
+            )
     return "\n".join(lines)
 
 
 def ratios(results: Results) -> str:
-    lines = ["| concurrency | throughput batched / unbatched | p50 batched / unbatched "
-             "| p99 batched / unbatched |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| concurrency | throughput batched / unbatched | p50 batched / unbatched "
+        "| p99 batched / unbatched |",
+        "|---|---|---|---|",
+    ]
     for c, b in results["batched"].items():
         u = results["unbatched"][c]
-        lines.append(f"| {c} | {b['rps'] / u['rps']:.2f}x | {b['p50'] / u['p50']:.2f}x | "
-                     f"{b['p99'] / u['p99']:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {c} | {b['rps'] / u['rps']:.2f}x | {b['p50'] / u['p50']:.2f}x | "
+            f"{b['p99'] / u['p99']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -288,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     index = args.work / f"index-{args.photos}"
     started = time.perf_counter()
     version = synthesise_index(model, args.work / "data" / "photo", index, args.photos)
-    info = Manifest.model_validate_json((index / "versions" / version / "manifest.json")
-                                        .read_bytes()).index  # fmt: skip
+    info = Manifest.model_validate_json(
+        (index / "versions" / version / "manifest.json").read_bytes()
+    ).index
     print(
         f"index {version}: {info.n} vectors, {info.factory}, nprobe {info.nprobe}, "
         f"recall@{info.recall_k} {info.recall_at_k:.3f} ({time.perf_counter() - started:.0f}s)"

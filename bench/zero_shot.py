@@ -69,16 +69,23 @@ def class_folds(classes: list[str], k: int, seed: int = 0) -> list[list[str]]:
 
 
 def run_fold(
-    fold: int, test: list[str], data: Path, work: Path, backbone: str, candidates: list[str],
-    seeds: int, settings: BuilderSettings,
-) -> dict:  # fmt: skip
+    fold: int,
+    test: list[str],
+    data: Path,
+    work: Path,
+    backbone: str,
+    candidates: list[str],
+    seeds: int,
+    settings: BuilderSettings,
+) -> dict:
     """Baselines and every candidate x seed on one fold: {row: {metric...}} and validation."""
     split = work / "folds" / f"fold{fold}.txt"
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text("\n".join(test) + "\n")
     train = [c for c in data_classes(data) if c not in test]
-    base = evaluate_baselines(data, train, test, backbone, settings, with_pseudo_sketch=True,
-                              whiten=input_scaling())  # fmt: skip
+    base = evaluate_baselines(
+        data, train, test, backbone, settings, with_pseudo_sketch=True, whiten=input_scaling()
+    )
     rows = {name: base[f"{backbone} {label}"] for name, label in BASELINES.items()}
     validation, chosen = {}, {}
     for name in candidates:
@@ -114,8 +121,9 @@ def summarise(folds: list[dict]) -> dict:
         rows = [f["rows"][name] for f in folds]
         sd = {f"{k}_sd": float(np.std([r[k] for r in rows])) for k in METRICS}
         summary[name] = {**_mean_metrics(rows), **sd}
-    validation = {n: float(np.mean([f["validation"][n] for f in folds]))
-                  for n in folds[0]["validation"]}  # fmt: skip
+    validation = {
+        n: float(np.mean([f["validation"][n] for f in folds])) for n in folds[0]["validation"]
+    }
     chosen = max(validation, key=validation.__getitem__)
     ratios = [f["rows"][chosen]["map_all"] / f["rows"]["standardized"]["map_all"] for f in folds]
     return {
@@ -152,9 +160,14 @@ def _timed_fold(fold: int, test: list[str], *args) -> dict:
 
 
 def run(
-    shared: Path, work: Path, backbone: str, k: int, seeds: int, candidates: list[str],
+    shared: Path,
+    work: Path,
+    backbone: str,
+    k: int,
+    seeds: int,
+    candidates: list[str],
     jobs: int = 1,
-) -> dict:  # fmt: skip
+) -> dict:
     """Every fold (``jobs`` of them at once, in worker processes), then the summary."""
     data, settings, classes = prepared(shared, work)
     for pseudo_sketch in (False, True):  # extracted once, before the folds read them
@@ -167,8 +180,13 @@ def run(
         else:
             futures = [pool.submit(_timed_fold, i, test, *args) for i, test in enumerate(splits)]
             folds = [f.result() for f in futures]
-    return {"machine": machine(), "backbone": backbone, "seeds": seeds, "folds": folds,
-            **summarise(folds)}  # fmt: skip
+    return {
+        "machine": machine(),
+        "backbone": backbone,
+        "seeds": seeds,
+        "folds": folds,
+        **summarise(folds),
+    }
 
 
 def print_result(result: dict) -> None:
@@ -194,8 +212,10 @@ def print_result(result: dict) -> None:
         category = [w["category_weight"] for w in chosen]
         print(f"  {n:34s} {v:.4f}  (chosen fusion weights {fusion}, category shares {category})")
     ratios = ", ".join(f"{r:.2f}" for r in result["ratio_to_standardized"])
-    print(f"chosen: {result['chosen']}; its mAP@all / standardised baseline per fold: {ratios}; "
-          f"mean gain {100 * result['gain_of_means']:+.1f} %")  # fmt: skip
+    print(
+        f"chosen: {result['chosen']}; its mAP@all / standardised baseline per fold: {ratios}; "
+        f"mean gain {100 * result['gain_of_means']:+.1f} %"
+    )
 
 
 def main() -> None:
@@ -206,8 +226,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="folds run at once (processes)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = run(args.shared, args.work, args.backbone, args.folds, args.seeds, args.candidates,
-                 args.jobs)  # fmt: skip
+    result = run(
+        args.shared, args.work, args.backbone, args.folds, args.seeds, args.candidates, args.jobs
+    )
     print_result(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -261,8 +261,10 @@ def check_payload(vectors: np.ndarray, manifest: Manifest) -> None:
     """Raise ValueError unless there is one vector a photo and ids are rows (before a commit
     writes anything)."""
     if len(vectors) != manifest.count or len(manifest.items) != manifest.count:
-        raise ValueError(f"{len(vectors)} vectors for {len(manifest.items)} photos (manifest "
-                         f"count {manifest.count}); they must match")  # fmt: skip
+        raise ValueError(
+            f"{len(vectors)} vectors for {len(manifest.items)} photos (manifest "
+            f"count {manifest.count}); they must match"
+        )
     if any(item.id != row for row, item in enumerate(manifest.items)):
         raise ValueError("photo ids must be their rows, 0 to count - 1 in order")
 

@@ -177,12 +177,22 @@ def _build_ivf(
         start = {k_factor: recalls[nprobe]}
         k_factor, depth_recalls = deepen_refine(index, queries, truth, start, target)
     info = IndexInfo(
-        kind=spec.kind, factory=spec.factory, n=n, dim=dim, nlist=spec.nlist, nprobe=nprobe,
-        k_factor=k_factor, k_factor_recalls=depth_recalls,
-        recall_at_k=depth_recalls.get(k_factor, recalls[nprobe]), recall_k=k,
-        recall_queries=len(queries), target_recall=target, nprobe_recalls=recalls,
-        train_points=n_train, device=device,
-    )  # fmt: skip
+        kind=spec.kind,
+        factory=spec.factory,
+        n=n,
+        dim=dim,
+        nlist=spec.nlist,
+        nprobe=nprobe,
+        k_factor=k_factor,
+        k_factor_recalls=depth_recalls,
+        recall_at_k=depth_recalls.get(k_factor, recalls[nprobe]),
+        recall_k=k,
+        recall_queries=len(queries),
+        target_recall=target,
+        nprobe_recalls=recalls,
+        train_points=n_train,
+        device=device,
+    )
     return index, info
 
 
@@ -218,9 +228,12 @@ def choose_nprobe(
 
 
 def deepen_refine(
-    index: faiss.Index, queries: np.ndarray, truth: np.ndarray, recalls: dict[int, float],
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    recalls: dict[int, float],
     target: float,
-) -> tuple[int, dict[int, float]]:  # fmt: skip
+) -> tuple[int, dict[int, float]]:
     """Double IVF-PQ's re-ranking depth until ``target`` recall or ``MAX_REFINE_K_FACTOR``.
 
     Where nprobe stops helping, the PQ codes' ranking is what loses neighbours; re-ranking

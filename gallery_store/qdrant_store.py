@@ -107,9 +107,12 @@ def point_payload(item: ManifestItem) -> dict[str, Any]:
     """A photo's payload (see the module docstring)."""
     shown = display_path(item.path)
     payload: dict[str, Any] = {
-        "path": shown, "class": None if item.cls is None else display_path(item.cls),
-        "size": [item.width, item.height], "sha256": item.sha256, "dirs": ancestors(shown),
-    }  # fmt: skip
+        "path": shown,
+        "class": None if item.cls is None else display_path(item.cls),
+        "size": [item.width, item.height],
+        "sha256": item.sha256,
+        "dirs": ancestors(shown),
+    }
     for name, value in (("path", item.path), ("class", item.cls)):
         if value is not None and (raw := _raw(value)) is not None:
             payload[f"raw_{name}"] = raw
@@ -119,8 +122,14 @@ def point_payload(item: ManifestItem) -> dict[str, Any]:
 def item_of(point_id: int, payload: dict[str, Any]) -> ManifestItem:
     """The manifest item a point's payload holds."""
     width, height = payload["size"]
-    return ManifestItem(id=point_id, path=_unraw(payload, "path"), cls=_unraw(payload, "class"),
-                        width=width, height=height, sha256=payload["sha256"])  # fmt: skip
+    return ManifestItem(
+        id=point_id,
+        path=_unraw(payload, "path"),
+        cls=_unraw(payload, "class"),
+        width=width,
+        height=height,
+        sha256=payload["sha256"],
+    )
 
 
 def to_filter(where: Where | None) -> qm.Filter | None:
@@ -143,9 +152,13 @@ class QdrantVersion(StoredVersion):
     """One version's collection; the manifest's items are read from the points' payloads."""
 
     def __init__(
-        self, client: QdrantClient, collection: str, version: str, manifest: Manifest,
+        self,
+        client: QdrantClient,
+        collection: str,
+        version: str,
+        manifest: Manifest,
         report: Report,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client, self.collection, self.version = client, collection, version
         self.manifest, self.report = manifest, report
         self.device = "qdrant"
@@ -170,8 +183,10 @@ class QdrantVersion(StoredVersion):
         search stays exact in count: Qdrant picks brute force for selective filters)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         flt = to_filter(where)
-        requests = [qm.QueryRequest(query=row.tolist(), filter=flt, limit=max(k, 1),
-                                    with_payload=False) for row in q]  # fmt: skip
+        requests = [
+            qm.QueryRequest(query=row.tolist(), filter=flt, limit=max(k, 1), with_payload=False)
+            for row in q
+        ]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         width = max((len(a.points) for a in answers), default=0)
         scores = np.full((len(q), width), -np.inf, np.float32)
@@ -185,9 +200,13 @@ class QdrantVersion(StoredVersion):
 def _scroll(client: QdrantClient, collection: str, with_vectors: bool) -> Iterator[Any]:
     offset = None
     while True:
-        points, offset = client.scroll(collection, limit=SCROLL_PAGE, offset=offset,
-                                       with_payload=not with_vectors,
-                                       with_vectors=with_vectors)  # fmt: skip
+        points, offset = client.scroll(
+            collection,
+            limit=SCROLL_PAGE,
+            offset=offset,
+            with_payload=not with_vectors,
+            with_vectors=with_vectors,
+        )
         yield from points
         if offset is None:
             return
@@ -221,8 +240,11 @@ class QdrantStore(VectorStore):
     def _versions(self) -> dict[str, dict[str, Any]]:
         """Version -> collection metadata of every version collection, oldest first."""
         prefix = self.alias + "-v"
-        names = sorted(c.name for c in self.client.get_collections().collections
-                       if c.name.startswith(prefix) and c.name[len(prefix):].isdigit())  # fmt: skip
+        names = sorted(
+            c.name
+            for c in self.client.get_collections().collections
+            if c.name.startswith(prefix) and c.name[len(prefix) :].isdigit()
+        )
         return {n[len(self.alias) + 1 :]: self._metadata(n) for n in names}
 
     def _metadata(self, collection: str) -> dict[str, Any]:
@@ -273,8 +295,9 @@ class QdrantStore(VectorStore):
                 raise IndexIntegrityError(f"{name}: point {point_id} beyond {manifest.count}")
             items[point_id] = item_of(point_id, point.payload or {})
         if any(it is None for it in items):
-            raise IndexIntegrityError(f"{name}: {items.count(None)} of {manifest.count} "
-                                      "points are missing")  # fmt: skip
+            raise IndexIntegrityError(
+                f"{name}: {items.count(None)} of {manifest.count} points are missing"
+            )
         manifest.items = [it for it in items if it is not None]
         manifest.version = version
         return QdrantVersion(self.client, name, version, manifest, report)
@@ -287,8 +310,7 @@ class QdrantStore(VectorStore):
 
     def check_new(self) -> None:
         if self.exists():
-            raise ValueError(f"{self.location}: already holds an index; use `rebuild` to "
-                             "update it")  # fmt: skip
+            raise ValueError(f"{self.location}: already holds an index; use `rebuild` to update it")
 
     def check_existing(self) -> None:
         """Nothing to check: a Qdrant location is given whole by the settings, and an empty
@@ -340,25 +362,34 @@ class QdrantStore(VectorStore):
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = int(x.shape[1]) if x.ndim == 2 and x.shape[1] else manifest.model.embedding_dim
         self.client.create_collection(
-            name, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT),
+            name,
+            vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT),
             shard_number=self.settings.qdrant_shards,
             replication_factor=self.settings.qdrant_replicas,
-        )  # fmt: skip
+        )
         if self.settings.qdrant_url is not None:  # local mode has no payload indexes
             for field in ("class", "dirs"):
                 self.client.create_payload_index(name, field, qm.PayloadSchemaType.KEYWORD)
         items = manifest.items
         for start, stop in batches(len(items), UPSERT_BATCH):
-            points = [qm.PointStruct(id=it.id, vector=x[it.id].tolist(), payload=point_payload(it))
-                      for it in items[start:stop]]  # fmt: skip
+            points = [
+                qm.PointStruct(id=it.id, vector=x[it.id].tolist(), payload=point_payload(it))
+                for it in items[start:stop]
+            ]
             self.client.upsert(name, points=points, wait=True)
         manifest.version = version
-        manifest.index = IndexInfo(kind="qdrant", factory="Qdrant collection (dot product)",
-                                   n=len(items), dim=dim)  # fmt: skip
+        manifest.index = IndexInfo(
+            kind="qdrant", factory="Qdrant collection (dot product)", n=len(items), dim=dim
+        )
         header = manifest.model_copy(update={"items": []})
-        self.client.update_collection(name, metadata={
-            "complete": True, "manifest": to_json(header), "report": to_json(report),
-        })  # fmt: skip
+        self.client.update_collection(
+            name,
+            metadata={
+                "complete": True,
+                "manifest": to_json(header),
+                "report": to_json(report),
+            },
+        )
         self._switch(version)
         self.prune(keep)
         return version
@@ -370,10 +401,16 @@ class QdrantStore(VectorStore):
             self.client.update_collection(self.collection(previous), metadata={"served": True})
         operations: list[Any] = []
         if previous is not None:
-            operations.append(qm.DeleteAliasOperation(
-                delete_alias=qm.DeleteAlias(alias_name=self.alias)))  # fmt: skip
-        operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(
-            collection_name=self.collection(version), alias_name=self.alias)))  # fmt: skip
+            operations.append(
+                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.alias))
+            )
+        operations.append(
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(
+                    collection_name=self.collection(version), alias_name=self.alias
+                )
+            )
+        )
         self.client.update_collection_aliases(change_aliases_operations=operations)
         self.client.update_collection(self.collection(version), metadata={"served": True})
 

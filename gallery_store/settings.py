@@ -36,6 +36,8 @@ class StoreSettings(BaseSettings):
     @model_validator(mode="after")
     def _one_qdrant_location(self) -> StoreSettings:
         if self.store == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
-            raise ValueError("SBIR_STORE=qdrant needs exactly one of SBIR_QDRANT_URL (a server "
-                             "or cluster) and SBIR_QDRANT_PATH (embedded local mode)")  # fmt: skip
+            raise ValueError(
+                "SBIR_STORE=qdrant needs exactly one of SBIR_QDRANT_URL (a server "
+                "or cluster) and SBIR_QDRANT_PATH (embedded local mode)"
+            )
         return self

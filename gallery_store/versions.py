@@ -140,8 +140,10 @@ class LoadedIndex(StoredVersion):
             return scores, ids
         keep = [np.flatnonzero(~np.isin(row, list(exclude)))[:k] for row in ids]
         width = min(len(kept) for kept in keep)  # rows differ only when ids are padded
-        return (np.stack([s[kept[:width]] for s, kept in zip(scores, keep, strict=True)]),
-                np.stack([i[kept[:width]] for i, kept in zip(ids, keep, strict=True)]))  # fmt: skip
+        return (
+            np.stack([s[kept[:width]] for s, kept in zip(scores, keep, strict=True)]),
+            np.stack([i[kept[:width]] for i, kept in zip(ids, keep, strict=True)]),
+        )
 
     def _matching(self, where: Where) -> np.ndarray:
         """Ids of the photos of ``where``'s classes under its folder, ascending."""
@@ -207,8 +209,10 @@ def load_current(
     index_dir = Path(index_dir)
     pointer = read_pointer(index_dir)
     if pointer is None:
-        raise FileNotFoundError(f"{index_dir}: no gallery index here (no {POINTER}); "
-                                "build one with `python -m index_builder build-index`")  # fmt: skip
+        raise FileNotFoundError(
+            f"{index_dir}: no gallery index here (no {POINTER}); "
+            "build one with `python -m index_builder build-index`"
+        )
     loaded = load_version(index_dir, pointer.version, pointer.checksums_sha256 if verify else None)
     if expected_fingerprint is not None and loaded.fingerprint != expected_fingerprint:
         raise FingerprintMismatchError(
@@ -240,8 +244,9 @@ def verify_version(folder: Path, checksums_sha256: str) -> None:
     """Raise IndexIntegrityError unless every file matches checksums.json and it matches."""
     listing = folder / CHECKSUMS_FILE
     if not listing.is_file() or sha256_file(listing) != checksums_sha256:
-        raise IndexIntegrityError(f"{listing}: missing or modified (its sha256 differs from "
-                                  f"the one in {POINTER})")  # fmt: skip
+        raise IndexIntegrityError(
+            f"{listing}: missing or modified (its sha256 differs from the one in {POINTER})"
+        )
     try:
         expected = json.loads(listing.read_text())
     except ValueError as err:
@@ -252,20 +257,27 @@ def verify_version(folder: Path, checksums_sha256: str) -> None:
             raise IndexIntegrityError(f"{path}: missing from the index version")
         size = path.stat().st_size
         if size != want["bytes"]:
-            raise IndexIntegrityError(f"{path}: {size} bytes, {want['bytes']} expected; the "
-                                      "file is truncated or was modified")  # fmt: skip
+            raise IndexIntegrityError(
+                f"{path}: {size} bytes, {want['bytes']} expected; the "
+                "file is truncated or was modified"
+            )
         if sha256_file(path) != want["sha256"]:
-            raise IndexIntegrityError(f"{path}: sha256 differs from {CHECKSUMS_FILE}; the file "
-                                      "is corrupted or was modified")  # fmt: skip
+            raise IndexIntegrityError(
+                f"{path}: sha256 differs from {CHECKSUMS_FILE}; the file "
+                "is corrupted or was modified"
+            )
 
 
 def _check_consistent(folder: Path, index: faiss.Index, manifest: Manifest) -> None:
     if index.ntotal != manifest.count or len(manifest.items) != manifest.count:
-        raise IndexIntegrityError(f"{folder}: the index holds {index.ntotal} vectors, the "
-                                  f"manifest {len(manifest.items)} photos")  # fmt: skip
+        raise IndexIntegrityError(
+            f"{folder}: the index holds {index.ntotal} vectors, the "
+            f"manifest {len(manifest.items)} photos"
+        )
     if index.d != manifest.model.embedding_dim:
-        raise IndexIntegrityError(f"{folder}: {index.d}-d index for a "
-                                  f"{manifest.model.embedding_dim}-d model")  # fmt: skip
+        raise IndexIntegrityError(
+            f"{folder}: {index.d}-d index for a {manifest.model.embedding_dim}-d model"
+        )
 
 
 def _first_line(err: Exception) -> str:
@@ -284,8 +296,9 @@ def locked(index_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise IndexBusyError(f"{index_dir}: another build is running (it holds "
-                                 f"{index_dir / LOCK})") from err  # fmt: skip
+            raise IndexBusyError(
+                f"{index_dir}: another build is running (it holds {index_dir / LOCK})"
+            ) from err
         try:
             yield
         finally:
@@ -371,8 +384,10 @@ def _write_files(folder: Path, payload: Payload) -> str:
     np.save(folder / VECTORS_FILE, np.ascontiguousarray(payload.vectors, dtype=np.float32))
     (folder / MANIFEST_FILE).write_text(to_json(payload.manifest))
     (folder / REPORT_FILE).write_text(to_json(payload.report, indent=2))
-    listing = {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-               for n in DATA_FILES}  # fmt: skip
+    listing = {
+        n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+        for n in DATA_FILES
+    }
     (folder / CHECKSUMS_FILE).write_text(json.dumps(listing, indent=2))
     for name in (*DATA_FILES, CHECKSUMS_FILE):
         _fsync_file(folder / name)
@@ -494,8 +509,7 @@ class FaissStore(VectorStore):
         if (index_dir / POINTER).exists():
             raise ValueError(f"{index_dir}: already holds an index; use `rebuild` to update it")
         if index_dir.is_dir() and {p.name for p in index_dir.iterdir()} - {VERSIONS, LOCK}:
-            raise ValueError(f"{index_dir}: not empty and not an index directory; choose "
-                             "another")  # fmt: skip
+            raise ValueError(f"{index_dir}: not empty and not an index directory; choose another")
 
     def check_existing(self) -> None:
         check_index_dir(self.index_dir)
@@ -512,8 +526,7 @@ class FaissStore(VectorStore):
         check_payload(vectors, manifest)
         built = build_index(vectors)
         manifest.index = built.info
-        return commit_version(self.index_dir, Payload(built.index, vectors, manifest, report),
-                              keep)  # fmt: skip
+        return commit_version(self.index_dir, Payload(built.index, vectors, manifest, report), keep)
 
     def report_path(self, version: str) -> str:
         return str(self.index_dir / VERSIONS / version / REPORT_FILE)

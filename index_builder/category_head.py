@@ -23,9 +23,15 @@ CATEGORY_GRID = tuple(round(0.1 * i, 1) for i in range(10))  # 1 would drop the 
 
 
 def fit_category_head(
-    model: IIAE, sketches: FeatureSet, photos: FeatureSet, classes: list[str],
-    steps: int = 400, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0,
-) -> None:  # fmt: skip
+    model: IIAE,
+    sketches: FeatureSet,
+    photos: FeatureSet,
+    classes: list[str],
+    steps: int = 400,
+    lr: float = 0.01,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> None:
     """Fit ``model.category_head`` (from scratch, full batch) on these sketches and pictures
     of ``classes``, the two domains weighing equally; the rest of the model is untouched."""
     head = model.category_head
@@ -53,9 +59,12 @@ def fit_category_head(
 
 
 def choose_category_weight(
-    model: IIAE, fit: tuple[FeatureSet, FeatureSet], val: tuple[FeatureSet, FeatureSet],
-    classes: list[str], grid: tuple[float, ...] = CATEGORY_GRID,
-) -> dict[float, dict[str, float]]:  # fmt: skip
+    model: IIAE,
+    fit: tuple[FeatureSet, FeatureSet],
+    val: tuple[FeatureSet, FeatureSet],
+    classes: list[str],
+    grid: tuple[float, ...] = CATEGORY_GRID,
+) -> dict[float, dict[str, float]]:
     """Seen, unseen and harmonic-mean mAP@all of each category weight (above); leaves
     ``model`` with the head fitted on all of ``fit`` at the best weight (at 0, and ``{}``,
     where every class has a single sketch and none can be held out)."""

@@ -18,8 +18,12 @@ from index_builder.gallery.engines import ENGINES
 from index_builder.recipes import RECIPES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError,
-)  # fmt: skip
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    RuntimeError,
+)
 
 
 def _flag_type(field: FieldInfo) -> type:
@@ -38,8 +42,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig])
         by_recipe = "".join(f"; {r}: {v[name]}" for r, v in RECIPES.items() if name in v)
         helptext = f"{field.description or name} (default: {field.default}{by_recipe})"
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=helptext)  # fmt: skip
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         elif typing.get_origin(kind) is typing.Literal:
             group.add_argument(flag, choices=typing.get_args(kind), default=None, help=helptext)
         else:
@@ -58,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="turn ../shared/data into the folder layout")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--photo-table", type=Path, default=None,
-                   help="class<TAB>source<TAB>path table of the photos (default: the curated "
-                        "index_builder/data/photo_map.tsv; the shared folder's "
-                        "tuxpaint_photos.tsv with --shared-table)")  # fmt: skip
+    p.add_argument(
+        "--photo-table",
+        type=Path,
+        default=None,
+        help="class<TAB>source<TAB>path table of the photos (default: the curated "
+        "index_builder/data/photo_map.tsv; the shared folder's "
+        "tuxpaint_photos.tsv with --shared-table)",
+    )
     p.add_argument(
         "--shared-table",
         action="store_true",
@@ -89,16 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--figure", type=Path, help="PNG of queries and their top photos")
     p.add_argument("--voc", action="store_true", help="also VOC-interpolated mAP")
-    p.add_argument("--gallery", choices=GALLERIES, default="extended",
-                   help="Sketchy photos searched: the extended photos (default), or SAKE's / "
-                        "ZSE-SBIR's set: those plus Sketchy's own photos")  # fmt: skip
+    p.add_argument(
+        "--gallery",
+        choices=GALLERIES,
+        default="extended",
+        help="Sketchy photos searched: the extended photos (default), or SAKE's / "
+        "ZSE-SBIR's set: those plus Sketchy's own photos",
+    )
 
-    p = sub.add_parser("baselines", help="untrained backbone features: raw, standardised, and "
-                       "rooted and whitened as the recommended recipe's inputs")  # fmt: skip
+    p = sub.add_parser(
+        "baselines",
+        help="untrained backbone features: raw, standardised, and "
+        "rooted and whitened as the recommended recipe's inputs",
+    )
     _data_args(p)
     p.add_argument("--backbone", default="efficientnet-lite0")
-    p.add_argument("--pseudo-sketch", action="store_true",
-                   help="also with photos read with their pseudo-sketches")  # fmt: skip
+    p.add_argument(
+        "--pseudo-sketch",
+        action="store_true",
+        help="also with photos read with their pseudo-sketches",
+    )
     p.add_argument("--json", type=Path)
 
     p = sub.add_parser("export-onnx", help="export a run's sketch and photo encoders to ONNX")
@@ -153,18 +172,34 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
         return value
 
     p.add_argument("--batch-size", type=at_least_one, help="photos per encoder batch (32)")
-    p.add_argument("--workers", type=at_least_one, help="decoding threads (default: min(8, "
-                   "cores) within a 4 GB decode budget)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=at_least_one,
+        help="decoding threads (default: min(8, cores) within a 4 GB decode budget)",
+    )
     p.add_argument("--keep", type=at_least_one, help="served index versions to keep (3)")
-    p.add_argument("--max-shrink", type=share, help="largest share of the served photos a "
-                   "build may drop without --allow-shrink (0.2)")  # fmt: skip
-    p.add_argument("--allow-shrink", action="store_true", help="accept a build that drops "
-                   "more than --max-shrink, or that cannot read some folders")  # fmt: skip
+    p.add_argument(
+        "--max-shrink",
+        type=share,
+        help="largest share of the served photos a build may drop without --allow-shrink (0.2)",
+    )
+    p.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="accept a build that drops more than --max-shrink, or that cannot read some folders",
+    )
     p.add_argument("--allow-empty", action="store_true", help="accept a build with no photo")
-    p.add_argument("--engine", choices=ENGINES, help="embedding engine: local (threads, "
-                   "ONNX Runtime in this process; default) or ray (Ray Data actors)")  # fmt: skip
-    p.add_argument("--ray-address", help="with --engine ray: the Ray cluster (HOST:PORT, "
-                   "ray://HOST:PORT or auto; default: a local Ray sized to the cores)")  # fmt: skip
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="embedding engine: local (threads, "
+        "ONNX Runtime in this process; default) or ray (Ray Data actors)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="with --engine ray: the Ray cluster (HOST:PORT, "
+        "ray://HOST:PORT or auto; default: a local Ray sized to the cores)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -181,39 +216,62 @@ def run_command(args: argparse.Namespace) -> int:
         from index_builder.prepare import PHOTO_MAP, prepare_shared_data
 
         table = None if args.shared_table else (args.photo_table or PHOTO_MAP)
-        report = prepare_shared_data(args.shared, args.out, stroke_width=args.stroke_width,
-                                     margin=args.margin, photo_table=table)  # fmt: skip
+        report = prepare_shared_data(
+            args.shared,
+            args.out,
+            stroke_width=args.stroke_width,
+            margin=args.margin,
+            photo_table=table,
+        )
         print(report.summary())
     elif args.command == "render-quickdraw":
         from index_builder.datasets.quickdraw import render_quickdraw
 
-        n = render_quickdraw(args.ndjson, args.out, size=args.size,
-                             stroke_width=args.stroke_width, margin=args.margin)  # fmt: skip
+        n = render_quickdraw(
+            args.ndjson,
+            args.out,
+            size=args.size,
+            stroke_width=args.stroke_width,
+            margin=args.margin,
+        )
         print(f"rendered {n} drawings into {args.out}")
     elif args.command == "train":
         from index_builder.run import train_run
 
         cfg = config_from_args(args, TrainConfig)
         info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
-        print(f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
-              f"(recipe {cfg.recipe}) -> {args.out}")  # fmt: skip
+        print(
+            f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
+            f"(recipe {cfg.recipe}) -> {args.out}"
+        )
         _print_validation(info)
     elif args.command == "evaluate":
         from index_builder.evaluate import evaluate_run, format_table
 
-        result = evaluate_run(args.run, args.data, args.test_classes, args.json, args.figure,
-                              args.voc, settings, args.gallery)  # fmt: skip
+        result = evaluate_run(
+            args.run,
+            args.data,
+            args.test_classes,
+            args.json,
+            args.figure,
+            args.voc,
+            settings,
+            args.gallery,
+        )
         print(format_table({result["model"]: result}))
-        print(f"{result['n_queries']} queries, {result['n_gallery']} photos; "
-              f"{result['convention']}")  # fmt: skip
+        print(
+            f"{result['n_queries']} queries, {result['n_gallery']} photos; {result['convention']}"
+        )
     elif args.command == "baselines":
         _baselines(args, settings)
     elif args.command == "export-onnx":
         from model.export import export_onnx
 
         meta = export_onnx(args.run, args.out, args.opset)
-        print(f"exported {meta.backbone} sketch and photo encoders -> {args.out} "
-              f"(fingerprint {meta.fingerprint[:16]})")  # fmt: skip
+        print(
+            f"exported {meta.backbone} sketch and photo encoders -> {args.out} "
+            f"(fingerprint {meta.fingerprint[:16]})"
+        )
     elif args.command in ("build-index", "rebuild"):
         _gallery(args)
     return 0
@@ -228,9 +286,11 @@ def _print_validation(info: dict) -> None:
     pseudo = info.get("config", {}).get("pseudo_sketch")
     with_pseudo = " (photos with pseudo-sketches)" if pseudo else ""
     baseline = f"standardised backbone features{with_pseudo} {check['baseline_map_all']:.4f}"
-    print(f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
-          f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "
-          f"{baseline}")  # fmt: skip
+    print(
+        f"validation ({len(info['val_classes'])} held-out training classes, mAP@all): "
+        f"model {check['model_map_all']:.4f} (step {info['selected_step']}), "
+        f"{baseline}"
+    )
     if not check["model_better"]:
         print(
             "warning: the model does not beat the training-free standardised baseline on "
@@ -254,8 +314,12 @@ def _gallery(args: argparse.Namespace) -> None:
     pick = {
         n: getattr(settings, n) if getattr(args, n) is None else getattr(args, n) for n in names
     }
-    options = BuildOptions(**pick, progress=not args.no_progress, allow_shrink=args.allow_shrink,
-                           allow_empty=args.allow_empty)  # fmt: skip
+    options = BuildOptions(
+        **pick,
+        progress=not args.no_progress,
+        allow_shrink=args.allow_shrink,
+        allow_empty=args.allow_empty,
+    )
     flag, index_dir = (
         ("--out", args.out) if args.command == "build-index" else ("--index", args.index)
     )
@@ -263,8 +327,10 @@ def _gallery(args: argparse.Namespace) -> None:
     if store_settings.store == "faiss" and index_dir is None:
         raise ValueError(f"{flag} INDEX_DIR is required (the FAISS store's directory)")
     if store_settings.store == "qdrant" and index_dir is not None:
-        raise ValueError(f"{flag} names a FAISS index directory, but SBIR_STORE=qdrant: "
-                         f"the store is SBIR_QDRANT_URL or _PATH; leave out {flag}")  # fmt: skip
+        raise ValueError(
+            f"{flag} names a FAISS index directory, but SBIR_STORE=qdrant: "
+            f"the store is SBIR_QDRANT_URL or _PATH; leave out {flag}"
+        )
     store = open_store(store_settings, index_dir)
     try:
         if args.command == "build-index":
@@ -286,8 +352,9 @@ def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
     from index_builder.sources import data_split
 
     data, train, test = data_split(args.data, args.train_classes, args.test_classes)
-    rows = evaluate_baselines(data, train, test, args.backbone, settings, args.pseudo_sketch,
-                              whiten=input_scaling())  # fmt: skip
+    rows = evaluate_baselines(
+        data, train, test, args.backbone, settings, args.pseudo_sketch, whiten=input_scaling()
+    )
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

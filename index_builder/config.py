@@ -134,8 +134,11 @@ class TrainConfig(BaseSettings):
         sizes = {"input_dim_x": dim_x, "input_dim_y": dim_y, "pseudo_sketch": self.pseudo_sketch}
         fusable = IIAEConfig(**sizes).fusable  # the fusion and category head need it
         if self.category_head and not fusable:
-            print(f"note: sketch ({dim_x}-d) and photo ({dim_y}-d) features differ in size; "
-                  "no category head", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: sketch ({dim_x}-d) and photo ({dim_y}-d) features differ in size; "
+                "no category head",
+                file=sys.stderr,
+            )
         return IIAEConfig(
             **sizes,
             latent_dim=self.latent_dim,

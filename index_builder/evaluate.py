@@ -62,16 +62,26 @@ def evaluate_run(
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
         if gallery != "extended":
-            raise DatasetError(f"{data}: the feature files hold one gallery; --gallery "
-                               f"{gallery} needs Sketchy's images")  # fmt: skip
+            raise DatasetError(
+                f"{data}: the feature files hold one gallery; --gallery "
+                f"{gallery} needs Sketchy's images"
+            )
         data = pick_split_dir(data, None, test_classes or info.get("test_classes"))
     test = _test_classes(data, test_classes, info)
-    sk, ph = feature_sets(data, test, info["backbone"], info["config"].get("backbone_weights"),
-                          settings=settings, gallery=gallery,
-                          pseudo_sketch=model.cfg.pseudo_sketch)  # fmt: skip
+    sk, ph = feature_sets(
+        data,
+        test,
+        info["backbone"],
+        info["config"].get("backbone_weights"),
+        settings=settings,
+        gallery=gallery,
+        pseudo_sketch=model.cfg.pseudo_sketch,
+    )
     if sk.features.shape[-1] != model.cfg.input_dim_x:
-        raise DatasetError(f"{data}: {sk.backbone} features are {sk.features.shape[-1]}-d; the "
-                           f"run {run_dir} reads {model.cfg.input_dim_x}-d")  # fmt: skip
+        raise DatasetError(
+            f"{data}: {sk.backbone} features are {sk.features.shape[-1]}-d; the "
+            f"run {run_dir} reads {model.cfg.input_dim_x}-d"
+        )
     zx, zy = embed(model, sk.clean, "sketch"), embed(model, ph.clean, "photo")
     result = {
         "model": f"IIAE ({info.get('feature_backbone', info['backbone'])}) {run_dir}",
@@ -114,8 +124,9 @@ def _test_classes(data: Path, test_classes: str | Path | None, info: dict) -> li
             raise ValueError("the run names no test classes: pass --test-classes")
         matched, unknown = match_classes(info["test_classes"], data_classes(data))
         if unknown:
-            raise DatasetError(f"{data} lacks the run's test class(es) "
-                               f"{', '.join(map(repr, unknown))}")  # fmt: skip
+            raise DatasetError(
+                f"{data} lacks the run's test class(es) {', '.join(map(repr, unknown))}"
+            )
         return sorted(matched)
     return resolve_split(data_classes(data), None, test_classes)[1]
 
@@ -168,8 +179,11 @@ def validation_check(
     The model's figure is of the step chosen on these classes, so it leans optimistic.
     """
     baseline = standardized_baseline_map(train, val)
-    return {"model_map_all": model_map, "baseline_map_all": baseline,
-            "model_better": model_map > baseline}  # fmt: skip
+    return {
+        "model_map_all": model_map,
+        "baseline_map_all": baseline,
+        "model_better": model_map > baseline,
+    }
 
 
 def evaluate_baselines(
@@ -187,8 +201,7 @@ def evaluate_baselines(
     results = {}
     for pseudo in (False, True) if with_pseudo_sketch else (False,):
         test = feature_sets(data, test_classes, backbone, settings=settings, pseudo_sketch=pseudo)
-        train = feature_sets(data, train_classes, backbone, settings=settings,
-                             pseudo_sketch=pseudo)  # fmt: skip
+        train = feature_sets(data, train_classes, backbone, settings=settings, pseudo_sketch=pseudo)
         suffix = " + photo pseudo-sketches" if pseudo else ""
         for name, fit_on in (("raw", None), ("standardized", train)):
             zx, zy = baseline_embeddings(fit_on, test)
@@ -201,22 +214,34 @@ def evaluate_baselines(
 
 
 def save_query_figure(
-    out: Path, zx: np.ndarray, sk: FeatureSet, zy: np.ndarray, ph: FeatureSet,
-    n_queries: int = 6, k: int = 8,
-) -> None:  # fmt: skip
+    out: Path,
+    zx: np.ndarray,
+    sk: FeatureSet,
+    zy: np.ndarray,
+    ph: FeatureSet,
+    n_queries: int = 6,
+    k: int = 8,
+) -> None:
     """A picture of a few queries (one per class, spread out) and their top-k photos."""
     classes = sorted(set(sk.labels))
     picks = np.linspace(0, len(classes) - 1, min(n_queries, len(classes))).astype(int)
     queries = [sk.labels.index(classes[i]) for i in picks]
     idx, scores = top_k(zx[queries], zy, min(k, len(ph.labels)))
     save_retrieval_figure(
-        out, [Path(sk.paths[q]) for q in queries], [sk.labels[q] for q in queries],
-        [Path(p) for p in ph.paths], ph.labels, idx, scores,
-    )  # fmt: skip
+        out,
+        [Path(sk.paths[q]) for q in queries],
+        [sk.labels[q] for q in queries],
+        [Path(p) for p in ph.paths],
+        ph.labels,
+        idx,
+        scores,
+    )
 
 
-def format_table(rows: dict[str, dict], keys: tuple[str, ...] = ("map_all", "p_at_10",
-                 "p_at_100", "map_at_200", "p_at_200")) -> str:  # fmt: skip
+def format_table(
+    rows: dict[str, dict],
+    keys: tuple[str, ...] = ("map_all", "p_at_10", "p_at_100", "map_at_200", "p_at_200"),
+) -> str:
     """A fixed-width table: one row per model, one column per metric."""
     width = max(len(name) for name in rows) + 2
     lines = ["model".ljust(width) + "".join(k.rjust(11) for k in keys)]

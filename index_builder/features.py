@@ -90,9 +90,13 @@ class _ImageViews(Dataset):
     """Decodes, augments and preprocesses (image, view) pairs in DataLoader workers."""
 
     def __init__(
-        self, samples: list[Sample], spec: FeatureSpec, prep: Preprocessing, start: int,
+        self,
+        samples: list[Sample],
+        spec: FeatureSpec,
+        prep: Preprocessing,
+        start: int,
         edges: EdgeConfig | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.samples, self.spec, self.prep, self.start = samples, spec, prep, start
         self.edges = edges  # photos read with their pseudo-sketches
 
@@ -107,10 +111,14 @@ class _ImageViews(Dataset):
         except ImageError as err:
             return row, str(err)
         views = [img] + [
-            augment(img, self.spec.domain, hash((self.spec.seed, row, v)) & 0x7FFFFFFF,
-                    self.spec.augment)
+            augment(
+                img,
+                self.spec.domain,
+                hash((self.spec.seed, row, v)) & 0x7FFFFFFF,
+                self.spec.augment,
+            )
             for v in range(1, self.spec.views)
-        ]  # fmt: skip
+        ]
         return row, np.stack([encoder_input_array(v, self.prep, self.edges) for v in views])
 
 
@@ -207,10 +215,16 @@ def _run_backbone(
     net = backbone.to(device).eval().to(memory_format=torch.channels_last)
     loader = DataLoader(
         _ImageViews(samples, spec, backbone.preprocessing, done, backbone.edges),
-        batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-    )  # fmt: skip
-    bar = tqdm(total=len(samples), initial=done, disable=not progress,
-               desc=f"{spec.domain} features ({backbone.name}, {spec.views} views)")  # fmt: skip
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    bar = tqdm(
+        total=len(samples),
+        initial=done,
+        disable=not progress,
+        desc=f"{spec.domain} features ({backbone.name}, {spec.views} views)",
+    )
     with torch.inference_mode():
         for batch in loader:
             errors = [msg for _, msg in batch if isinstance(msg, str)]

@@ -76,8 +76,11 @@ def read_photo_table(tsv: Path) -> dict[str, list[PhotoRef]]:
             continue
         ref = _photo_ref(fields, columns)
         if ref is None:
-            expected = "class<TAB>relative/stamp/path" if columns == 2 else (
-                f"class<TAB>{'|'.join(PACKAGES)}<TAB>relative/path")  # fmt: skip
+            expected = (
+                "class<TAB>relative/stamp/path"
+                if columns == 2
+                else (f"class<TAB>{'|'.join(PACKAGES)}<TAB>relative/path")
+            )
             raise DatasetError(f"{tsv}:{number}: expected '{expected}'")
         table.setdefault(fields[0], []).append(ref)
     if not table:

@@ -35,8 +35,11 @@ def pick_validation(train: list[str], n_val: int, seed: int) -> tuple[list[str],
     """
     n = min(n_val, len(train) // 4)
     if n < n_val:
-        print(f"note: {n_val} validation classes asked for; {len(train)} training classes "
-              f"allow {n} (at most a quarter)", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {n_val} validation classes asked for; {len(train)} training classes "
+            f"allow {n} (at most a quarter)",
+            file=sys.stderr,
+        )
     if n <= 0:
         return train, []
     order = np.random.default_rng(seed).permutation(len(train))
@@ -130,13 +133,24 @@ def train_run(
     """Train on ``data`` (its training classes) into ``run_dir``; re-running resumes."""
     data, train, test = data_split(data, train_classes, test_classes)
     if cfg.pseudo_sketch and is_authors_features(data):
-        print(f"note: {data} holds features, not photos to draw pseudo-sketches of; training "
-              "on the photo features alone", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {data} holds features, not photos to draw pseudo-sketches of; training "
+            "on the photo features alone",
+            file=sys.stderr,
+        )
         cfg = cfg.model_copy(update={"pseudo_sketch": False})
     fit_classes, val_classes = pick_validation(train, cfg.val_classes, cfg.seed)
     # Augmented views are a fixed pool (feature seed 0), shared by every training seed.
-    sk, ph = feature_sets(data, train, cfg.backbone, cfg.backbone_weights, cfg.sketch_views,
-                          cfg.photo_views, settings, pseudo_sketch=cfg.pseudo_sketch)  # fmt: skip
+    sk, ph = feature_sets(
+        data,
+        train,
+        cfg.backbone,
+        cfg.backbone_weights,
+        cfg.sketch_views,
+        cfg.photo_views,
+        settings,
+        pseudo_sketch=cfg.pseudo_sketch,
+    )
     sk_fit, ph_fit = sk.subset(set(fit_classes)), ph.subset(set(fit_classes))
     val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
     device = default_device()
@@ -156,8 +170,11 @@ def train_run(
         if val:
             category = choose_category_weight(model, (sk_fit, ph_fit), val, fit_classes)
         else:
-            print("note: no validation classes to choose the category head's share; "
-                  "left out of the embedding", file=sys.stderr)  # fmt: skip
+            print(
+                "note: no validation classes to choose the category head's share; "
+                "left out of the embedding",
+                file=sys.stderr,
+            )
     info = {
         "recipe": cfg.recipe,
         "backbone": cfg.backbone,

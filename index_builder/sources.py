@@ -57,8 +57,11 @@ def check_one_kind(root: Path) -> None:
     if images is None:
         return
     folders = ", ".join(str(d) for d in split_dirs(root).values())
-    use_images = (f"--data {images} for the images" if images != Path(root)
-                  else "move the feature folder elsewhere to use the images")  # fmt: skip
+    use_images = (
+        f"--data {images} for the images"
+        if images != Path(root)
+        else "move the feature folder elsewhere to use the images"
+    )
     raise DatasetError(
         f"{root} holds both images ({images}) and the authors' feature files ({folders}); "
         f"say which to use: --data <a split folder> for the features, or {use_images}"
@@ -105,11 +108,13 @@ def check_matches_files(
     if trained or unseen:
         parts = []
         if trained:
-            parts.append(f"test class(es) {', '.join(map(repr, trained))} are in the files' "
-                         "training part")  # fmt: skip
+            parts.append(
+                f"test class(es) {', '.join(map(repr, trained))} are in the files' training part"
+            )
         if unseen:
-            parts.append(f"training class(es) {', '.join(map(repr, unseen))} are in the "
-                         "files' test part")  # fmt: skip
+            parts.append(
+                f"training class(es) {', '.join(map(repr, unseen))} are in the files' test part"
+            )
         raise DatasetError(
             f"the class lists contradict the split of the feature files in {folder}: "
             f"{'; '.join(parts)}. Omit --train-classes / --test-classes to use the files' own "
@@ -151,13 +156,15 @@ def feature_sets(
     check_classes_present(ds, classes)
     cache = settings.cache_dir / "features"
     out = []
-    for domain, samples, views in (("sketch", ds.sketches, sketch_views),
-                                   ("photo", ds.photos, photo_views)):  # fmt: skip
-        spec = FeatureSpec(backbone=backbone, backbone_weights=backbone_weights,
-                           domain=domain, views=views)  # fmt: skip
+    for domain, samples, views in (
+        ("sketch", ds.sketches, sketch_views),
+        ("photo", ds.photos, photo_views),
+    ):
+        spec = FeatureSpec(
+            backbone=backbone, backbone_weights=backbone_weights, domain=domain, views=views
+        )
         net = cached_backbone(backbone, backbone_weights, domain == "photo" and pseudo_sketch)
-        every = extract_features(samples, spec, cache, settings.batch_size, settings.workers,
-                                 net)  # fmt: skip
+        every = extract_features(samples, spec, cache, settings.batch_size, settings.workers, net)
         out.append(every.subset(set(classes)))
     return out[0], out[1]
 

@@ -50,9 +50,10 @@ class ClassPairSampler:
         xv = self.rng.integers(0, self.x.shape[1], len(cls))
         yv = self.rng.integers(0, self.y.shape[1], len(cls))
         return PairBatch(
-            torch.from_numpy(self.x[xi, xv]), torch.from_numpy(self.y[yi, yv]),
+            torch.from_numpy(self.x[xi, xv]),
+            torch.from_numpy(self.y[yi, yv]),
             torch.from_numpy(cls.astype(np.int64)),
-        )  # fmt: skip
+        )
 
 
 def _indices_by_class(labels: list[str], index: dict[str, int]) -> list[np.ndarray]:
@@ -75,8 +76,13 @@ def fit(
     """Minimise the IIAE objective for ``steps - start_step`` steps; ``on_step`` sees each."""
     device = next(model.parameters()).device
     model.train()
-    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress,
-               desc="train")  # fmt: skip
+    bar = tqdm(
+        range(start_step, steps),
+        initial=start_step,
+        total=steps,
+        disable=not progress,
+        desc="train",
+    )
     for step in bar:
         batch = sample()
         out = model(batch.x.to(device), batch.y.to(device))
@@ -94,8 +100,13 @@ def fit(
 
 def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam over every parameter (the authors': lr 2e-4, betas (0.5, 0.999), eps 1e-8)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=1e-8, weight_decay=cfg.weight_decay)  # fmt: skip
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 @torch.no_grad()
@@ -104,8 +115,10 @@ def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.
     model.eval()
     device = next(model.parameters()).device
     fn = model.embed_sketch if domain == "sketch" else model.embed_photo
-    parts = [fn(torch.from_numpy(np.array(feats[i : i + batch], dtype=np.float32)).to(device)).cpu()
-             for i in range(0, len(feats), batch)]  # fmt: skip
+    parts = [
+        fn(torch.from_numpy(np.array(feats[i : i + batch], dtype=np.float32)).to(device)).cpu()
+        for i in range(0, len(feats), batch)
+    ]
     return l2_normalize(torch.cat(parts).numpy()).astype(np.float32)
 
 

@@ -97,8 +97,9 @@ class EncoderMetadata(BaseModel):
         except (json.JSONDecodeError, ValidationError) as err:
             raise ValueError(f"{path}: invalid encoder metadata ({err})") from err
         if meta.format_version != FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {meta.format_version}, "
-                             f"this code reads {FORMAT_VERSION}")  # fmt: skip
+            raise ValueError(
+                f"{path}: format version {meta.format_version}, this code reads {FORMAT_VERSION}"
+            )
         meta._model_dir = model_dir
         return meta
 
@@ -121,9 +122,11 @@ class EncoderMetadata(BaseModel):
                     f"{METADATA_FILE}; the file was modified or corrupted, export again"
                 )
         expected = compute_fingerprint(
-            {d: self.files[d].sha256 for d in DOMAINS}, self.preprocessing,
-            self.backbone_fingerprint, self.photo_edges,
-        )  # fmt: skip
+            {d: self.files[d].sha256 for d in DOMAINS},
+            self.preprocessing,
+            self.backbone_fingerprint,
+            self.photo_edges,
+        )
         if expected != self.fingerprint:
             raise EncoderIntegrityError(
                 f"{self.onnx_path('sketch').parent / METADATA_FILE}: fingerprint does not match "

@@ -85,8 +85,9 @@ def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
             "a fixed backbone, other weights or another library version); train it again"
         )
     if backbone.feature_dim != input_dim:
-        raise ValueError(f"{run_dir}: {name} gives {backbone.feature_dim}-d features, "
-                         f"the IIAE takes {input_dim}")  # fmt: skip
+        raise ValueError(
+            f"{run_dir}: {name} gives {backbone.feature_dim}-d features, the IIAE takes {input_dim}"
+        )
     if backbone.preprocessing != Preprocessing(**info["preprocessing"]):
         raise ValueError(f"{run_dir}: the run's preprocessing differs from {name}'s")
     return backbone
@@ -109,9 +110,13 @@ def load_run_encoders(run_dir: Path) -> tuple[dict[Domain, EmbeddingEncoder], di
 
 
 def export_module(
-    module: nn.Module, path: Path, image_size: int, embedding_dim: int, opset: int,
+    module: nn.Module,
+    path: Path,
+    image_size: int,
+    embedding_dim: int,
+    opset: int,
     channels: int = 3,
-) -> None:  # fmt: skip
+) -> None:
     """ONNX file of ``module``: input ``image`` (B, C, S, S), output ``embedding`` (B, D),
     B dynamic."""
     example = torch.zeros(2, channels, image_size, image_size)
@@ -120,10 +125,15 @@ def export_module(
             warnings.filterwarnings("ignore", message=message)
         try:
             torch.onnx.export(
-                module, (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=["image"], output_names=["embedding"],
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["embedding"],
                 dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-            )  # fmt: skip
+            )
         except torch.onnx.OnnxExporterError as err:  # its message holds the whole graph
             first = str(err).strip().splitlines()[0]
             message = f"{path.name}: ONNX export at opset {opset} failed: {first}"
@@ -148,9 +158,14 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         for domain in DOMAINS:
-            export_module(encoders[domain], tmp / ONNX_FILES[domain],
-                          backbone.preprocessing.image_size, embedding_dim, opset,
-                          encoders[domain].backbone.input_channels)  # fmt: skip
+            export_module(
+                encoders[domain],
+                tmp / ONNX_FILES[domain],
+                backbone.preprocessing.image_size,
+                embedding_dim,
+                opset,
+                encoders[domain].backbone.input_channels,
+            )
         edges = encoders["photo"].backbone.edges
         meta = _metadata(tmp, run_dir, info, backbone, opset, embedding_dim, edges)
         (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
@@ -162,11 +177,17 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
 
 
 def _metadata(
-    folder: Path, run_dir: Path, info: dict, backbone: Backbone, opset: int, embedding_dim: int,
+    folder: Path,
+    run_dir: Path,
+    info: dict,
+    backbone: Backbone,
+    opset: int,
+    embedding_dim: int,
     photo_edges: EdgeConfig | None,
-) -> EncoderMetadata:  # fmt: skip
-    files = {d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d]))
-             for d in DOMAINS}  # fmt: skip
+) -> EncoderMetadata:
+    files = {
+        d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d])) for d in DOMAINS
+    }
     prep = backbone.preprocessing
     return EncoderMetadata(
         format_version=FORMAT_VERSION,

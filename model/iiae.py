@@ -202,9 +202,13 @@ class Standardize(nn.Module):
     """
 
     def __init__(
-        self, dim: int, power: float = 1.0, shrinkage: float = 0.0, rank: int = WHITEN_RANK,
+        self,
+        dim: int,
+        power: float = 1.0,
+        shrinkage: float = 0.0,
+        rank: int = WHITEN_RANK,
         blocks: int = 1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if dim % blocks:
             raise ValueError(f"{dim} features do not split into {blocks} blocks")
@@ -315,10 +319,17 @@ class IIAE(nn.Module):
         zx, zy, zs = (self._draw(g) for g in (q_zx, q_zy, q_zs))
         logits = self.class_head(zs) if self.class_head is not None else None
         return IIAEOutput(
-            q_zx, q_zy, q_zs, r_x, r_y,
-            x_hat=self.dec_x(zs, zx), y_hat=self.dec_y(zs, zy),
-            x_target=x_in, y_target=y_in, logits=logits,
-        )  # fmt: skip
+            q_zx,
+            q_zy,
+            q_zs,
+            r_x,
+            r_y,
+            x_hat=self.dec_x(zs, zx),
+            y_hat=self.dec_y(zs, zy),
+            x_target=x_in,
+            y_target=y_in,
+            logits=logits,
+        )
 
     def _draw(self, g: Gaussian) -> Tensor:
         return g.sample() if self.training else g.mean

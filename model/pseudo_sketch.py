@@ -48,8 +48,9 @@ def pseudo_sketch(img: Image.Image, cfg: EdgeConfig | None = None) -> Image.Imag
     scale = cfg.size * (1 - 2 * cfg.margin) / max(x1 - x0, y1 - y0)
     # The edges of the whole photo at the drawing's scale: a cut-out's outline closes on the
     # white around it, and a photo's own frame draws nothing (borders are replicated).
-    whole = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
-                        Image.LANCZOS)  # fmt: skip
+    whole = grey.resize(
+        (max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.LANCZOS
+    )
     pad = cfg.line_width
     left, top = max(0, round(x0 * scale) - pad), max(0, round(y0 * scale) - pad)
     right = min(whole.width, round(x1 * scale) + pad)

@@ -48,14 +48,20 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"
 # A canonical decimal (no sign, no leading zeros, no '1.0'): one id, one URL.
 PHOTO_ID = Annotated[
     str,
-    Path(pattern=r"^(0|[1-9][0-9]{0,17})$", max_length=18,
-         description="a photo id from a search result (a non-negative integer)"),
-]  # fmt: skip
+    Path(
+        pattern=r"^(0|[1-9][0-9]{0,17})$",
+        max_length=18,
+        description="a photo id from a search result (a non-negative integer)",
+    ),
+]
 VERSION = Annotated[
     str | None,
-    Query(max_length=64, description="the index version of the id (search results name it); "
-          "default: the current one"),
-]  # fmt: skip
+    Query(
+        max_length=64,
+        description="the index version of the id (search results name it); "
+        "default: the current one",
+    ),
+]
 SIMILAR_K = Annotated[
     int | None, Query(ge=1, description="how many photos to return (default: as a search's)")
 ]
@@ -91,10 +97,14 @@ async def search(request: Request, rt: RuntimeDep) -> SearchResponse:
         results=results(request, hits, rt.settings.public_base_url),
         took_ms=round((time.perf_counter() - started) * 1000, 3),
         index_version=hits.snapshot.version,
-        timing=Timing(decode_ms=ms(decode_s), queue_ms=ms(hits.queue_s),
-                      encode_ms=ms(hits.encode_s), search_ms=ms(hits.search_s),
-                      batch_size=hits.batch_size),
-    )  # fmt: skip
+        timing=Timing(
+            decode_ms=ms(decode_s),
+            queue_ms=ms(hits.queue_s),
+            encode_ms=ms(hits.encode_s),
+            search_ms=ms(hits.search_s),
+            batch_size=hits.batch_size,
+        ),
+    )
 
 
 def results(request: Request, hits: Hits, base_url: str) -> list[SearchResult]:
@@ -110,8 +120,16 @@ def results(request: Request, hits: Hits, base_url: str) -> list[SearchResult]:
         url = base + request.app.url_path_for("photo", photo_id=str(photo_id)) + f"?v={version}"
         thumb = base + request.app.url_path_for("thumbnail", photo_id=str(photo_id))
         cls = None if item.cls is None else display_path(item.cls)  # names may not be UTF-8
-        out.append(SearchResult(id=photo_id, score=score, path=display_path(item.path), cls=cls,
-                                url=url, thumbnail_url=f"{thumb}?v={version}"))  # fmt: skip
+        out.append(
+            SearchResult(
+                id=photo_id,
+                score=score,
+                path=display_path(item.path),
+                cls=cls,
+                url=url,
+                thumbnail_url=f"{thumb}?v={version}",
+            )
+        )
     return out
 
 
@@ -121,26 +139,36 @@ def ms(seconds: float) -> float:
 
 def search_openapi(settings: ServiceSettings) -> dict[str, Any]:
     """The request body of /v1/search in the OpenAPI document: multipart or JSON."""
-    k = {"type": "integer", "minimum": 1, "maximum": settings.max_k,
-         "default": settings.default_k, "description": "how many photos to return"}  # fmt: skip
+    k = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": settings.max_k,
+        "default": settings.default_k,
+        "description": "how many photos to return",
+    }
     json_schema = copy.deepcopy(SearchJson.model_json_schema())
     props = json_schema["properties"]
     props["k"] = k
     props["offset"]["anyOf"][0]["maximum"] = settings.max_offset
     strokes = props["strokes"]["anyOf"][0]
     strokes["maxItems"] = settings.max_strokes
-    plain = {name: {**props[name]["anyOf"][0], "description": props[name]["description"]}
-             for name in ("classes", "path_prefix", "offset", "min_score")}  # fmt: skip
+    plain = {
+        name: {**props[name]["anyOf"][0], "description": props[name]["description"]}
+        for name in ("classes", "path_prefix", "offset", "min_score")
+    }
     multipart = {
         "type": "object",
         "required": ["image"],
         "properties": {
-            "image": {"type": "string", "format": "binary",
-                      "description": "the sketch: a PNG, JPEG or WebP file"},
+            "image": {
+                "type": "string",
+                "format": "binary",
+                "description": "the sketch: a PNG, JPEG or WebP file",
+            },
             "k": k,
             **plain,
         },
-    }  # fmt: skip
+    }
     return {
         "requestBody": {
             "required": True,
@@ -202,8 +230,9 @@ async def readyz(rt: RuntimeDep) -> Readiness | JSONResponse:
         body = Readiness(status="busy", detail=detail)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     snap = engine.snapshot
-    return Readiness(status="ready", index_version=snap.version,
-                     model_fingerprint=snap.index.fingerprint)  # fmt: skip
+    return Readiness(
+        status="ready", index_version=snap.version, model_fingerprint=snap.index.fingerprint
+    )
 
 
 async def metrics(rt: RuntimeDep) -> Response:
@@ -227,8 +256,9 @@ async def reload(
     """Switch to the index's current version; requests in flight finish on the old one."""
     check_admin(credentials, rt.settings)
     result = await rt.reload()
-    return ReloadResponse(changed=result.changed, index_version=result.version,
-                          previous_version=result.previous)  # fmt: skip
+    return ReloadResponse(
+        changed=result.changed, index_version=result.version, previous_version=result.previous
+    )
 
 
 def check_admin(
@@ -239,8 +269,9 @@ def check_admin(
         raise HTTPException(403, "admin endpoints are disabled: set SBIR_ADMIN_TOKEN")
     given = credentials.credentials if credentials else ""
     if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise HTTPException(401, "a valid bearer token is required",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 async def home(request: Request) -> Response:
@@ -267,8 +298,9 @@ async def on_input_error(_: Request, err: Exception) -> JSONResponse:
 
 async def on_http_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, HTTPException)
-    code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-            405: "method_not_allowed"}.get(err.status_code, "http_error")  # fmt: skip
+    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+        err.status_code, "http_error"
+    )
     detail = str(err.detail)
     if detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
@@ -365,29 +397,80 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
 
 def add_routes(app: FastAPI, settings: ServiceSettings) -> None:
-    images = {"content": {t: {"schema": {"type": "string", "format": "binary"}}
-                          for t in IMAGE_TYPES}}  # fmt: skip
+    images = {
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}
+    }
     route = app.add_api_route
-    route("/v1/search", search, methods=["POST"], response_model=SearchResponse, tags=["search"],
-          responses=error_responses(400, 408, 413, 415, 422, 503),
-          openapi_extra=search_openapi(settings))  # fmt: skip
-    route("/v1/photos/{photo_id}", photo, methods=["GET"], name="photo", tags=["photos"],
-          response_class=FileResponse,
-          responses={200: images, **error_responses(404, 422, 503)})  # fmt: skip
-    route("/v1/photos/{photo_id}/similar", similar, methods=["GET"], name="similar",
-          tags=["photos"], response_model=SimilarResponse,
-          responses=error_responses(404, 422, 503))  # fmt: skip
-    route("/v1/photos/{photo_id}/thumbnail", thumbnail, methods=["GET"], name="thumbnail",
-          tags=["photos"], response_class=FileResponse,
-          responses={200: {"content": {"image/jpeg": images["content"]["image/jpeg"]}},
-                     **error_responses(404, 422, 503)})  # fmt: skip
-    route("/v1/index", index_stats, methods=["GET"], response_model=IndexStats, tags=["index"],
-          responses=error_responses(503))  # fmt: skip
-    route("/v1/admin/reload", reload, methods=["POST"], response_model=ReloadResponse,
-          tags=["admin"], responses=error_responses(401, 403, 409, 503))  # fmt: skip
+    route(
+        "/v1/search",
+        search,
+        methods=["POST"],
+        response_model=SearchResponse,
+        tags=["search"],
+        responses=error_responses(400, 408, 413, 415, 422, 503),
+        openapi_extra=search_openapi(settings),
+    )
+    route(
+        "/v1/photos/{photo_id}",
+        photo,
+        methods=["GET"],
+        name="photo",
+        tags=["photos"],
+        response_class=FileResponse,
+        responses={200: images, **error_responses(404, 422, 503)},
+    )
+    route(
+        "/v1/photos/{photo_id}/similar",
+        similar,
+        methods=["GET"],
+        name="similar",
+        tags=["photos"],
+        response_model=SimilarResponse,
+        responses=error_responses(404, 422, 503),
+    )
+    route(
+        "/v1/photos/{photo_id}/thumbnail",
+        thumbnail,
+        methods=["GET"],
+        name="thumbnail",
+        tags=["photos"],
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"image/jpeg": images["content"]["image/jpeg"]}},
+            **error_responses(404, 422, 503),
+        },
+    )
+    route(
+        "/v1/index",
+        index_stats,
+        methods=["GET"],
+        response_model=IndexStats,
+        tags=["index"],
+        responses=error_responses(503),
+    )
+    route(
+        "/v1/admin/reload",
+        reload,
+        methods=["POST"],
+        response_model=ReloadResponse,
+        tags=["admin"],
+        responses=error_responses(401, 403, 409, 503),
+    )
     route("/healthz", healthz, methods=["GET"], response_model=Health, tags=["operations"])
-    route("/readyz", readyz, methods=["GET"], response_model=Readiness, tags=["operations"],
-          responses={503: {"model": Readiness}})  # fmt: skip
-    route("/metrics", metrics, methods=["GET"], tags=["operations"], response_class=Response,
-          responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})  # fmt: skip
+    route(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        response_model=Readiness,
+        tags=["operations"],
+        responses={503: {"model": Readiness}},
+    )
+    route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     route("/", home, methods=["GET"], include_in_schema=False)

@@ -81,13 +81,15 @@ class SearchJson(BaseModel):
     )
     k: StrictInt | None = Field(None, description="how many photos to return")
     classes: list[Annotated[str, Field(max_length=MAX_NAME)]] | None = Field(
-        None, max_length=MAX_CLASSES,
+        None,
+        max_length=MAX_CLASSES,
         description="only photos of these classes (names as /v1/index lists them)",
-    )  # fmt: skip
+    )
     path_prefix: str | None = Field(
-        None, max_length=MAX_NAME,
+        None,
+        max_length=MAX_NAME,
         description="only photos under this folder of the gallery (relative, e.g. 'fish')",
-    )  # fmt: skip
+    )
     offset: StrictInt | None = Field(
         None, ge=0, description="skip this many of the best photos (pagination; default 0)"
     )
@@ -119,8 +121,11 @@ async def read_search_request(
     if media == JSON or media.endswith("+json"):
         return await offload(parse_json, await read_body(request, settings), settings)
     shown = media[:60] or "none"
-    raise InputError(415, "unsupported_media_type", f"Content-Type {shown!r} is not accepted: "
-                     f"send {MULTIPART} with an 'image' file, or {JSON}")  # fmt: skip
+    raise InputError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {shown!r} is not accepted: send {MULTIPART} with an 'image' file, or {JSON}",
+    )
 
 
 async def read_body(request: Request, settings: ServiceSettings) -> bytes:
@@ -146,8 +151,9 @@ async def read_body(request: Request, settings: ServiceSettings) -> bytes:
 
 def too_large(size: int, limit: int, at_least: bool = False) -> InputError:
     more = "at least " if at_least else ""
-    return InputError(413, "upload_too_large",
-                      f"the request body is {more}{size} bytes; the limit is {limit}")  # fmt: skip
+    return InputError(
+        413, "upload_too_large", f"the request body is {more}{size} bytes; the limit is {limit}"
+    )
 
 
 async def parse_multipart(
@@ -168,8 +174,9 @@ async def parse_multipart(
     try:
         image, k = form.get("image"), form.get("k")
         if image is None:
-            raise InputError(422, "missing_image", "the multipart field 'image' (the sketch "
-                             "file) is missing")  # fmt: skip
+            raise InputError(
+                422, "missing_image", "the multipart field 'image' (the sketch file) is missing"
+            )
         data = await image.read() if isinstance(image, UploadFile) else image.encode()
         if isinstance(k, UploadFile):
             raise InputError(422, "invalid_k", "k must be a plain form field, not a file")
@@ -180,8 +187,7 @@ async def parse_multipart(
             if name != "classes" and len(values) > 1:
                 raise invalid(name, "given more than once")
         texts = {name: [str(v) for v in values] for name, values in fields.items()}
-        return SketchRequest(k=parse_k(k, settings), image=data,
-                             **form_filters(texts, settings))  # fmt: skip
+        return SketchRequest(k=parse_k(k, settings), image=data, **form_filters(texts, settings))
     finally:
         await form.close()
 
@@ -195,8 +201,11 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
         raise invalid("body", f"the JSON body must be an object, not {json_type(data)}")
     unknown = next((key for key in data if key not in JSON_FIELDS), None)
     if unknown is not None:
-        raise invalid(unknown[:40], "unknown field (the fields are image_base64, strokes, k, "
-                      "classes, path_prefix, offset and min_score)")  # fmt: skip
+        raise invalid(
+            unknown[:40],
+            "unknown field (the fields are image_base64, strokes, k, "
+            "classes, path_prefix, offset and min_score)",
+        )
     filters = json_filters(data, settings)
     k, image, strokes = data.get("k"), data.get("image_base64"), data.get("strokes")
     if k is not None and type(k) is not int:
@@ -204,8 +213,9 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
     if image is not None and not isinstance(image, str):
         raise invalid("image_base64", f"must be a string, not {json_type(image)}")
     if (image is None) == (strokes is None):
-        raise InputError(422, "invalid_request", "give the sketch as exactly one of "
-                         "'image_base64' and 'strokes'")  # fmt: skip
+        raise InputError(
+            422, "invalid_request", "give the sketch as exactly one of 'image_base64' and 'strokes'"
+        )
     k = check_k(k, settings)
     if image is not None:
         return SketchRequest(k=k, image=decode_base64(image), **filters)
@@ -239,8 +249,9 @@ def form_filters(fields: dict[str, list[str]], settings: ServiceSettings) -> dic
     offset = min_score = None
     if fields["offset"] and fields["offset"][0] != "":
         if not FORM_INT.fullmatch(fields["offset"][0]):
-            raise invalid("offset", f"must be a non-negative integer, not "
-                          f"{fields['offset'][0][:20]!r}")  # fmt: skip
+            raise invalid(
+                "offset", f"must be a non-negative integer, not {fields['offset'][0][:20]!r}"
+            )
         offset = int(fields["offset"][0])
     if fields["min_score"] and fields["min_score"][0] != "":
         if not FORM_NUMBER.fullmatch(fields["min_score"][0]):
@@ -250,23 +261,34 @@ def form_filters(fields: dict[str, list[str]], settings: ServiceSettings) -> dic
 
 
 def check_filters(
-    classes: list[str] | None, prefix: str | None, offset: int | None,
-    min_score: float | None, settings: ServiceSettings,
-) -> dict[str, Any]:  # fmt: skip
+    classes: list[str] | None,
+    prefix: str | None,
+    offset: int | None,
+    min_score: float | None,
+    settings: ServiceSettings,
+) -> dict[str, Any]:
     """Bounds of the filter fields; SketchRequest's keyword arguments."""
     if classes is not None and len(classes) > MAX_CLASSES:
         raise invalid("classes", f"at most {MAX_CLASSES} classes, not {len(classes)}")
     if any(len(name) > MAX_NAME for name in [*(classes or []), prefix or ""]):
-        raise invalid("classes" if prefix is None or len(prefix) <= MAX_NAME else "path_prefix",
-                      f"names are at most {MAX_NAME} characters")  # fmt: skip
+        raise invalid(
+            "classes" if prefix is None or len(prefix) <= MAX_NAME else "path_prefix",
+            f"names are at most {MAX_NAME} characters",
+        )
     if offset is not None and not 0 <= offset <= settings.max_offset:
-        raise InputError(422, "invalid_offset", f"offset must be between 0 and "
-                         f"{settings.max_offset}, not {offset}")  # fmt: skip
+        raise InputError(
+            422,
+            "invalid_offset",
+            f"offset must be between 0 and {settings.max_offset}, not {offset}",
+        )
     if min_score is not None and not math.isfinite(min_score):
         raise invalid("min_score", "must be a finite number")
     where = Where(classes=None if classes is None else frozenset(classes), path_prefix=prefix)
-    return {"where": None if where.empty else where, "offset": offset or 0,
-            "min_score": None if min_score is None else float(min_score)}  # fmt: skip
+    return {
+        "where": None if where.empty else where,
+        "offset": offset or 0,
+        "min_score": None if min_score is None else float(min_score),
+    }
 
 
 def check_value_count(body: bytes, settings: ServiceSettings) -> None:
@@ -277,9 +299,13 @@ def check_value_count(body: bytes, settings: ServiceSettings) -> None:
     most = 3 * settings.max_points + 4 * settings.max_strokes + 16
     commas = body.count(b",")
     if commas > most:
-        raise InputError(422, "too_many_values", f"the body holds {commas} values or more; "
-                         f"a drawing has at most {settings.max_points} points in "
-                         f"{settings.max_strokes} strokes")  # fmt: skip
+        raise InputError(
+            422,
+            "too_many_values",
+            f"the body holds {commas} values or more; "
+            f"a drawing has at most {settings.max_points} points in "
+            f"{settings.max_strokes} strokes",
+        )
 
 
 def load_json(body: bytes) -> Any:
@@ -303,8 +329,15 @@ def invalid(where: str, what: str) -> InputError:
 
 def json_type(value: object) -> str:
     """The JSON name of a parsed value's type, for messages."""
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -331,8 +364,11 @@ def decode_base64(text: str) -> bytes:
     if text.startswith("data:"):
         header, comma, text = text.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise InputError(422, "invalid_base64", "a data: URL must be base64-encoded, like "
-                             "'data:image/png;base64,...'")  # fmt: skip
+            raise InputError(
+                422,
+                "invalid_base64",
+                "a data: URL must be base64-encoded, like 'data:image/png;base64,...'",
+            )
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as err:
@@ -346,21 +382,25 @@ def check_strokes(strokes: Any, settings: ServiceSettings) -> Strokes:
     if not isinstance(strokes, list) or not strokes:
         raise invalid_strokes("strokes must be a non-empty list of strokes")
     if len(strokes) > settings.max_strokes:
-        raise invalid_strokes(f"{len(strokes)} strokes; at most {settings.max_strokes} "
-                              "are accepted")  # fmt: skip
+        raise invalid_strokes(
+            f"{len(strokes)} strokes; at most {settings.max_strokes} are accepted"
+        )
     points = 0
     for i, stroke in enumerate(strokes):
         if not isinstance(stroke, list) or len(stroke) not in (2, 3):
-            raise invalid_strokes(f"stroke {i} must be [[x...], [y...]] or "
-                                  "[[x...], [y...], [t...]]")  # fmt: skip
+            raise invalid_strokes(
+                f"stroke {i} must be [[x...], [y...]] or [[x...], [y...], [t...]]"
+            )
         if not all(isinstance(axis, list) for axis in stroke) or len(stroke[0]) != len(stroke[1]):
             raise invalid_strokes(f"stroke {i}: x and y must be lists of the same length")
         if len(stroke) == 3 and len(stroke[2]) != len(stroke[0]):
             raise invalid_strokes(f"stroke {i}: the times must be as many as the points")
         points += len(stroke[0])
         if points > settings.max_points:
-            raise invalid_strokes(f"more than {settings.max_points} points; at most "
-                                  f"{settings.max_points} are accepted")  # fmt: skip
+            raise invalid_strokes(
+                f"more than {settings.max_points} points; at most "
+                f"{settings.max_points} are accepted"
+            )
     if points == 0:
         raise invalid_strokes("the drawing has no points")
     for i, stroke in enumerate(strokes):
@@ -430,11 +470,14 @@ def decode_image(data: bytes, limits: DecodeLimits | int) -> Image.Image:
         raise InputError(400, "empty_image", "the image is empty (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise InputError(415, "unsupported_image_type",
-                         "the image is not a PNG, JPEG or WebP file")  # fmt: skip
+        raise InputError(415, "unsupported_image_type", "the image is not a PNG, JPEG or WebP file")
     try:
-        return load_image(data, limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans,
-                          draft_size=limits.draft_size)  # fmt: skip
+        return load_image(
+            data,
+            limits.max_pixels,
+            max_jpeg_scans=limits.max_jpeg_scans,
+            draft_size=limits.draft_size,
+        )
     except ImageTooLargeError as err:
         reason = str(err).removeprefix("<upload>: ")
         code = "too_many_scans" if " scans; " in reason else "too_many_pixels"

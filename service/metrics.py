@@ -30,36 +30,68 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("sbir_http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)  # fmt: skip
-        self.latency = Histogram("sbir_http_request_duration_seconds", "HTTP request latency",
-                                 ["route", "method"], buckets=LATENCY, registry=r)  # fmt: skip
-        self.decode = Histogram("sbir_decode_seconds", "decoding or rendering one sketch",
-                                buckets=LATENCY, registry=r)  # fmt: skip
-        self.queue = Histogram("sbir_batch_wait_seconds", "a sketch's wait for its micro-batch",
-                               buckets=LATENCY, registry=r)  # fmt: skip
-        self.encode = Histogram("sbir_encode_seconds", "encoding one micro-batch of sketches",
-                                buckets=LATENCY, registry=r)  # fmt: skip
-        self.search = Histogram("sbir_search_seconds", "searching the index for one micro-batch",
-                                buckets=LATENCY, registry=r)  # fmt: skip
-        self.batch = Histogram("sbir_batch_size", "sketches per micro-batch", buckets=BATCH_SIZES,
-                               registry=r)  # fmt: skip
+        self.requests = Counter(
+            "sbir_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sbir_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.decode = Histogram(
+            "sbir_decode_seconds", "decoding or rendering one sketch", buckets=LATENCY, registry=r
+        )
+        self.queue = Histogram(
+            "sbir_batch_wait_seconds",
+            "a sketch's wait for its micro-batch",
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.encode = Histogram(
+            "sbir_encode_seconds",
+            "encoding one micro-batch of sketches",
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.search = Histogram(
+            "sbir_search_seconds",
+            "searching the index for one micro-batch",
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "sbir_batch_size", "sketches per micro-batch", buckets=BATCH_SIZES, registry=r
+        )
         self.index_size = Gauge("sbir_index_size", "photos in the index served", registry=r)
-        self.index_version = Gauge("sbir_index_version", "number of the index version served "
-                                   "(v000012 -> 12)", registry=r)  # fmt: skip
-        self.index_info = Gauge("sbir_index_info", "the index version served", ["version"],
-                                registry=r)  # fmt: skip
+        self.index_version = Gauge(
+            "sbir_index_version", "number of the index version served (v000012 -> 12)", registry=r
+        )
+        self.index_info = Gauge(
+            "sbir_index_info", "the index version served", ["version"], registry=r
+        )
         self.ready = Gauge("sbir_ready", "1 when the model and the index are loaded", registry=r)
-        self.busy = Counter("sbir_busy_rejections", "uploads refused with 503 because the "
-                            "decode threads and their queue were full", registry=r)  # fmt: skip
-        self.disconnects = Counter("sbir_client_disconnects", "requests whose client went away "
-                                   "before the body arrived (counted as status 499)",
-                                   registry=r)  # fmt: skip
-        self.reloads = Counter("sbir_index_reloads", "index reload attempts by outcome",
-                               ["outcome"], registry=r)  # fmt: skip
+        self.busy = Counter(
+            "sbir_busy_rejections",
+            "uploads refused with 503 because the decode threads and their queue were full",
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "sbir_client_disconnects",
+            "requests whose client went away before the body arrived (counted as status 499)",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "sbir_index_reloads", "index reload attempts by outcome", ["outcome"], registry=r
+        )
 
-    def observe_batch(self, size: int, encode_s: float, search_s: float,
-                      waits: Sequence[float]) -> None:  # fmt: skip
+    def observe_batch(
+        self, size: int, encode_s: float, search_s: float, waits: Sequence[float]
+    ) -> None:
         self.batch.observe(size)
         self.encode.observe(encode_s)
         self.search.observe(search_s)

@@ -171,8 +171,9 @@ class Runtime:
     def _process(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
         hits = self.engine.search_batch(batch)
         first = hits[0]
-        self.metrics.observe_batch(len(batch), first.encode_s, first.search_s,
-                                   [h.queue_s for h in hits])  # fmt: skip
+        self.metrics.observe_batch(
+            len(batch), first.encode_s, first.search_s, [h.queue_s for h in hits]
+        )
         return hits
 
     def photo_file(self, photo_id: int, version: str | None) -> Path:

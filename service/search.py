@@ -179,8 +179,9 @@ class SearchEngine:
         if self.encoder is None:
             s = self.settings
             self.encoder = OnnxEncoder(s.model_dir, "sketch", intra_op_threads=s.ort_threads)
-            log.info("sketch encoder %s on %s", self.encoder.fingerprint[:16],
-                     self.encoder.providers)  # fmt: skip
+            log.info(
+                "sketch encoder %s on %s", self.encoder.fingerprint[:16], self.encoder.providers
+            )
         current, self._attempt = self._snapshot, None
         self._attempt = served = self.store.served()
         if current is not None and served is not None and served == current.version:
@@ -199,8 +200,13 @@ class SearchEngine:
         self._snapshot = Snapshot(loaded, time.time(), dict(sorted(classes.items())))
         self.problem = self.last_reload_error = None
         index = loaded.manifest.index
-        log.info("serving index %s: %d photos (%s, %s)", loaded.version, loaded.manifest.count,
-                 index.factory if index else "?", loaded.device)  # fmt: skip
+        log.info(
+            "serving index %s: %d photos (%s, %s)",
+            loaded.version,
+            loaded.manifest.count,
+            index.factory if index else "?",
+            loaded.device,
+        )
 
     def search_batch(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
         """Encode a batch of sketches in one call, search them in one call (the batcher's
@@ -213,10 +219,17 @@ class SearchEngine:
         found = search_queries(snap.index, embeddings, [p.item for p in batch])
         searched = time.perf_counter()
         return [
-            Hits(snap, scores, ids, started - p.queued, encoded - started,
-                 searched - encoded, len(batch))
+            Hits(
+                snap,
+                scores,
+                ids,
+                started - p.queued,
+                encoded - started,
+                searched - encoded,
+                len(batch),
+            )
             for p, (scores, ids) in zip(batch, found, strict=True)
-        ]  # fmt: skip
+        ]
 
     def similar(self, photo_id: int, k: int, version: str | None = None) -> Hits:
         """The ``k`` photos nearest to photo ``photo_id`` by its stored vector, itself
@@ -241,8 +254,10 @@ class SearchEngine:
     def _check_id(index: StoredVersion, photo_id: int) -> None:
         items = index.manifest.items
         if not 0 <= photo_id < len(items):
-            raise UnknownPhoto(f"no photo with id {photo_id} in index version {index.version} "
-                               f"(ids 0 to {len(items) - 1})")  # fmt: skip
+            raise UnknownPhoto(
+                f"no photo with id {photo_id} in index version {index.version} "
+                f"(ids 0 to {len(items) - 1})"
+            )
 
     def _snapshot_of(self, version: str | None) -> Snapshot:
         current, previous = self.snapshot, self._previous
@@ -250,8 +265,10 @@ class SearchEngine:
             return current
         if previous is not None and version == previous.version:
             return previous
-        raise UnknownPhoto(f"index version {version!r} is not served (the current one is "
-                           f"{current.version}); search again")  # fmt: skip
+        raise UnknownPhoto(
+            f"index version {version!r} is not served (the current one is "
+            f"{current.version}); search again"
+        )
 
     def stats(self) -> dict[str, Any]:
         """What /v1/index shows."""
@@ -262,17 +279,21 @@ class SearchEngine:
             "count": manifest.count,
             "created": manifest.created,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
-            "index": manifest.index.model_dump(include={"kind", "factory", "dim", "nlist",
-                                                         "nprobe", "recall_at_k", "recall_k"})
-                     if manifest.index else {},
+            "index": manifest.index.model_dump(
+                include={"kind", "factory", "dim", "nlist", "nprobe", "recall_at_k", "recall_k"}
+            )
+            if manifest.index
+            else {},
             "store": self.store.engine,
             "device": snap.index.device,
-            "model": {"fingerprint": manifest.model.fingerprint,
-                      "backbone": manifest.model.backbone,
-                      "providers": encoder.providers if encoder else []},
+            "model": {
+                "fingerprint": manifest.model.fingerprint,
+                "backbone": manifest.model.backbone,
+                "providers": encoder.providers if encoder else [],
+            },
             "classes": snap.classes,
             "last_reload_error": self.last_reload_error,
-        }  # fmt: skip
+        }
 
 
 def search_queries(

@@ -45,9 +45,10 @@ class ServiceSettings(StoreSettings):
     max_batch: int = Field(8, ge=1, description="largest micro-batch (1: no batching)")
     batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a micro-batch")
     decode_workers: int = Field(
-        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1,
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
         description="threads decoding and rendering sketches and thumbnails",
-    )  # fmt: skip
+    )
     decode_queue: int = Field(
         128, ge=0, description="sketches that may wait for a decode thread; more get a 503"
     )

@@ -39,8 +39,12 @@ HOUSE = [
     [[20, 125, 230], [110, 10, 110]],
 ]  # a drawing
 # One thread each: the tests share a small, busy CPU.
-LEAN_ENV = {"SBIR_ORT_THREADS": "1", "SBIR_FAISS_THREADS": "1", "OMP_NUM_THREADS": "1",
-            "SBIR_DECODE_WORKERS": "2"}  # fmt: skip
+LEAN_ENV = {
+    "SBIR_ORT_THREADS": "1",
+    "SBIR_FAISS_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "SBIR_DECODE_WORKERS": "2",
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,9 +115,23 @@ def train_and_export(data: Path, base: Path) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = ["train", "--data", str(data), "--test-classes", str(test_file),
-                "--out", str(base / "run"), "--steps", str(TRAIN_STEPS), "--log-every", "100",
-                "--eval-every", "100000", "--checkpoint-every", "100000"]  # fmt: skip
+        args = [
+            "train",
+            "--data",
+            str(data),
+            "--test-classes",
+            str(test_file),
+            "--out",
+            str(base / "run"),
+            "--steps",
+            str(TRAIN_STEPS),
+            "--log-every",
+            "100",
+            "--eval-every",
+            "100000",
+            "--checkpoint-every",
+            "100000",
+        ]
         assert main(args) == 0
         assert main(["export-onnx", "--run", str(base / "run"), "--out", str(base / "model")]) == 0
     finally:
@@ -161,9 +179,13 @@ def free_port() -> int:
 
 def service_env(assets: ServiceAssets, tmp: Path, **settings: object) -> dict[str, str]:
     """SBIR_* settings for a server over ``assets`` (extra ones as keyword arguments)."""
-    env = {"SBIR_MODEL_DIR": str(assets.model_dir), "SBIR_INDEX_DIR": str(assets.index_dir),
-           "SBIR_THUMBNAIL_DIR": str(tmp / "thumbnails"), "SBIR_ADMIN_TOKEN": ADMIN_TOKEN,
-           "SBIR_WATCH_INTERVAL_S": "0"}  # fmt: skip
+    env = {
+        "SBIR_MODEL_DIR": str(assets.model_dir),
+        "SBIR_INDEX_DIR": str(assets.index_dir),
+        "SBIR_THUMBNAIL_DIR": str(tmp / "thumbnails"),
+        "SBIR_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SBIR_WATCH_INTERVAL_S": "0",
+    }
     return env | {f"SBIR_{k.upper()}": str(v) for k, v in settings.items()}
 
 
@@ -174,11 +196,20 @@ def run_service(
     """``python -m service`` on a free 127.0.0.1 port, until it answers /healthz (and
     /readyz when ``ready``); terminated on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-           "--no-access-log"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
     with open(log_file, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=REPO, env=os.environ | LEAN_ENV | env,
-                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            cmd, cwd=REPO, env=os.environ | LEAN_ENV | env, stdout=log, stderr=subprocess.STDOUT
+        )
     running = RunningService(f"http://127.0.0.1:{port}", process, log_file)
     try:
         wait_for(running, "/readyz" if ready else "/healthz", timeout)
@@ -196,8 +227,9 @@ def wait_for(service: RunningService, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
-            raise RuntimeError(f"the service exited ({service.process.returncode}):\n"
-                               f"{service.log()}")  # fmt: skip
+            raise RuntimeError(
+                f"the service exited ({service.process.returncode}):\n{service.log()}"
+            )
         try:
             if httpx.get(service.url + path, timeout=2).status_code == 200:
                 return
@@ -207,8 +239,13 @@ def wait_for(service: RunningService, path: str, timeout: float) -> None:
     raise TimeoutError(f"{service.url}{path} not 200 after {timeout}s:\n{service.log()}")
 
 
-SMALL_LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 4_000_000, "max_k": 50,
-                "max_strokes": 200, "max_points": 5_000}  # fmt: skip
+SMALL_LIMITS = {
+    "max_upload_bytes": 1_000_000,
+    "max_pixels": 4_000_000,
+    "max_k": 50,
+    "max_strokes": 200,
+    "max_points": 5_000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -233,8 +270,9 @@ def qdrant_path(service_assets: ServiceAssets, tmp_path_factory: pytest.TempPath
     path = tmp_path_factory.mktemp("qdrant") / "store"
     store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=path))
     try:
-        build_new_index(service_assets.model_dir, service_assets.photos, store,
-                        BuildOptions(workers=1))  # fmt: skip
+        build_new_index(
+            service_assets.model_dir, service_assets.photos, store, BuildOptions(workers=1)
+        )
     finally:
         store.close()
     return path

@@ -37,13 +37,32 @@ def unit_shape(kind: int) -> Polygon:
         return [(0.0, -1.0), (0.6, 0.0), (0.0, 1.0), (-0.6, 0.0)]
     if kind == 4:  # plus sign
         a, b = 0.3, 1.0
-        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a),
-                (-b, a), (-b, -a), (-a, -a)]  # fmt: skip
+        return [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
     if kind == 5:  # five-pointed star
         return polar([1.0, 0.4] * 5)
     if kind == 6:  # arrow
-        return [(-1.0, -0.3), (0.2, -0.3), (0.2, -0.8), (1.0, 0.0), (0.2, 0.8), (0.2, 0.3),
-                (-1.0, 0.3)]  # fmt: skip
+        return [
+            (-1.0, -0.3),
+            (0.2, -0.3),
+            (0.2, -0.8),
+            (1.0, 0.0),
+            (0.2, 0.8),
+            (0.2, 0.3),
+            (-1.0, 0.3),
+        ]
     return [(-0.8, -1.0), (-0.3, -1.0), (-0.3, 0.5), (0.8, 0.5), (0.8, 1.0), (-0.8, 1.0)]  # L
 
 
@@ -262,12 +281,18 @@ SEMPCYC_RENAMES = {"hot-air_balloon": "hot_air_balloon", "jack-o-lantern": "jack
 ARRANGEMENTS: dict[str, tuple[str, str, str | None]] = {
     "sem-pcyc": ("Sketchy/" + SKETCHY_SKETCHES, "Sketchy/" + SKETCHY_PHOTOS, None),
     "iiae": ("dataset/Sketchy/" + SKETCHY_SKETCHES, "dataset/Sketchy/" + SKETCHY_PHOTOS, None),
-    "sake": ("Sketchy/" + SAKE_SKETCHES, "Sketchy/" + SAKE_PHOTOS,
-             "Sketchy/256x256/photo/tx_000000000000_ready"),
-    "archives": ("256x256/sketch/tx_000000000000", "EXTEND_image_sketchy",
-                 "256x256/photo/tx_000000000000"),
+    "sake": (
+        "Sketchy/" + SAKE_SKETCHES,
+        "Sketchy/" + SAKE_PHOTOS,
+        "Sketchy/256x256/photo/tx_000000000000_ready",
+    ),
+    "archives": (
+        "256x256/sketch/tx_000000000000",
+        "EXTEND_image_sketchy",
+        "256x256/photo/tx_000000000000",
+    ),
     "doodle2search": ("Sketchy/sketch/tx_000000000000", "EXTEND_image_sketchy", None),
-}  # fmt: skip
+}
 
 
 def make_sketchy_arrangement(
@@ -284,8 +309,9 @@ def make_sketchy_arrangement(
     (Sketchy's ``256x256/photo``) are ``own_<i>.jpg``. Returns ``root``."""
     root = Path(root)
     sketch_rel, photo_rel, own_rel = ARRANGEMENTS[arrangement]
-    write_sketchy(root / sketch_rel, root / photo_rel, classes, sketches_per_class,
-                  photos_per_class, seed)  # fmt: skip
+    write_sketchy(
+        root / sketch_rel, root / photo_rel, classes, sketches_per_class, photos_per_class, seed
+    )
     if own_rel is not None:
         for ci, cls in enumerate(classes):
             names = [f"own_{i}.jpg" for i in range(own_photos_per_class)]

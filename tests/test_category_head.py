@@ -21,8 +21,9 @@ CLASSES = [f"c{i}" for i in range(4)]
 
 def model_with(category_weight: float, fusion_weight: float = 0.5) -> IIAE:
     torch.manual_seed(0)
-    cfg = IIAEConfig(**SMALL, fusion_weight=fusion_weight, category_classes=4,
-                     category_weight=category_weight)  # fmt: skip
+    cfg = IIAEConfig(
+        **SMALL, fusion_weight=fusion_weight, category_classes=4, category_weight=category_weight
+    )
     model = IIAE(cfg).eval()
     model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
     model.scale_y.fit(torch.randn(50, 12) * 2 - 1)

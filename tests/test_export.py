@@ -47,13 +47,23 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 # Hand-written Quick, Draw!-style strokes ([[x...], [y...]], 0-255): a house, a star, a fish.
 STROKES = [
-    [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]],
-     [[100, 100, 150, 150], [250, 180, 180, 250]]],
-    [[[128, 160, 250, 170, 200, 128, 56, 86, 6, 96, 128],
-      [0, 90, 95, 150, 250, 190, 250, 150, 95, 90, 0]]],
-    [[[10, 60, 140, 200, 140, 60, 10], [128, 80, 70, 128, 186, 176, 128]],
-     [[200, 250, 250, 200], [128, 70, 186, 128]], [[60], [110]]],
-]  # fmt: skip
+    [
+        [[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]],
+        [[20, 125, 230], [110, 10, 110]],
+        [[100, 100, 150, 150], [250, 180, 180, 250]],
+    ],
+    [
+        [
+            [128, 160, 250, 170, 200, 128, 56, 86, 6, 96, 128],
+            [0, 90, 95, 150, 250, 190, 250, 150, 95, 90, 0],
+        ]
+    ],
+    [
+        [[10, 60, 140, 200, 140, 60, 10], [128, 80, 70, 128, 186, 176, 128]],
+        [[200, 250, 250, 200], [128, 70, 186, 128]],
+        [[60], [110]],
+    ],
+]
 
 
 @dataclass
@@ -96,8 +106,18 @@ def export(
     """``train`` a few steps, then ``export-onnx``, both through the CLI."""
     backbone, (root, test_file) = request.param, data
     base = tmp_path_factory.mktemp(backbone)
-    args = ["train", "--data", str(root), "--test-classes", str(test_file),
-            "--out", str(base / "run"), "--backbone", backbone, *TRAIN_ARGS]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--test-classes",
+        str(test_file),
+        "--out",
+        str(base / "run"),
+        "--backbone",
+        backbone,
+        *TRAIN_ARGS,
+    ]
     if backbone == "vgg16":
         args += ["--backbone-weights", str(vgg16_random_weights(base / "vgg16.pth"))]
     assert main(args) == 0
@@ -245,8 +265,9 @@ def test_metadata_records_the_run(export: Export, encoders: dict[str, OnnxEncode
     if edges is not None:  # the pseudo-sketch drawing, outside the graph, is fingerprinted
         other = edges.model_copy(update={"threshold": 0.3})
         assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing, fp, other)
-    assert meta.fingerprint != compute_fingerprint(sums, meta.preprocessing.model_copy(
-        update={"image_size": 256}), fp, edges)  # fmt: skip
+    assert meta.fingerprint != compute_fingerprint(
+        sums, meta.preprocessing.model_copy(update={"image_size": 256}), fp, edges
+    )
     assert meta.fingerprint != compute_fingerprint(
         sums, meta.preprocessing, "another network", edges
     )
@@ -299,7 +320,10 @@ def test_export_again_replaces_the_model_dir(
     (out / "stale.txt").write_text("from the first export")
     assert main(["export-onnx", "--run", str(export.run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "metadata.json", "photo_encoder.onnx", "sketch_encoder.onnx"]  # fmt: skip
+        "metadata.json",
+        "photo_encoder.onnx",
+        "sketch_encoder.onnx",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left behind
     assert f"-> {out}" in capsys.readouterr().out
 
@@ -345,8 +369,21 @@ def test_a_run_on_released_features_cannot_be_exported(
     run = tmp_path / "run"
     test_file = tmp_path / "test_classes.txt"
     test_file.write_text("\n".join(TEST) + "\n")
-    assert main(["train", "--data", str(released), "--test-classes", str(test_file),
-                 "--out", str(run), *TRAIN_ARGS]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(released),
+                "--test-classes",
+                str(test_file),
+                "--out",
+                str(run),
+                *TRAIN_ARGS,
+            ]
+        )
+        == 0
+    )
     assert main(["export-onnx", "--run", str(run), "--out", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert "'vgg16-authors'" in err and "no image backbone" in err

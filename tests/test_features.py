@@ -111,8 +111,14 @@ def test_a_second_run_is_a_cache_hit(extracted: Extracted, backbone: Backbone) -
     before = (folder / "features.npy").stat().st_mtime_ns
 
     with CountingBackbone(backbone) as counter:
-        again = extract_features(extracted.samples, extracted.clean_spec, extracted.cache,
-                                 workers=0, backbone=backbone, progress=False)  # fmt: skip
+        again = extract_features(
+            extracted.samples,
+            extracted.clean_spec,
+            extracted.cache,
+            workers=0,
+            backbone=backbone,
+            progress=False,
+        )
     assert counter.images == 0
     assert (folder / "features.npy").stat().st_mtime_ns == before
     np.testing.assert_array_equal(again.features, extracted.clean.features)
@@ -206,9 +212,15 @@ def test_an_interrupted_extraction_resumes(
     del feats
 
     with CountingBackbone(backbone) as counter:
-        resumed = extract_features(extracted.samples, extracted.clean_spec, cache,
-                                   batch_size=BATCH, workers=0, backbone=backbone,
-                                   progress=False)  # fmt: skip
+        resumed = extract_features(
+            extracted.samples,
+            extracted.clean_spec,
+            cache,
+            batch_size=BATCH,
+            workers=0,
+            backbone=backbone,
+            progress=False,
+        )
     assert counter.images == len(extracted.samples) - BATCH  # only the rows not done
     np.testing.assert_allclose(resumed.features, extracted.clean.features, rtol=1e-5, atol=1e-6)
     assert json.loads((folder / "manifest.json").read_text())["complete"] is True
@@ -224,8 +236,15 @@ def test_a_corrupt_image_is_named(
     with_bad = [samples[0], Sample(bad, "swan")]
     with pytest.raises(DatasetError, match="not a readable image") as err:
         # workers=2: the error crosses from a DataLoader worker
-        extract_features(with_bad, FeatureSpec(domain="sketch"), tmp_path / "cache", BATCH,
-                         workers=2, backbone=backbone, progress=False)  # fmt: skip
+        extract_features(
+            with_bad,
+            FeatureSpec(domain="sketch"),
+            tmp_path / "cache",
+            BATCH,
+            workers=2,
+            backbone=backbone,
+            progress=False,
+        )
     assert str(bad) in str(err.value)
 
 

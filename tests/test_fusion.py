@@ -17,8 +17,14 @@ from model.export import build_encoders, export_module
 from model.iiae import IIAE, IIAEConfig
 from model.preprocess import Preprocessing
 
-SMALL = {"input_dim_x": 12, "input_dim_y": 12, "latent_dim": 4, "hidden_dims": (8, 6),
-         "joint_hidden_dim": 8, "decoder_hidden_dims": (6, 8)}  # fmt: skip
+SMALL = {
+    "input_dim_x": 12,
+    "input_dim_y": 12,
+    "latent_dim": 4,
+    "hidden_dims": (8, 6),
+    "joint_hidden_dim": 8,
+    "decoder_hidden_dims": (6, 8),
+}
 
 
 def model_with(weight: float, seed: int = 0) -> IIAE:

@@ -46,8 +46,9 @@ from index_builder.gallery.scan import scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 
-SHARED = Path(os.environ.get("SBIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
-                             / "data"))  # fmt: skip
+SHARED = Path(
+    os.environ.get("SBIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 REAL = (SHARED / "tuxpaint_photos.tsv").is_file() and (SHARED / "quickdraw").is_dir()
 REAL = REAL and STAMPS.is_dir()
@@ -84,8 +85,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 def _cli(args: list[str], env: dict[str, str]) -> None:
     """Run ``python -m index_builder ARGS`` in a subprocess; fail with its stderr."""
-    done = subprocess.run([sys.executable, "-m", "index_builder", *args], env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "index_builder", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -96,11 +102,36 @@ def models(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Models:
     (base / "test.txt").write_text(TEST_CLASS + "\n")
     env = {**os.environ, "SBIR_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1"}
     for name, seed, steps in (("a", 0, 150), ("b", 1, 5)):
-        _cli(["train", "--data", str(data.root), "--test-classes", str(base / "test.txt"),
-              "--out", str(base / f"run-{name}"), "--steps", str(steps), "--seed", str(seed),
-              "--log-every", "5", "--eval-every", "5"], env)  # fmt: skip
-        _cli(["export-onnx", "--run", str(base / f"run-{name}"), "--out",
-              str(base / f"model-{name}")], env)  # fmt: skip
+        _cli(
+            [
+                "train",
+                "--data",
+                str(data.root),
+                "--test-classes",
+                str(base / "test.txt"),
+                "--out",
+                str(base / f"run-{name}"),
+                "--steps",
+                str(steps),
+                "--seed",
+                str(seed),
+                "--log-every",
+                "5",
+                "--eval-every",
+                "5",
+            ],
+            env,
+        )
+        _cli(
+            [
+                "export-onnx",
+                "--run",
+                str(base / f"run-{name}"),
+                "--out",
+                str(base / f"model-{name}"),
+            ],
+            env,
+        )
     return Models(base / "model-a", base / "model-b")
 
 
@@ -114,8 +145,21 @@ def photos(data: Data, tmp_path: Path) -> Path:
 def index_dir(photos: Path, models: Models, tmp_path: Path) -> Path:
     """An index of ``photos`` built with model A through the CLI."""
     out = tmp_path / "index"
-    assert main(["build-index", "--model", str(models.a), "--photos", str(photos),
-                 "--out", str(out), *QUIET]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-index",
+                "--model",
+                str(models.a),
+                "--photos",
+                str(photos),
+                "--out",
+                str(out),
+                *QUIET,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -137,8 +181,10 @@ def test_a_sketch_finds_photos_of_its_class(
     data: Data, models: Models, index_dir: Path, photos: Path
 ) -> None:
     if not data.real:
-        pytest.skip(f"real data absent ({SHARED} with quickdraw/, and {STAMPS}): the stand-in "
-                    "images say nothing about retrieval")  # fmt: skip
+        pytest.skip(
+            f"real data absent ({SHARED} with quickdraw/, and {STAMPS}): the stand-in "
+            "images say nothing about retrieval"
+        )
     sketch = OnnxEncoder(models.a, "sketch")
     loaded = load_current(index_dir, expected_fingerprint=sketch.fingerprint)
     labels = np.array([it.cls for it in loaded.manifest.items])
@@ -220,7 +266,8 @@ def test_rebuild_embeds_only_new_and_changed_photos(
     full = build_new_index(models.a, photos, tmp_path / "full", OPTIONS)
     fresh = load_current(tmp_path / "full")
     assert [it.model_dump() for it in fresh.manifest.items] == [
-        it.model_dump() for it in load_current(index_dir).manifest.items]  # fmt: skip
+        it.model_dump() for it in load_current(index_dir).manifest.items
+    ]
     np.testing.assert_allclose(fresh.vectors(), load_current(index_dir).vectors(), atol=1e-5)
     assert full.report.embedded == n
 
@@ -299,8 +346,18 @@ def test_an_interrupted_rebuild_leaves_current_and_rerunning_is_idempotent(
     pointer, versions = (index_dir / POINTER).read_bytes(), version_names(index_dir)
     manifest = load_current(index_dir).manifest
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "index_builder", "rebuild", "--index", str(index_dir),
-           "--batch-size", "1", "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "index_builder",
+        "rebuild",
+        "--index",
+        str(index_dir),
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _kill_when_printed(proc, b"embed photos")
     assert proc.returncode == -9
@@ -332,23 +389,27 @@ def _qdrant(settings: QdrantStoreSettings) -> QdrantStore:
 
 @pytest.mark.slow
 def test_qdrant_builds_and_rebuilds_like_faiss(
-    index_dir: Path, qdrant_env: QdrantStoreSettings, photos: Path, data: Data, models: Models,
+    index_dir: Path,
+    qdrant_env: QdrantStoreSettings,
+    photos: Path,
+    data: Data,
+    models: Models,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """build-index and rebuild through the CLI into Qdrant: the same photos, vectors and
     report as the FAISS index of the same photos; a rebuild upserts only what changed (new
     and changed photos embedded, removed ones gone, the rest reused by content hash) into a
     new collection, and the alias moves to it; bad images are skipped and reported as
     FAISS reports them."""
-    assert main(["build-index", "--model", str(models.a), "--photos", str(photos),
-                 *QUIET]) == 0  # fmt: skip
+    assert main(["build-index", "--model", str(models.a), "--photos", str(photos), *QUIET]) == 0
     faiss_version = load_current(index_dir)
     store = _qdrant(qdrant_env)
     try:
         first = store.load_current()
         assert store.served() == "v000001" and first.collection == "sbir-gallery-v000001"
         assert [it.model_dump() for it in first.manifest.items] == [
-            it.model_dump() for it in faiss_version.manifest.items]  # fmt: skip
+            it.model_dump() for it in faiss_version.manifest.items
+        ]
         np.testing.assert_allclose(first.vectors(), faiss_version.vectors(), atol=1e-6)
         before = {it.sha256: first.vectors()[it.id] for it in first.manifest.items}
     finally:
@@ -370,7 +431,8 @@ def test_qdrant_builds_and_rebuilds_like_faiss(
         assert r.skipped == faiss_version.report.skipped
         assert [s.path for s in r.skipped] == ["bird/text.jpg"]
         assert [it.model_dump() for it in second.manifest.items] == [
-            it.model_dump() for it in faiss_version.manifest.items]  # fmt: skip
+            it.model_dump() for it in faiss_version.manifest.items
+        ]
         vectors = second.vectors()
         for it in second.manifest.items:  # reused vectors are the stored ones, bit for bit
             if it.sha256 in before:
@@ -384,13 +446,15 @@ def test_qdrant_builds_and_rebuilds_like_faiss(
 
 @pytest.mark.slow
 def test_qdrant_model_change_and_a_killed_rebuild(
-    qdrant_env: QdrantStoreSettings, photos: Path, data: Data, models: Models,
+    qdrant_env: QdrantStoreSettings,
+    photos: Path,
+    data: Data,
+    models: Models,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """A model change writes a new collection, fully embedded; a rebuild killed while it
     embeds leaves the alias where it was, and the next one completes."""
-    assert main(["build-index", "--model", str(models.a), "--photos", str(photos),
-                 *QUIET]) == 0  # fmt: skip
+    assert main(["build-index", "--model", str(models.a), "--photos", str(photos), *QUIET]) == 0
     capsys.readouterr()
     assert main(["rebuild", "--model", str(models.b), *QUIET]) == 0
     assert "full: model changed (fingerprint" in capsys.readouterr().out
@@ -407,8 +471,7 @@ def test_qdrant_model_change_and_a_killed_rebuild(
     for i, sketch in enumerate(_images(data.root / "sketch")[:40]):
         shutil.copy(sketch, extra / f"s{i:03d}.png")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "index_builder", "rebuild", "--batch-size", "1",
-           "--workers", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "index_builder", "rebuild", "--batch-size", "1", "--workers", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _kill_when_printed(proc, b"embed photos")
     assert proc.returncode == -9
@@ -478,10 +541,12 @@ def test_a_truncated_or_tampered_index_fails_clearly(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cases = [("index.faiss", "truncate", "truncated or was modified"),
-             ("vectors.npy", "flip", "sha256 differs"),
-             ("manifest.json", "flip", "sha256 differs"),
-             ("checksums.json", "flip", "missing or modified")]  # fmt: skip
+    cases = [
+        ("index.faiss", "truncate", "truncated or was modified"),
+        ("vectors.npy", "flip", "sha256 differs"),
+        ("manifest.json", "flip", "sha256 differs"),
+        ("checksums.json", "flip", "missing or modified"),
+    ]
     for name, how, message in cases:
         broken = _tamper(index_dir, tmp_path, name, how)
         with pytest.raises(IndexIntegrityError, match=message) as err:
@@ -490,8 +555,21 @@ def test_a_truncated_or_tampered_index_fails_clearly(
     broken = tmp_path / "tampered-index.faiss-truncate"
     # a rebuild cannot trust the broken version: it embeds everything again
     capsys.readouterr()
-    assert main(["rebuild", "--index", str(broken), "--photos", str(photos), "--model",
-                 str(models.a), *QUIET]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rebuild",
+                "--index",
+                str(broken),
+                "--photos",
+                str(photos),
+                "--model",
+                str(models.a),
+                *QUIET,
+            ]
+        )
+        == 0
+    )
     assert "full: the current version is unusable" in capsys.readouterr().out
     assert load_current(broken).version == "v000002"
     assert main(["build-index", "--model", "x", "--photos", "y", "--out", str(broken)]) == 2
@@ -511,15 +589,25 @@ def test_a_second_build_is_refused_while_one_runs(tmp_path: Path) -> None:
 
 def test_a_folder_tree_is_scanned_with_classes_and_hashes(tmp_path: Path) -> None:
     root = tmp_path / "photos"
-    for rel in ("cat/a.png", "cat/b.JPG", "dog/deep/c.png", "top.png", ".hidden/d.png",
-                "cat/.e.png", "cat/notes.txt"):  # fmt: skip
+    for rel in (
+        "cat/a.png",
+        "cat/b.JPG",
+        "dog/deep/c.png",
+        "top.png",
+        ".hidden/d.png",
+        "cat/.e.png",
+        "cat/notes.txt",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(rel.encode())
     scan = scan_photos(root, workers=2)
     assert scan.root == root.resolve() and scan.unreadable == []
     assert [(f.path, f.cls) for f in scan.files] == [
-        ("cat/a.png", "cat"), ("cat/b.JPG", "cat"), ("dog/deep/c.png", None),
-        ("top.png", None)]  # fmt: skip
+        ("cat/a.png", "cat"),
+        ("cat/b.JPG", "cat"),
+        ("dog/deep/c.png", None),
+        ("top.png", None),
+    ]
     assert scan.files[0].sha256 == sha256_file(root / "cat" / "a.png")
 
 
@@ -528,12 +616,13 @@ def test_a_list_file_is_scanned_and_missing_files_are_reported(tmp_path: Path) -
     (tmp_path / "g" / "cat" / "a.png").write_bytes(b"a")
     (tmp_path / "elsewhere.png").write_bytes(b"b")
     listing = tmp_path / "g" / "list.txt"
-    listing.write_text(f"# gallery\ncat/a.png\n\n{tmp_path / 'elsewhere.png'}\tdog\n"
-                       "cat/gone.png\n")  # fmt: skip
+    listing.write_text(f"# gallery\ncat/a.png\n\n{tmp_path / 'elsewhere.png'}\tdog\ncat/gone.png\n")
     scan = scan_photos(listing)
     assert scan.root == (tmp_path / "g").resolve() and scan.source == listing.resolve()
     assert [(f.path, f.cls) for f in scan.files] == [
-        (str((tmp_path / "elsewhere.png").resolve()), "dog"), ("cat/a.png", "cat")]  # fmt: skip
+        (str((tmp_path / "elsewhere.png").resolve()), "dog"),
+        ("cat/a.png", "cat"),
+    ]
     assert [(s.path, s.sha256) for s in scan.unreadable] == [("cat/gone.png", None)]
     assert "cannot read the file" in scan.unreadable[0].error
     listing.write_text("a\tb\tc\n")
@@ -638,8 +727,15 @@ def test_ivf_pq_reranks_deeper_until_the_target(tmp_path: Path) -> None:
 
 
 def test_gallery_code_runs_without_torch() -> None:
-    code = ("import sys, index_builder.gallery.rebuild, bench.faiss_search; "
-            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    code = (
+        "import sys, index_builder.gallery.rebuild, bench.faiss_search; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr

@@ -63,8 +63,19 @@ def model(service_assets: ServiceAssets) -> Path:
 
 
 def _build(model: Path, photos: Path, out: Path, *extra: str) -> int:
-    return main(["build-index", "--model", str(model), "--photos", str(photos), "--out",
-                 str(out), *QUIET, *extra])  # fmt: skip
+    return main(
+        [
+            "build-index",
+            "--model",
+            str(model),
+            "--photos",
+            str(photos),
+            "--out",
+            str(out),
+            *QUIET,
+            *extra,
+        ]
+    )
 
 
 def _rebuild(index: Path, *extra: str) -> int:
@@ -164,14 +175,23 @@ def test_an_unreadable_folder_is_refused_then_reported_as_skipped(
     assert _rebuild(index, "--allow-shrink") == 0
     report = load_current(index).report
     assert [(s.path, s.error) for s in report.skipped] == [
-        ("c1/", "cannot read the folder (Permission denied)")]  # fmt: skip
+        ("c1/", "cannot read the folder (Permission denied)")
+    ]
     assert load_current(index).manifest.count == 5
     (photos / "c1").chmod(0o755)
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "-1"), ("--batch-size", "0"),
-                                        ("--workers", "0"), ("--keep", "0"),
-                                        ("--batch-size", "x"), ("--max-shrink", "2")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--batch-size", "-1"),
+        ("--batch-size", "0"),
+        ("--workers", "0"),
+        ("--keep", "0"),
+        ("--batch-size", "x"),
+        ("--max-shrink", "2"),
+    ],
+)
 def test_bad_flags_are_refused_before_anything_runs(
     flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,7 +274,8 @@ def test_a_listed_fifo_is_never_opened(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("pipe.png\n")
     scan = scan_photos(tmp_path / "list.txt")
     assert [(s.path, s.error) for s in scan.unreadable] == [
-        ("pipe.png", "cannot read the file (a FIFO, not a photo)")]  # fmt: skip
+        ("pipe.png", "cannot read the file (a FIFO, not a photo)")
+    ]
 
 
 # --- 4. correct pixels ----------------------------------------------------------------------
@@ -282,26 +303,41 @@ def _twins() -> dict[str, tuple[bytes, bytes]]:
     cmyk = Image.fromarray(rgb, "RGB").convert("CMYK")
     return {
         "I;16": (_encode(Image.fromarray(g.astype(np.uint16) * 257)), l8),
-        "I;16B": (_encode(Image.frombytes("I;16B", (64, 64), (g.astype(">u2") * 257).tobytes()),
-                          "TIFF"), l8),
+        "I;16B": (
+            _encode(Image.frombytes("I;16B", (64, 64), (g.astype(">u2") * 257).tobytes()), "TIFF"),
+            l8,
+        ),
         "I": (_encode(Image.fromarray(g.astype(np.int32) * 257, "I"), "TIFF"), l8),
         "F": (_encode(Image.fromarray(g.astype(np.float32) / 255, "F"), "TIFF"), l8),
-        "LA": (_encode(Image.fromarray(np.stack([g, alpha], -1), "LA")),
-               _encode(Image.fromarray(rgba_twin, "RGBA"))),
-        "P with tRNS": (_encode_with(palette, transparency=3),
-                        _encode(_p_twin(palette, 3))),
+        "LA": (
+            _encode(Image.fromarray(np.stack([g, alpha], -1), "LA")),
+            _encode(Image.fromarray(rgba_twin, "RGBA")),
+        ),
+        "P with tRNS": (_encode_with(palette, transparency=3), _encode(_p_twin(palette, 3))),
         "CMYK": (_encode(cmyk, "TIFF"), _encode(cmyk.convert("RGB"))),
-        "1": (_encode(Image.fromarray(g >= 128).convert("1")),
-              _encode(Image.fromarray(np.where(g >= 128, 255, 0).astype(np.uint8), "L"))),
-        "I;16 with tRNS": (_trns16(g), _encode(Image.fromarray(
-            np.stack([g, g, g, np.where(g == 7, 0, 255).astype(np.uint8)], -1), "RGBA"))),
+        "1": (
+            _encode(Image.fromarray(g >= 128).convert("1")),
+            _encode(Image.fromarray(np.where(g >= 128, 255, 0).astype(np.uint8), "L")),
+        ),
+        "I;16 with tRNS": (
+            _trns16(g),
+            _encode(
+                Image.fromarray(
+                    np.stack([g, g, g, np.where(g == 7, 0, 255).astype(np.uint8)], -1), "RGBA"
+                )
+            ),
+        ),
         # 16-bit PNGs Pillow opens as 8-bit modes (grey+alpha, RGB, RGBA)
-        "RGBA from 16-bit grey+alpha": (_png16(np.stack([g, alpha], -1), 4),
-                                        _encode(Image.fromarray(rgba_twin, "RGBA"))),
+        "RGBA from 16-bit grey+alpha": (
+            _png16(np.stack([g, alpha], -1), 4),
+            _encode(Image.fromarray(rgba_twin, "RGBA")),
+        ),
         "RGB from 16-bit": (_png16(rgb, 2), _encode(Image.fromarray(rgb, "RGB"))),
-        "RGBA from 16-bit": (_png16(np.dstack([rgb, alpha]), 6),
-                             _encode(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))),
-    }  # fmt: skip
+        "RGBA from 16-bit": (
+            _png16(np.dstack([rgb, alpha]), 6),
+            _encode(Image.fromarray(np.dstack([rgb, alpha]), "RGBA")),
+        ),
+    }
 
 
 def _png16(pixels8: np.ndarray, color_type: int) -> bytes:
@@ -315,8 +351,12 @@ def _png16(pixels8: np.ndarray, color_type: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _p_twin(palette: Image.Image, transparent: int) -> Image.Image:
@@ -381,8 +421,9 @@ def test_read_errors_are_retried_and_decode_failures_remembered(tmp_path: Path) 
     prep = Preprocessing(image_size=32)
     png = _encode(Image.fromarray(_grey(), "L"))
     (tmp_path / "ok.png").write_bytes(png)
-    assert isinstance(decode_photo(tmp_path / "ok.png", sha256_file(tmp_path / "ok.png"), prep),
-                      Decoded)  # fmt: skip
+    assert isinstance(
+        decode_photo(tmp_path / "ok.png", sha256_file(tmp_path / "ok.png"), prep), Decoded
+    )
     gone = decode_photo(tmp_path / "gone.png", "0" * 64, prep)
     assert isinstance(gone, Failure) and gone.retry and "cannot read the file" in gone.error
     changed = decode_photo(tmp_path / "ok.png", "0" * 64, prep)
@@ -392,18 +433,29 @@ def test_read_errors_are_retried_and_decode_failures_remembered(tmp_path: Path) 
     assert isinstance(bad, Failure) and not bad.retry and "not a readable image" in bad.error
     # the next plan tries the read error again, whatever the name of a copy, but not the
     # decode failure; an old report's read error (before ``retry``) is retried too
-    report = Report(mode="full", reason="x", skipped=[
-        SkippedItem(path="r.png", sha256="a" * 64, error="cannot read the file (I/O)", retry=True),
-        SkippedItem(path="old.png", sha256="c" * 64, error="cannot read the file (Input/output)"),
-        SkippedItem(path="d.png", sha256="b" * 64, error="not a readable image (x)"),
-    ])  # fmt: skip
+    report = Report(
+        mode="full",
+        reason="x",
+        skipped=[
+            SkippedItem(
+                path="r.png", sha256="a" * 64, error="cannot read the file (I/O)", retry=True
+            ),
+            SkippedItem(
+                path="old.png", sha256="c" * 64, error="cannot read the file (Input/output)"
+            ),
+            SkippedItem(path="d.png", sha256="b" * 64, error="not a readable image (x)"),
+        ],
+    )
 
     class Base:  # plan_build reads only these two fields of a loaded version
         manifest = type("M", (), {"items": []})()
 
     Base.report = report  # type: ignore[attr-defined]
-    files = [PhotoFile("copy.png", None, "a" * 64), PhotoFile("d.png", None, "b" * 64),
-             PhotoFile("old.png", None, "c" * 64)]  # fmt: skip
+    files = [
+        PhotoFile("copy.png", None, "a" * 64),
+        PhotoFile("d.png", None, "b" * 64),
+        PhotoFile("old.png", None, "c" * 64),
+    ]
     plan = plan_build(Scan(tmp_path, tmp_path, files, []), [Base()])  # type: ignore[list-item]
     assert [p.path for p in plan.to_embed] == ["copy.png", "old.png"]
     assert [s.path for s in plan.carried] == ["d.png"]
@@ -492,15 +544,47 @@ def test_operator_mistakes_get_clear_errors_and_change_nothing(
 ) -> None:
     image = sorted(photos.rglob("*.png"))[0]
     cases = [
-        (["build-index", "--model", str(model), "--photos", str(image), "--out",
-          str(tmp_path / "i1")], f"{image}: an image, not a folder or list file"),
-        (["build-index", "--model", str(model), "--photos", str(photos), "--out", str(image)],
-         f"{image}: a file, not a folder"),
-        (["rebuild", "--index", str(tmp_path / "TYPO"), "--photos", str(photos), "--model",
-          str(model)], f"{tmp_path / 'TYPO'}: no gallery index here"),
-        (["build-index", "--model", str(tmp_path / "nomodel"), "--photos", str(photos),
-          "--out", str(tmp_path / "i2")], "not a model directory"),
-    ]  # fmt: skip
+        (
+            [
+                "build-index",
+                "--model",
+                str(model),
+                "--photos",
+                str(image),
+                "--out",
+                str(tmp_path / "i1"),
+            ],
+            f"{image}: an image, not a folder or list file",
+        ),
+        (
+            ["build-index", "--model", str(model), "--photos", str(photos), "--out", str(image)],
+            f"{image}: a file, not a folder",
+        ),
+        (
+            [
+                "rebuild",
+                "--index",
+                str(tmp_path / "TYPO"),
+                "--photos",
+                str(photos),
+                "--model",
+                str(model),
+            ],
+            f"{tmp_path / 'TYPO'}: no gallery index here",
+        ),
+        (
+            [
+                "build-index",
+                "--model",
+                str(tmp_path / "nomodel"),
+                "--photos",
+                str(photos),
+                "--out",
+                str(tmp_path / "i2"),
+            ],
+            "not a model directory",
+        ),
+    ]
     for args, message in cases:
         capsys.readouterr()
         assert main([*args, *QUIET]) == 2, args
@@ -508,13 +592,39 @@ def test_operator_mistakes_get_clear_errors_and_change_nothing(
         assert message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "TYPO").exists() and not (tmp_path / "i1" / POINTER).exists()
     (tmp_path / "volume").mkdir()  # an existing empty folder (a fresh volume) takes a first build
-    assert main(["rebuild", "--index", str(tmp_path / "volume"), "--photos", str(photos),
-                 "--model", str(model), *QUIET]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rebuild",
+                "--index",
+                str(tmp_path / "volume"),
+                "--photos",
+                str(photos),
+                "--model",
+                str(model),
+                *QUIET,
+            ]
+        )
+        == 0
+    )
     assert load_current(tmp_path / "volume").manifest.count == 10
     binary = tmp_path / "list.txt"
     binary.write_bytes("c0/p0.png\n".encode("utf-16"))
-    assert main(["build-index", "--model", str(model), "--photos", str(binary), "--out",
-                 str(tmp_path / "i3"), *QUIET]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "build-index",
+                "--model",
+                str(model),
+                "--photos",
+                str(binary),
+                "--out",
+                str(tmp_path / "i3"),
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     assert f"{binary}:1: binary data" in capsys.readouterr().err
 
 
@@ -526,8 +636,10 @@ def test_list_files_with_a_bom_or_latin1_names_work(
     listing.write_bytes(b"\xef\xbb\xbfc0/caf\xe9.png\nc0/p2.png\tcats\n")
     assert _build(model, listing, tmp_path / "index") == 0
     items = load_current(tmp_path / "index").manifest.items
-    assert [(it.path, it.cls) for it in items] == [(f"c0/{LATIN1}.png", "c0"),
-                                                   ("c0/p2.png", "cats")]  # fmt: skip
+    assert [(it.path, it.cls) for it in items] == [
+        (f"c0/{LATIN1}.png", "c0"),
+        ("c0/p2.png", "cats"),
+    ]
 
 
 def test_an_unreadable_current_has_a_way_forward(

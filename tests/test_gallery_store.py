@@ -43,11 +43,19 @@ def gallery(n: int, seed: int = 0) -> tuple[np.ndarray, Manifest]:
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     paths = sorted(f"{CLASSES[i % 3]}/{'ab'[i % 2]}/{i:04d}.jpg" for i in range(n))
-    items = [ManifestItem(id=i, path=p, cls=p.split("/")[0], width=10 + i, height=20,
-                          sha256=f"{i:064x}") for i, p in enumerate(paths)]  # fmt: skip
+    items = [
+        ManifestItem(id=i, path=p, cls=p.split("/")[0], width=10 + i, height=20, sha256=f"{i:064x}")
+        for i, p in enumerate(paths)
+    ]
     model = ModelInfo(fingerprint="f" * 64, backbone="test", embedding_dim=DIM, model_dir="/m")
-    manifest = Manifest(created="2026-01-01T00:00:00+00:00", model=model, photos_root="/photos",
-                        source="/photos", count=n, items=items)  # fmt: skip
+    manifest = Manifest(
+        created="2026-01-01T00:00:00+00:00",
+        model=model,
+        photos_root="/photos",
+        source="/photos",
+        count=n,
+        items=items,
+    )
     return vectors, manifest
 
 
@@ -83,7 +91,8 @@ def test_commit_serve_and_search_like_exact_search(store: VectorStore) -> None:
     assert store.served() == "v000001" and store.served_versions() == ["v000001"]
     loaded = store.load_current(expected_fingerprint="f" * 64)
     assert [it.model_dump() for it in loaded.manifest.items] == [
-        it.model_dump() for it in manifest.items]  # fmt: skip
+        it.model_dump() for it in manifest.items
+    ]
     assert loaded.manifest.index is not None and loaded.manifest.index.n == 60
     np.testing.assert_allclose(loaded.vectors(), vectors, atol=1e-6)
     np.testing.assert_allclose(loaded.vector(7), vectors[7], atol=1e-6)
@@ -104,13 +113,14 @@ def test_filters_are_exact(store: VectorStore) -> None:
     items = manifest.items
     cases = {
         Where(classes=frozenset({"dog"})): [it.id for it in items if it.cls == "dog"],
-        Where(classes=frozenset({"cat", "fish"}), path_prefix="cat/b/"):
-            [it.id for it in items if it.path.startswith("cat/b/")],
+        Where(classes=frozenset({"cat", "fish"}), path_prefix="cat/b/"): [
+            it.id for it in items if it.path.startswith("cat/b/")
+        ],
         Where(path_prefix="fish"): [it.id for it in items if it.path.startswith("fish/")],
         Where(path_prefix="fis"): [],  # a folder, not a string prefix
         Where(classes=frozenset({"bird"})): [],
         Where(exclude_ids=frozenset({4, 5})): [i for i in range(90) if i not in (4, 5)],
-    }  # fmt: skip
+    }
     for where, rows in cases.items():
         _, ids = loaded.search(query[None, :], 7, where)
         found = [i for i in ids[0].tolist() if i >= 0]
@@ -158,8 +168,9 @@ def leave_a_killed_commit(store: VectorStore) -> None:
         return
     assert isinstance(store, QdrantStore)
     name = store.collection("v000002")
-    store.client.create_collection(name, vectors_config=qm.VectorParams(
-        size=DIM, distance=qm.Distance.DOT))  # fmt: skip
+    store.client.create_collection(
+        name, vectors_config=qm.VectorParams(size=DIM, distance=qm.Distance.DOT)
+    )
     store.client.upsert(name, points=[qm.PointStruct(id=0, vector=[1.0] * DIM, payload={})])
 
 

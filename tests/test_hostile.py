@@ -58,8 +58,13 @@ def hostile(
     """A server with the default limits, but a short body timeout."""
     tmp = tmp_path_factory.mktemp("hostile")
     shutil.copytree(service_assets.index_dir, tmp / "index")
-    env = service_env(service_assets, tmp, index_dir=tmp / "index", body_timeout_s=BODY_TIMEOUT_S,
-                      decode_workers=2)  # fmt: skip
+    env = service_env(
+        service_assets,
+        tmp,
+        index_dir=tmp / "index",
+        body_timeout_s=BODY_TIMEOUT_S,
+        decode_workers=2,
+    )
     with run_service(env, tmp / "service.log") as running:
         yield running
 
@@ -110,8 +115,9 @@ def under_attack(
 
 
 def post_raw(service: RunningService, body: bytes, content_type: str) -> httpx.Response:
-    return httpx.post(service.url + "/v1/search", content=body, timeout=60,
-                      headers={"Content-Type": content_type})  # fmt: skip
+    return httpx.post(
+        service.url + "/v1/search", content=body, timeout=60, headers={"Content-Type": content_type}
+    )
 
 
 def long_unknown_keys() -> bytes:
@@ -152,8 +158,9 @@ def test_huge_json_bodies_are_refused_cheaply(hostile: RunningService, name: str
     make, status, code, mentions = JSON_ATTACKS[name]
     body = make()
     assert len(body) <= 10 << 20
-    responses, live = under_attack(hostile, lambda _: post_raw(hostile, body, "application/json"),
-                                   3)  # fmt: skip
+    responses, live = under_attack(
+        hostile, lambda _: post_raw(hostile, body, "application/json"), 3
+    )
     for r in responses:
         assert r.status_code == status, r.text[:300]
         if code is not None:
@@ -277,8 +284,9 @@ def test_an_undecodable_image_error_is_clean(hostile: RunningService) -> None:
 
 
 def test_result_urls_ignore_the_host_header(hostile: RunningService) -> None:
-    response = httpx.post(hostile.url + "/v1/search", json=ORDINARY, timeout=60,
-                          headers={"Host": "evil.example"})  # fmt: skip
+    response = httpx.post(
+        hostile.url + "/v1/search", json=ORDINARY, timeout=60, headers={"Host": "evil.example"}
+    )
     assert response.status_code == 200
     for result in response.json()["results"]:
         assert result["url"].startswith("/v1/photos/") and "evil" not in result["url"]
@@ -290,8 +298,10 @@ def test_a_failed_reload_shows_the_version_and_no_paths(hostile: RunningService)
     index_dir = hostile.log_file.parent / "index"  # the fixture's copy
     loaded = load_current(index_dir)
     with locked(index_dir):
-        version = commit_version(index_dir, Payload(loaded.index, np.asarray(loaded.vectors()),
-                                                    loaded.manifest, loaded.report))  # fmt: skip
+        version = commit_version(
+            index_dir,
+            Payload(loaded.index, np.asarray(loaded.vectors()), loaded.manifest, loaded.report),
+        )
     (index_dir / VERSIONS / version / INDEX_FILE).write_bytes(b"corrupt")
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with hostile.client() as client:
@@ -336,8 +346,9 @@ def test_types_are_strict(hostile: RunningService, case: str) -> None:
         elif kind == "form":
             png = io.BytesIO()
             Image.new("L", (64, 64), 255).save(png, "PNG")
-            response = client.post("/v1/search", files={"image": ("s.png", png.getvalue())},
-                                   data={"k": value})  # fmt: skip
+            response = client.post(
+                "/v1/search", files={"image": ("s.png", png.getvalue())}, data={"k": value}
+            )
         else:
             response = client.get(f"/v1/photos/{value}")
     assert response.status_code == 422, response.text

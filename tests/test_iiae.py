@@ -28,8 +28,12 @@ from model.iiae import (
 )
 from model.preprocess import Preprocessing
 
-SMALL = {"latent_dim": 8, "hidden_dims": (32, 16), "joint_hidden_dim": 32,
-         "decoder_hidden_dims": (16, 32)}  # fmt: skip
+SMALL = {
+    "latent_dim": 8,
+    "hidden_dims": (32, 16),
+    "joint_hidden_dim": 32,
+    "decoder_hidden_dims": (16, 32),
+}
 
 
 # --- (a) closed-form KLs against Monte Carlo ---------------------------------------------
@@ -96,17 +100,25 @@ LOGITS, LABELS = [[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]], [0, 2]
 
 
 def _gaussian(pair: tuple[list[list[float]], list[list[float]]]) -> Gaussian:
-    return Gaussian(torch.tensor(pair[0], dtype=torch.float64),
-                    torch.tensor(pair[1], dtype=torch.float64))  # fmt: skip
+    return Gaussian(
+        torch.tensor(pair[0], dtype=torch.float64), torch.tensor(pair[1], dtype=torch.float64)
+    )
 
 
 def _hand_output(with_logits: bool = True) -> IIAEOutput:
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     return IIAEOutput(
-        _gaussian(Q_ZX), _gaussian(Q_ZY), _gaussian(Q_ZS), _gaussian(R_X), _gaussian(R_Y),
-        x_hat=t(X_HAT), y_hat=t(Y_HAT), x_target=t(X), y_target=t(Y),
+        _gaussian(Q_ZX),
+        _gaussian(Q_ZY),
+        _gaussian(Q_ZS),
+        _gaussian(R_X),
+        _gaussian(R_Y),
+        x_hat=t(X_HAT),
+        y_hat=t(Y_HAT),
+        x_target=t(X),
+        y_target=t(Y),
         logits=t(LOGITS) if with_logits else None,
-    )  # fmt: skip
+    )
 
 
 def _mse(a: list[list[float]], b: list[list[float]]) -> float:
@@ -115,42 +127,57 @@ def _mse(a: list[list[float]], b: list[list[float]]) -> float:
 
 
 def _kl_prior(g: tuple[list[list[float]], list[list[float]]]) -> float:
-    rows = [sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(ms, lvs, strict=True))
-            for ms, lvs in zip(*g, strict=True)]  # fmt: skip
+    rows = [
+        sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(ms, lvs, strict=True))
+        for ms, lvs in zip(*g, strict=True)
+    ]
     return sum(rows) / len(rows)
 
 
 def _kl_pair(q: tuple[list[list[float]], ...], p: tuple[list[list[float]], ...]) -> float:
     rows = []
     for mq, lq, mp, lp in zip(q[0], q[1], p[0], p[1], strict=True):
-        rows.append(sum(0.5 * (math.exp(a - b) + (u - v) ** 2 / math.exp(b) - 1 - (a - b))
-                        for u, a, v, b in zip(mq, lq, mp, lp, strict=True)))  # fmt: skip
+        rows.append(
+            sum(
+                0.5 * (math.exp(a - b) + (u - v) ** 2 / math.exp(b) - 1 - (a - b))
+                for u, a, v, b in zip(mq, lq, mp, lp, strict=True)
+            )
+        )
     return sum(rows) / len(rows)
 
 
 def _cross_entropy(logits: list[list[float]], labels: list[int]) -> float:
-    losses = [math.log(sum(math.exp(v) for v in row)) - row[c]
-              for row, c in zip(logits, labels, strict=True)]  # fmt: skip
+    losses = [
+        math.log(sum(math.exp(v) for v in row)) - row[c]
+        for row, c in zip(logits, labels, strict=True)
+    ]
     return sum(losses) / len(losses)
 
 
 def _hand_terms() -> dict[str, float]:
     return {
-        "rec_x": _mse(X_HAT, X), "rec_y": _mse(Y_HAT, Y),
-        "kl_x": _kl_prior(Q_ZX), "kl_y": _kl_prior(Q_ZY), "kl_s": _kl_prior(Q_ZS),
-        "klr_x": _kl_pair(Q_ZS, R_X), "klr_y": _kl_pair(Q_ZS, R_Y),
+        "rec_x": _mse(X_HAT, X),
+        "rec_y": _mse(Y_HAT, Y),
+        "kl_x": _kl_prior(Q_ZX),
+        "kl_y": _kl_prior(Q_ZY),
+        "kl_s": _kl_prior(Q_ZS),
+        "klr_x": _kl_pair(Q_ZS, R_X),
+        "klr_y": _kl_pair(Q_ZS, R_Y),
         "cls": _cross_entropy(LOGITS, LABELS),
-    }  # fmt: skip
+    }
 
 
-def _hand_total(h: dict[str, float], beta: float, lam: float, w_rec: float, w_cls: float,
-                step: int) -> float:  # fmt: skip
+def _hand_total(
+    h: dict[str, float], beta: float, lam: float, w_rec: float, w_cls: float, step: int
+) -> float:
     a = 1 - math.exp(-step / 2000)
-    return ((beta + lam) * w_rec * (h["rec_x"] + h["rec_y"])
-            + a * (beta + lam) * (h["kl_x"] + h["kl_y"])
-            + a * beta * h["kl_s"]
-            + lam * (h["klr_x"] + h["klr_y"])
-            + w_cls * h["cls"])  # fmt: skip
+    return (
+        (beta + lam) * w_rec * (h["rec_x"] + h["rec_y"])
+        + a * (beta + lam) * (h["kl_x"] + h["kl_y"])
+        + a * beta * h["kl_s"]
+        + lam * (h["klr_x"] + h["klr_y"])
+        + w_cls * h["cls"]
+    )
 
 
 def _module_total(step: int, **weights: float) -> float:
@@ -212,8 +239,12 @@ def test_output_shapes_with_different_input_dims() -> None:
     assert out.x_hat.shape == (5, 512) and out.y_hat.shape == (5, 1280)
     assert out.logits is None
     model.eval()
-    for fn, inp in ((model.embed_sketch, x), (model.exclusive_sketch, x),
-                    (model.embed_photo, y), (model.exclusive_photo, y)):  # fmt: skip
+    for fn, inp in (
+        (model.embed_sketch, x),
+        (model.exclusive_sketch, x),
+        (model.embed_photo, y),
+        (model.exclusive_photo, y),
+    ):
         assert fn(inp).shape == (5, 64)
 
 
@@ -311,8 +342,14 @@ def _train(seed: int, steps: int, **cfg: float) -> tuple[list[float], IIAE]:
     model = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **{**SMALL, **cfg}))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.999))
     losses: list[float] = []
-    fit(model, _toy_sampler(seed), opt, steps, on_step=lambda _, t: losses.append(t["total"]),
-        progress=False)  # fmt: skip
+    fit(
+        model,
+        _toy_sampler(seed),
+        opt,
+        steps,
+        on_step=lambda _, t: losses.append(t["total"]),
+        progress=False,
+    )
     return losses, model
 
 
@@ -331,10 +368,12 @@ def test_eval_mode_is_deterministic_and_uses_means() -> None:
     _, model = _train(seed=0, steps=3)
     model.eval()
     batch = _toy_sampler(1)()
-    torch.testing.assert_close(model.embed_sketch(batch.x), model.embed_sketch(batch.x),
-                               rtol=0, atol=0)  # fmt: skip
-    torch.testing.assert_close(model.embed_photo(batch.y), model.embed_photo(batch.y),
-                               rtol=0, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        model.embed_sketch(batch.x), model.embed_sketch(batch.x), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        model.embed_photo(batch.y), model.embed_photo(batch.y), rtol=0, atol=0
+    )
     out = model(batch.x, batch.y)
     torch.testing.assert_close(out.x_hat, model.dec_x(out.q_zs.mean, out.q_zx.mean))
     torch.testing.assert_close(out.y_hat, model.dec_y(out.q_zs.mean, out.q_zy.mean))
@@ -452,14 +491,18 @@ def test_paper_initialisation_is_glorot_zero_bias_bn_near_one() -> None:
             assert float(w.abs().max()) <= bound
             assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)
             assert torch.all(m.bias == 0)
-    gammas = torch.cat([m.weight.detach() for m in model.modules()
-                        if isinstance(m, nn.BatchNorm1d)])  # fmt: skip
+    gammas = torch.cat(
+        [m.weight.detach() for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    )
     assert float(gammas.mean()) == pytest.approx(1.0, abs=0.005)
     assert float(gammas.std()) == pytest.approx(0.02, rel=0.1)
     assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, nn.BatchNorm1d))
     torch_default = IIAE(TrainConfig().iiae_config(300, 200, 0))
-    assert any(float(m.bias.detach().abs().max()) > 0 for m in torch_default.modules()
-               if isinstance(m, nn.Linear))  # fmt: skip
+    assert any(
+        float(m.bias.detach().abs().max()) > 0
+        for m in torch_default.modules()
+        if isinstance(m, nn.Linear)
+    )
 
 
 def _feature_set(values: np.ndarray, labels: list[str]) -> FeatureSet:
@@ -504,8 +547,11 @@ def test_optimiser_is_the_authors_adam() -> None:
     assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
     group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
-        2e-4, (0.5, 0.999), 1e-8, 0.0,
-    )  # fmt: skip
+        2e-4,
+        (0.5, 0.999),
+        1e-8,
+        0.0,
+    )
     assert len(group["params"]) == len(list(model.parameters()))
 
 

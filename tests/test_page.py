@@ -201,8 +201,9 @@ def test_draw_search_undo_enlarge_clear(browser, base_url):
             page.click("#more-like-this")
         assert similar.value.status == 200
         page.wait_for_function("() => !document.getElementById('lightbox').open")
-        page.wait_for_function("() => document.getElementById('search-meta')"
-                               ".textContent.startsWith('More like')")  # fmt: skip
+        page.wait_for_function(
+            "() => document.getElementById('search-meta').textContent.startsWith('More like')"
+        )
         _wait_for_results(page)
         srcs = page.locator("#results .result img").evaluate_all("els => els.map(e => e.src)")
         assert srcs and base_url + enlarged_src not in srcs

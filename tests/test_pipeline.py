@@ -36,8 +36,16 @@ from index_builder.train import ClassPairSampler, embed, fit
 
 pytestmark = pytest.mark.usefixtures("feature_cache")
 
-CLASSES = ["airplane", "bell", "cup", "jack-o-lantern", "swan", "teddy_bear", "wine_bottle",
-           "zebra"]  # fmt: skip
+CLASSES = [
+    "airplane",
+    "bell",
+    "cup",
+    "jack-o-lantern",
+    "swan",
+    "teddy_bear",
+    "wine_bottle",
+    "zebra",
+]
 TEST = ["bell", "swan", "zebra"]
 TRAIN = [c for c in CLASSES if c not in TEST]
 # (sketches, photos) per class of each layout's stand-in
@@ -82,8 +90,16 @@ def run(
     """``train`` on one layout's training classes, 30 steps, one validation class."""
     layout = request.param
     data, out = datasets[layout], tmp_path_factory.mktemp("runs") / layout
-    args = ["train", "--data", str(data), "--test-classes", str(test_file), "--out", str(out),
-            *TRAIN_ARGS]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--test-classes",
+        str(test_file),
+        "--out",
+        str(out),
+        *TRAIN_ARGS,
+    ]
     assert main(args) == 0
     return Run(layout, data, out, args)
 
@@ -127,8 +143,20 @@ def test_evaluate_writes_metrics_and_a_figure(
     run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     json_out, figure = tmp_path / "metrics" / "result.json", tmp_path / "queries.png"
-    code = main(["evaluate", "--run", str(run.out), "--data", str(run.data), "--json",
-                 str(json_out), "--figure", str(figure), "--voc"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--run",
+            str(run.out),
+            "--data",
+            str(run.data),
+            "--json",
+            str(json_out),
+            "--figure",
+            str(figure),
+            "--voc",
+        ]
+    )
     assert code == 0
     result = json.loads(json_out.read_text())
     for key in (*METRICS, "map_all_voc"):
@@ -151,14 +179,16 @@ def test_baselines_score_the_raw_features(
     run: Run, test_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "baselines.json"
-    code = main(["baselines", "--data", str(run.data), "--test-classes", str(test_file),
-                 "--json", str(out)])  # fmt: skip
+    code = main(
+        ["baselines", "--data", str(run.data), "--test-classes", str(test_file), "--json", str(out)]
+    )
     assert code == 0
     rows = json.loads(out.read_text())
-    assert set(rows) == {"efficientnet-lite0 raw features",
-                         "efficientnet-lite0 standardized features",
-                         "efficientnet-lite0 power 0.5, whitened, shrinkage 30 features",
-                         }  # fmt: skip
+    assert set(rows) == {
+        "efficientnet-lite0 raw features",
+        "efficientnet-lite0 standardized features",
+        "efficientnet-lite0 power 0.5, whitened, shrinkage 30 features",
+    }
     for metrics in rows.values():
         for key in METRICS:
             assert 0.0 <= metrics[key] <= 1.0, key
@@ -204,15 +234,24 @@ def test_authors_features_end_to_end(
 ) -> None:
     data = make_authors_features(tmp_path / "released", 1, CLASSES, 4, test_classes=TEST)
     out, json_out = tmp_path / "run", tmp_path / "result.json"
-    code = main(["train", "--data", str(data), "--test-classes", str(test_file), "--out",
-                 str(out), *TRAIN_ARGS])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--test-classes",
+            str(test_file),
+            "--out",
+            str(out),
+            *TRAIN_ARGS,
+        ]
+    )
     assert code == 0
     info = json.loads((out / "run.json").read_text())
     assert info["feature_backbone"] == "vgg16-authors"
     assert info["iiae"]["input_dim_x"] == 512
     assert info["test_classes"] == TEST
-    assert main(["evaluate", "--run", str(out), "--data", str(data), "--json",
-                 str(json_out)]) == 0  # fmt: skip
+    assert main(["evaluate", "--run", str(out), "--data", str(data), "--json", str(json_out)]) == 0
     result = json.loads(json_out.read_text())
     for key in METRICS:
         assert 0.0 <= result[key] <= 1.0, key
@@ -225,8 +264,19 @@ def test_authors_features_end_to_end(
 
 def _train_error(capsys: pytest.CaptureFixture[str], data: Path, test: Path, out: Path) -> str:
     capsys.readouterr()
-    code = main(["train", "--data", str(data), "--test-classes", str(test), "--out", str(out),
-                 "--steps", "1"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--test-classes",
+            str(test),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.startswith("error: ")
@@ -304,9 +354,11 @@ def test_training_learns_the_seen_classes(datasets: dict[str, Path], test_file: 
 def test_train_prints_validation_beside_the_baseline_and_warns(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    info = {"val_classes": ["a", "b"], "selected_step": 300,
-            "validation": {"model_map_all": 0.25, "baseline_map_all": 0.3125,
-                           "model_better": False}}  # fmt: skip
+    info = {
+        "val_classes": ["a", "b"],
+        "selected_step": 300,
+        "validation": {"model_map_all": 0.25, "baseline_map_all": 0.3125, "model_better": False},
+    }
     _print_validation(info)
     out, err = capsys.readouterr()
     assert "model 0.2500 (step 300), standardised backbone features 0.3125" in out
@@ -337,8 +389,24 @@ def test_paper_recipe_trains_on_published_arrangements_with_a_builtin_split(
     renamed = arrangement == "sem-pcyc"  # SEM-PCYC's script renames two classes
     names = sempcyc_names(classes) if renamed else classes
     root = make_sketchy_arrangement(tmp_path / "data", arrangement, names, 1, 1, 2)
-    assert main(["train", "--data", str(root), "--test-classes", split, "--recipe", "paper",
-                 "--out", str(out), "--log-every", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--test-classes",
+                split,
+                "--recipe",
+                "paper",
+                "--out",
+                str(out),
+                "--log-every",
+                "1",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "run.json").read_text())
     assert info["recipe"] == "paper" and info["config"]["standardize"] is False
     assert info["iiae"]["decoder_hidden_dims"] == [128] and info["iiae"]["init"] == "glorot"
@@ -347,8 +415,22 @@ def test_paper_recipe_trains_on_published_arrangements_with_a_builtin_split(
     assert info["validation"] is None
     gallery = "sake" if ARRANGEMENTS[arrangement][2] else "extended"
     result_file = tmp_path / "result.json"
-    assert main(["evaluate", "--run", str(out), "--data", str(root), "--gallery", gallery,
-                 "--json", str(result_file)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(out),
+                "--data",
+                str(root),
+                "--gallery",
+                gallery,
+                "--json",
+                str(result_file),
+            ]
+        )
+        == 0
+    )
     result = json.loads(result_file.read_text())
     assert result["n_gallery"] == 25 * (3 if gallery == "sake" else 1)
     assert result["model"].startswith("IIAE (efficientnet-lite0)")
@@ -364,8 +446,9 @@ def test_paper_recipe_on_the_feature_files_with_no_class_list(
     info = json.loads((out / "run.json").read_text())
     assert info["test_classes"] == TEST and info["data"] == str(data / "SketchyVGG" / "split1")
     assert info["steps"] == 9 * (len(TRAIN) * 4 // len(TRAIN))
-    assert main(["evaluate", "--run", str(out), "--data", str(data), "--json",
-                 str(result_file)]) == 0  # fmt: skip
+    assert (
+        main(["evaluate", "--run", str(out), "--data", str(data), "--json", str(result_file)]) == 0
+    )
     assert json.loads(result_file.read_text())["model"].startswith("IIAE (vgg16-authors)")
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out), "--data", str(datasets["sketchy-sake"])]) == 2

@@ -45,8 +45,11 @@ def test_counts_match_the_sources(shared: Path, prepared: PrepareReport) -> None
     for cls in SUBSET:
         photos = sorted(p.name for p in (out / "photo" / cls).iterdir())
         assert photos == sorted(ref.name() for ref in table[cls])
-        keys = {d.key_id for fmt in ("simplified", "raw")
-                for d in read_ndjson(shared / "quickdraw" / fmt / f"{cls}.ndjson")}  # fmt: skip
+        keys = {
+            d.key_id
+            for fmt in ("simplified", "raw")
+            for d in read_ndjson(shared / "quickdraw" / fmt / f"{cls}.ndjson")
+        }
         assert {p.stem for p in (out / "sketch" / cls).iterdir()} == keys
     assert prepared.photos == prepared.photos_written == sum(len(table[c]) for c in SUBSET)
     assert prepared.sketches == prepared.sketches_written > 3 * 25
@@ -82,8 +85,13 @@ def test_second_run_writes_nothing(shared: Path, prepared: PrepareReport) -> Non
 
 def tiny_shared(root: Path, tsv_rows: list[str]) -> Path:
     """A shared-data folder with one handwritten 'apple' drawing and the given tsv rows."""
-    drawing = {"word": "apple", "countrycode": "FR", "recognized": True, "key_id": "7",
-               "drawing": [[[0, 50, 100], [0, 80, 10]]]}  # fmt: skip
+    drawing = {
+        "word": "apple",
+        "countrycode": "FR",
+        "recognized": True,
+        "key_id": "7",
+        "drawing": [[[0, 50, 100], [0, 80, 10]]],
+    }
     (root / "quickdraw" / "simplified").mkdir(parents=True)
     (root / "quickdraw" / "simplified" / "apple.ndjson").write_text(json.dumps(drawing))
     (root / "tuxpaint_photos.tsv").write_text("\n".join(["class\tstamp", *tsv_rows]) + "\n")

@@ -94,8 +94,11 @@ def test_the_photo_backbone_reads_both_views_and_is_fingerprinted_apart() -> Non
         expected = torch.cat([plain(x[:, :3]), plain(x[:, 3:])], dim=1)
     torch.testing.assert_close(feats, expected)
     assert not torch.allclose(feats[:, :8], feats[:, 8:])  # the views differ
-    fingerprints = {plain.fingerprint, both.fingerprint,
-                    with_pseudo_sketch(plain, EdgeConfig(threshold=0.3)).fingerprint}  # fmt: skip
+    fingerprints = {
+        plain.fingerprint,
+        both.fingerprint,
+        with_pseudo_sketch(plain, EdgeConfig(threshold=0.3)).fingerprint,
+    }
     assert len(fingerprints) == 3
 
 

@@ -31,8 +31,11 @@ def test_engines_find_the_exact_neighbours(gallery: tuple) -> None:
     options = {"engines": ["local", "edge"], "edge_hnsw_max": N, "threads": 1}
     rows = qdrant_rows(x, queries, truth, options)
     by_index = {(r["engine"], r["index"].split()[0]): r for r in rows}
-    assert set(by_index) == {("qdrant-client local mode", "numpy"),
-                             ("qdrant-edge-py", "HNSW"), ("qdrant-edge-py", "exact")}  # fmt: skip
+    assert set(by_index) == {
+        ("qdrant-client local mode", "numpy"),
+        ("qdrant-edge-py", "HNSW"),
+        ("qdrant-edge-py", "exact"),
+    }
     # the brute-force engines are exact (cosine on unit vectors = inner product); HNSW is close
     assert by_index["qdrant-client local mode", "numpy"]["recall"] >= 0.999
     assert by_index["qdrant-edge-py", "exact"]["recall"] >= 0.999

@@ -34,8 +34,14 @@ def quickdraw() -> Path:
 
 def record(key_id: str, drawing: list, word: str = "line") -> dict:
     """One Quick, Draw! line as a dict."""
-    return {"word": word, "countrycode": "DE", "timestamp": "2017-03-01 10:00:00.0 UTC",
-            "recognized": True, "key_id": key_id, "drawing": drawing}  # fmt: skip
+    return {
+        "word": word,
+        "countrycode": "DE",
+        "timestamp": "2017-03-01 10:00:00.0 UTC",
+        "recognized": True,
+        "key_id": key_id,
+        "drawing": drawing,
+    }
 
 
 def write_ndjson(path: Path, lines: list[dict | str]) -> Path:
@@ -203,8 +209,11 @@ def test_raw_and_simplified_render_alike(quickdraw: Path) -> None:
     same, other = [], []
     for category in CATEGORIES:
         simplified, raw = real_drawings(quickdraw, category)
-        pairs = [(dilated_ink(d.strokes), dilated_ink(raw[d.key_id].strokes))
-                 for d in simplified if d.key_id in raw]  # fmt: skip
+        pairs = [
+            (dilated_ink(d.strokes), dilated_ink(raw[d.key_id].strokes))
+            for d in simplified
+            if d.key_id in raw
+        ]
         assert len(pairs) >= 10
         same += [iou(a, b) for a, b in pairs]
         other += [iou(a, b) for (a, _), (_, b) in zip(pairs, pairs[1:] + pairs[:1], strict=True)]

@@ -102,14 +102,32 @@ def test_undecodable_photos_are_skipped_and_reported_as_locally(runs: Runs) -> N
 
 @pytest.mark.slow
 def test_build_index_with_ray_serves_searches_and_rebuilds(
-    ray_local: ModuleType, runs: Runs, service_assets: ServiceAssets, tmp_path: Path,
+    ray_local: ModuleType,
+    runs: Runs,
+    service_assets: ServiceAssets,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     photos = Path(shutil.copytree(runs.photos, tmp_path / "photos"))
     out = tmp_path / "index"
     args = ["--batch-size", str(BATCH), "--workers", "2", "--no-progress"]
-    assert main(["build-index", "--engine", "ray", "--model", str(service_assets.model_dir),
-                 "--photos", str(photos), "--out", str(out), *args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-index",
+                "--engine",
+                "ray",
+                "--model",
+                str(service_assets.model_dir),
+                "--photos",
+                str(photos),
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
+        == 0
+    )
     summary = capsys.readouterr().out
     assert "wrote v000001 (full: new index)" in summary
     assert "skipped zz/garbage.png: not a readable image" in summary
@@ -139,8 +157,15 @@ def test_build_index_with_ray_serves_searches_and_rebuilds(
 def test_an_unknown_or_missing_engine_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = ["build-index", "--model", str(tmp_path), "--photos", str(tmp_path),
-            "--out", str(tmp_path / "index")]  # fmt: skip
+    base = [
+        "build-index",
+        "--model",
+        str(tmp_path),
+        "--photos",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "index"),
+    ]
     with pytest.raises(SystemExit) as exited:
         main([*base, "--engine", "spark"])
     assert exited.value.code == 2
@@ -189,11 +214,14 @@ def test_a_malformed_ray_address_names_the_forms(
 
 def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
     # a fresh interpreter where `import ray` fails, as in the default (light) install
-    code = ("import sys; sys.modules['ray'] = None; from index_builder.cli import main; "
-            f"sys.exit(main(['build-index', '--engine', 'ray', '--model', {str(tmp_path)!r}, "
-            f"'--photos', {str(tmp_path)!r}, '--out', {str(tmp_path / 'i')!r}]))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    code = (
+        "import sys; sys.modules['ray'] = None; from index_builder.cli import main; "
+        f"sys.exit(main(['build-index', '--engine', 'ray', '--model', {str(tmp_path)!r}, "
+        f"'--photos', {str(tmp_path)!r}, '--out', {str(tmp_path / 'i')!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --engine ray needs Ray, which is not installed")
     assert "pip install -e '.[ray]'" in done.stderr
@@ -204,8 +232,11 @@ def test_actors_take_a_gpu_each_where_the_cluster_has_gpus() -> None:
     assert (gpu.actors, gpu.resources, gpu.providers[0]) == (4, {"num_gpus": 1}, CUDA)
     assert gpu.decode_threads == 6
     cpu = plan_actors({"CPU": 2.0, "memory": 1e10}, workers=6)
-    assert (cpu.actors, cpu.resources, cpu.providers) == (2, {"num_cpus": 1},
-                                                          ["CPUExecutionProvider"])  # fmt: skip
+    assert (cpu.actors, cpu.resources, cpu.providers) == (
+        2,
+        {"num_cpus": 1},
+        ["CPUExecutionProvider"],
+    )
     assert (cpu.intra_op_threads, cpu.decode_threads) == (1, 1)
 
 
@@ -218,6 +249,9 @@ def test_an_actor_that_cannot_load_the_model_fails_the_build_with_its_cause(
     encoder = OnnxEncoder(model, "photo", intra_op_threads=1)
     shutil.rmtree(model)
     scan = scan_photos(runs.photos, workers=2)
-    with pytest.raises(RuntimeError, match=r"^the Ray engine failed: FileNotFoundError: .*"
-                       r"/model: not a model directory \(no metadata.json\)"):  # fmt: skip
+    with pytest.raises(
+        RuntimeError,
+        match=r"^the Ray engine failed: FileNotFoundError: .*"
+        r"/model: not a model directory \(no metadata.json\)",
+    ):
         embedder("ray")(encoder, scan.root, scan.files, BATCH, 2)

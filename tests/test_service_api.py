@@ -47,8 +47,11 @@ from service.app import create_app
 from service.inputs import InputError, decode_image
 from service.settings import ServiceSettings
 
-HOUSE = [[[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]], [[20, 125, 230], [110, 10, 110]],
-         [[100, 100, 150, 150], [250, 180, 180, 250]]]  # fmt: skip
+HOUSE = [
+    [[20, 20, 230, 230, 20], [250, 110, 110, 250, 250]],
+    [[20, 125, 230], [110, 10, 110]],
+    [[100, 100, 150, 150], [250, 180, 180, 250]],
+]
 MAX_K, MAX_UPLOAD, MAX_PIXELS, MAX_STROKES = 50, 1_000_000, 4_000_000, 200  # the fixture's
 
 
@@ -103,16 +106,25 @@ def test_health_and_readiness(client: httpx.Client, service_assets: ServiceAsset
     assert ready.status_code == 200
     fingerprint = EncoderMetadata.load(service_assets.model_dir).fingerprint
     assert ready.json() | {"detail": None} == {
-        "status": "ready", "detail": None, "index_version": "v000001",
+        "status": "ready",
+        "detail": None,
+        "index_version": "v000001",
         "model_fingerprint": fingerprint,
-    }  # fmt: skip
+    }
 
 
 def test_openapi_documents_the_versioned_api(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
-    assert set(doc["paths"]) >= {"/v1/search", "/v1/photos/{photo_id}", "/v1/index",
-                                 "/v1/photos/{photo_id}/thumbnail", "/v1/admin/reload",
-                                 "/healthz", "/readyz", "/metrics"}  # fmt: skip
+    assert set(doc["paths"]) >= {
+        "/v1/search",
+        "/v1/photos/{photo_id}",
+        "/v1/index",
+        "/v1/photos/{photo_id}/thumbnail",
+        "/v1/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     body = doc["paths"]["/v1/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
     assert body["application/json"]["schema"]["properties"]["k"]["maximum"] == MAX_K
@@ -126,8 +138,7 @@ def test_search_by_upload(
     body = response.json()
     assert response.status_code == 200, body
     assert body["index_version"] == "v000001" and body["took_ms"] > 0
-    assert set(body["timing"]) == {"decode_ms", "queue_ms", "encode_ms", "search_ms",
-                                   "batch_size"}  # fmt: skip
+    assert set(body["timing"]) == {"decode_ms", "queue_ms", "encode_ms", "search_ms", "batch_size"}
     results = body["results"]
     assert len(results) == 5
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
@@ -161,8 +172,9 @@ def test_base64_and_data_url_match_the_upload(client: httpx.Client, sketch: Path
     b64 = base64.b64encode(data).decode()
     by_upload = upload(client, data, k=5)
     by_base64 = client.post("/v1/search", json={"image_base64": b64, "k": 5})
-    by_data_url = client.post("/v1/search", json={"image_base64": f"data:image/png;base64,{b64}",
-                                                  "k": 5})  # fmt: skip
+    by_data_url = client.post(
+        "/v1/search", json={"image_base64": f"data:image/png;base64,{b64}", "k": 5}
+    )
     assert_same_ranking(by_upload, by_base64)
     assert_same_ranking(by_upload, by_data_url)
 
@@ -237,9 +249,11 @@ def test_class_and_folder_filters_pages_and_cutoff(client: httpx.Client) -> None
     # the multipart form takes the same fields (classes repeated)
     png = io.BytesIO()
     render_strokes(HOUSE).save(png, "PNG")
-    form = client.post("/v1/search", files={"image": ("s.png", png.getvalue())},
-                       data={"k": "3", "offset": "1", "classes": wanted,
-                             "min_score": "-1"})  # fmt: skip
+    form = client.post(
+        "/v1/search",
+        files={"image": ("s.png", png.getvalue())},
+        data={"k": "3", "offset": "1", "classes": wanted, "min_score": "-1"},
+    )
     assert form.status_code == 200, form.text
     assert all(r["class"] in wanted for r in form.json()["results"])
     assert len(form.json()["results"]) == 3
@@ -277,14 +291,20 @@ def test_metrics(client: httpx.Client, sketch: Path) -> None:
     assert upload(client, b"not an image").status_code == 415
     text = client.get("/metrics").text
     count = client.get("/v1/index").json()["count"]
-    for line in ('sbir_http_requests_total{method="POST",route="/v1/search",status="200"}',
-                 'sbir_http_requests_total{method="POST",route="/v1/search",status="415"}',
-                 'sbir_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/v1/search"}',
-                 "sbir_decode_seconds_count", "sbir_encode_seconds_count",
-                 "sbir_search_seconds_count", "sbir_batch_size_count",
-                 "sbir_batch_wait_seconds_count",
-                 f"sbir_index_size {count}.0", "sbir_index_version 1.0",
-                 'sbir_index_info{version="v000001"} 1.0', "sbir_ready 1.0"):  # fmt: skip
+    for line in (
+        'sbir_http_requests_total{method="POST",route="/v1/search",status="200"}',
+        'sbir_http_requests_total{method="POST",route="/v1/search",status="415"}',
+        'sbir_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/v1/search"}',
+        "sbir_decode_seconds_count",
+        "sbir_encode_seconds_count",
+        "sbir_search_seconds_count",
+        "sbir_batch_size_count",
+        "sbir_batch_wait_seconds_count",
+        f"sbir_index_size {count}.0",
+        "sbir_index_version 1.0",
+        'sbir_index_info{version="v000001"} 1.0',
+        "sbir_ready 1.0",
+    ):
         assert line in text, line
 
 
@@ -293,8 +313,11 @@ def test_reload_needs_the_admin_token(client: httpx.Client) -> None:
     wrong = client.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
     ok = client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert ok.json() == {"changed": False, "index_version": "v000001",
-                         "previous_version": "v000001"}  # fmt: skip
+    assert ok.json() == {
+        "changed": False,
+        "index_version": "v000001",
+        "previous_version": "v000001",
+    }
 
 
 def test_home_serves_the_drawing_page_when_installed(client: httpx.Client) -> None:
@@ -314,9 +337,16 @@ def png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     idat = zlib.compress(b"\x00" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", len(idat)) + b"IDAT"
-            + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat))
+        + b"IDAT"
+        + idat
+        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    )
 
 
 def big_blank_png(side: int) -> bytes:
@@ -360,120 +390,226 @@ class Bad:
 GOOD_B64 = "iVBORw0KGgo="  # a PNG signature, nothing more
 BAD_INPUTS = {
     "zero_bytes": Bad(lambda c, _: upload(c, b""), 400, "empty_image", "0 bytes"),
-    "not_an_image": Bad(lambda c, _: upload(c, b"hello, world\n" * 10), 415,
-                        "unsupported_image_type", "PNG, JPEG or WebP"),
+    "not_an_image": Bad(
+        lambda c, _: upload(c, b"hello, world\n" * 10),
+        415,
+        "unsupported_image_type",
+        "PNG, JPEG or WebP",
+    ),
     "gif_image": Bad(lambda c, png: upload(c, to_gif(png)), 415, "unsupported_image_type", "PNG"),
-    "truncated_png": Bad(lambda c, png: upload(c, png[: len(png) // 2]), 422,
-                         "unreadable_image", "truncated"),
-    "truncated_jpeg": Bad(lambda c, png: upload(c, to_jpeg(png)[:300]), 422, "unreadable_image",
-                          "JPEG"),
-    "corrupt_png_body": Bad(lambda c, png: upload(c, png[:16] + b"\x00" * 200), 422,
-                            "unreadable_image", "PNG"),
-    "decompression_bomb": Bad(lambda c, _: upload(c, png_header(100_000, 100_000)), 413,
-                              "too_many_pixels", "decompression bomb"),
-    "decompression_bomb_under_pillows_limit": Bad(lambda c, _: upload(c, png_header(9000, 9000)),
-                                                  413, "too_many_pixels", "9000x9000"),
-    "over_the_pixel_limit": Bad(lambda c, _: upload(c, big_blank_png(2100)), 413,
-                                "too_many_pixels", "2100x2100"),
-    "upload_over_the_size_limit": Bad(lambda c, _: upload(c, b"\x89PNG" + b"0" * MAX_UPLOAD), 413,
-                                      "upload_too_large", str(MAX_UPLOAD)),
-    "chunked_upload_over_the_size_limit": Bad(chunked(2 * MAX_UPLOAD), 413, "upload_too_large",
-                                              "at least"),
-    "json_over_the_size_limit": Bad(json_post({"image_base64": "A" * MAX_UPLOAD}), 413,
-                                    "upload_too_large", "limit"),
-    "wrong_content_type": Bad(raw_post(b"hello", "text/plain"), 415, "unsupported_media_type",
-                              "text/plain"),
-    "raw_png_body": Bad(lambda c, png: raw_post(png, "image/png")(c, png), 415,
-                        "unsupported_media_type", "multipart/form-data"),
+    "truncated_png": Bad(
+        lambda c, png: upload(c, png[: len(png) // 2]), 422, "unreadable_image", "truncated"
+    ),
+    "truncated_jpeg": Bad(
+        lambda c, png: upload(c, to_jpeg(png)[:300]), 422, "unreadable_image", "JPEG"
+    ),
+    "corrupt_png_body": Bad(
+        lambda c, png: upload(c, png[:16] + b"\x00" * 200), 422, "unreadable_image", "PNG"
+    ),
+    "decompression_bomb": Bad(
+        lambda c, _: upload(c, png_header(100_000, 100_000)),
+        413,
+        "too_many_pixels",
+        "decompression bomb",
+    ),
+    "decompression_bomb_under_pillows_limit": Bad(
+        lambda c, _: upload(c, png_header(9000, 9000)), 413, "too_many_pixels", "9000x9000"
+    ),
+    "over_the_pixel_limit": Bad(
+        lambda c, _: upload(c, big_blank_png(2100)), 413, "too_many_pixels", "2100x2100"
+    ),
+    "upload_over_the_size_limit": Bad(
+        lambda c, _: upload(c, b"\x89PNG" + b"0" * MAX_UPLOAD),
+        413,
+        "upload_too_large",
+        str(MAX_UPLOAD),
+    ),
+    "chunked_upload_over_the_size_limit": Bad(
+        chunked(2 * MAX_UPLOAD), 413, "upload_too_large", "at least"
+    ),
+    "json_over_the_size_limit": Bad(
+        json_post({"image_base64": "A" * MAX_UPLOAD}), 413, "upload_too_large", "limit"
+    ),
+    "wrong_content_type": Bad(
+        raw_post(b"hello", "text/plain"), 415, "unsupported_media_type", "text/plain"
+    ),
+    "raw_png_body": Bad(
+        lambda c, png: raw_post(png, "image/png")(c, png),
+        415,
+        "unsupported_media_type",
+        "multipart/form-data",
+    ),
     "no_content_type": Bad(raw_post(b"hello", None), 415, "unsupported_media_type", "none"),
-    "form_urlencoded": Bad(lambda c, _: c.post("/v1/search", data={"k": "3"}), 415,
-                           "unsupported_media_type", "urlencoded"),
-    "multipart_without_image": Bad(lambda c, png: c.post("/v1/search", files={"sketch": png}),
-                                   422, "missing_image", "'image'"),
-    "multipart_without_boundary": Bad(raw_post(b"--x\r\n", "multipart/form-data"), 400,
-                                      "malformed_multipart", "boundary"),
+    "form_urlencoded": Bad(
+        lambda c, _: c.post("/v1/search", data={"k": "3"}),
+        415,
+        "unsupported_media_type",
+        "urlencoded",
+    ),
+    "multipart_without_image": Bad(
+        lambda c, png: c.post("/v1/search", files={"sketch": png}), 422, "missing_image", "'image'"
+    ),
+    "multipart_without_boundary": Bad(
+        raw_post(b"--x\r\n", "multipart/form-data"), 400, "malformed_multipart", "boundary"
+    ),
     "k_zero": Bad(lambda c, png: upload(c, png, k=0), 422, "invalid_k", f"1 and {MAX_K}"),
-    "k_over_the_largest": Bad(lambda c, png: upload(c, png, k=MAX_K + 1), 422, "invalid_k",
-                              f"not {MAX_K + 1}"),
+    "k_over_the_largest": Bad(
+        lambda c, png: upload(c, png, k=MAX_K + 1), 422, "invalid_k", f"not {MAX_K + 1}"
+    ),
     "k_not_a_number": Bad(lambda c, png: upload(c, png, k="five"), 422, "invalid_k", "'five'"),
     "json_k_negative": Bad(json_post({"strokes": HOUSE, "k": -3}), 422, "invalid_k", "-3"),
-    "json_k_not_integer": Bad(json_post({"strokes": HOUSE, "k": "many"}), 422, "invalid_request",
-                              "k"),
-    "malformed_json": Bad(raw_post(b'{"strokes": [[[1, 2', "application/json"), 400,
-                          "malformed_json", "not valid JSON"),
+    "json_k_not_integer": Bad(
+        json_post({"strokes": HOUSE, "k": "many"}), 422, "invalid_request", "k"
+    ),
+    "malformed_json": Bad(
+        raw_post(b'{"strokes": [[[1, 2', "application/json"),
+        400,
+        "malformed_json",
+        "not valid JSON",
+    ),
     "json_not_an_object": Bad(json_post([1, 2, 3]), 422, "invalid_request", "object"),
     "json_unknown_field": Bad(json_post({"sketch": "x"}), 422, "invalid_request", "sketch"),
     "json_without_a_sketch": Bad(json_post({"k": 3}), 422, "invalid_request", "exactly one"),
-    "json_with_two_sketches": Bad(json_post({"image_base64": GOOD_B64, "strokes": HOUSE}), 422,
-                                  "invalid_request", "exactly one"),
-    "bad_base64": Bad(json_post({"image_base64": "not base64 at all!"}), 422, "invalid_base64",
-                      "base64"),
-    "bad_data_url": Bad(json_post({"image_base64": "data:image/png,abc"}), 422, "invalid_base64",
-                        "data: URL"),
-    "base64_of_text": Bad(json_post({"image_base64": base64.b64encode(b"plain text").decode()}),
-                          415, "unsupported_image_type", "PNG"),
-    "strokes_ragged": Bad(json_post({"strokes": [[[1, 2, 3], [1, 2]]]}), 422, "invalid_strokes",
-                          "same length"),
-    "strokes_not_numbers": Bad(json_post({"strokes": [[["a"], ["b"]]]}), 422, "invalid_request",
-                               "strokes.0.0.0"),
-    "strokes_one_list": Bad(json_post({"strokes": [[[1, 2, 3]]]}), 422, "invalid_strokes",
-                            "stroke 0"),
+    "json_with_two_sketches": Bad(
+        json_post({"image_base64": GOOD_B64, "strokes": HOUSE}),
+        422,
+        "invalid_request",
+        "exactly one",
+    ),
+    "bad_base64": Bad(
+        json_post({"image_base64": "not base64 at all!"}), 422, "invalid_base64", "base64"
+    ),
+    "bad_data_url": Bad(
+        json_post({"image_base64": "data:image/png,abc"}), 422, "invalid_base64", "data: URL"
+    ),
+    "base64_of_text": Bad(
+        json_post({"image_base64": base64.b64encode(b"plain text").decode()}),
+        415,
+        "unsupported_image_type",
+        "PNG",
+    ),
+    "strokes_ragged": Bad(
+        json_post({"strokes": [[[1, 2, 3], [1, 2]]]}), 422, "invalid_strokes", "same length"
+    ),
+    "strokes_not_numbers": Bad(
+        json_post({"strokes": [[["a"], ["b"]]]}), 422, "invalid_request", "strokes.0.0.0"
+    ),
+    "strokes_one_list": Bad(
+        json_post({"strokes": [[[1, 2, 3]]]}), 422, "invalid_strokes", "stroke 0"
+    ),
     "strokes_empty": Bad(json_post({"strokes": []}), 422, "invalid_strokes", "non-empty"),
-    "strokes_without_points": Bad(json_post({"strokes": [[[], []]]}), 422, "invalid_strokes",
-                                  "no points"),
-    "strokes_too_many": Bad(json_post({"strokes": [[[1], [1]]] * (MAX_STROKES + 1)}), 422,
-                            "invalid_strokes", f"at most {MAX_STROKES}"),
-    "strokes_not_finite": Bad(raw_post(b'{"strokes": [[[1, Infinity], [1, 2]]]}',
-                                       "application/json"), 422, "invalid_strokes", "finite"),
-    "strokes_too_wide": Bad(json_post({"strokes": [[[-1e308, 1e308], [0, 1]]]}), 422,
-                            "invalid_strokes", "too wide"),
-    "unknown_photo_id": Bad(lambda c, _: c.get("/v1/photos/999999"), 404, "unknown_photo",
-                            "999999"),
-    "unknown_thumbnail_id": Bad(lambda c, _: c.get("/v1/photos/999999/thumbnail"), 404,
-                                "unknown_photo", "999999"),
-    "negative_photo_id": Bad(lambda c, _: c.get("/v1/photos/-1"), 422, "invalid_request",
-                             "photo_id"),
-    "photo_id_not_a_number": Bad(lambda c, _: c.get("/v1/photos/abc"), 422, "invalid_request",
-                                 "photo_id"),
-    "photo_path_traversal": Bad(lambda c, _: c.get("/v1/photos/..%2F..%2Fetc%2Fpasswd"), 404,
-                                "not_found", "no such endpoint"),
-    "unknown_index_version": Bad(lambda c, _: c.get("/v1/photos/0?v=v999999"), 404,
-                                 "unknown_photo", "v999999"),
-    "classes_not_a_list": Bad(json_post({"strokes": HOUSE, "classes": "fish"}), 422,
-                              "invalid_request", "classes: must be an array"),
-    "classes_not_strings": Bad(json_post({"strokes": HOUSE, "classes": [1]}), 422,
-                               "invalid_request", "each class must be a string"),
-    "offset_negative": Bad(json_post({"strokes": HOUSE, "offset": -1}), 422, "invalid_offset",
-                           "not -1"),
-    "offset_not_integer": Bad(json_post({"strokes": HOUSE, "offset": 1.5}), 422,
-                              "invalid_request", "offset: must be an integer"),
-    "offset_over_the_largest": Bad(json_post({"strokes": HOUSE, "offset": 10**6}), 422,
-                                   "invalid_offset", "between 0 and"),
-    "form_offset_negative": Bad(lambda c, png: c.post("/v1/search", files={"image": png},
-                                                      data={"offset": "-2"}), 422,
-                                "invalid_request", "offset"),
-    "min_score_not_a_number": Bad(json_post({"strokes": HOUSE, "min_score": "high"}), 422,
-                                  "invalid_request", "min_score: must be a number"),
-    "min_score_boolean": Bad(json_post({"strokes": HOUSE, "min_score": True}), 422,
-                             "invalid_request", "not a boolean"),
-    "min_score_not_finite": Bad(raw_post(b'{"strokes": [[[1, 2], [1, 2]]], "min_score": NaN}',
-                                         "application/json"), 422, "invalid_request", "finite"),
-    "form_min_score_not_a_number": Bad(lambda c, png: c.post("/v1/search", files={"image": png},
-                                                             data={"min_score": "nan"}), 422,
-                                       "invalid_request", "min_score"),
-    "path_prefix_not_a_string": Bad(json_post({"strokes": HOUSE, "path_prefix": ["a"]}), 422,
-                                    "invalid_request", "path_prefix"),
-    "similar_unknown_id": Bad(lambda c, _: c.get("/v1/photos/999999/similar"), 404,
-                              "unknown_photo", "999999"),
-    "similar_k_zero": Bad(lambda c, _: c.get("/v1/photos/0/similar?k=0"), 422,
-                          "invalid_request", "k"),
-    "similar_k_over_the_largest": Bad(lambda c, _: c.get(f"/v1/photos/0/similar?k={MAX_K + 1}"),
-                                      422, "invalid_k", f"1 and {MAX_K}"),
-    "similar_k_not_a_number": Bad(lambda c, _: c.get("/v1/photos/0/similar?k=ten"), 422,
-                                  "invalid_request", "k"),
-    "search_with_get": Bad(lambda c, _: c.get("/v1/search"), 405, "method_not_allowed",
-                           "does not take GET"),
-}  # fmt: skip
+    "strokes_without_points": Bad(
+        json_post({"strokes": [[[], []]]}), 422, "invalid_strokes", "no points"
+    ),
+    "strokes_too_many": Bad(
+        json_post({"strokes": [[[1], [1]]] * (MAX_STROKES + 1)}),
+        422,
+        "invalid_strokes",
+        f"at most {MAX_STROKES}",
+    ),
+    "strokes_not_finite": Bad(
+        raw_post(b'{"strokes": [[[1, Infinity], [1, 2]]]}', "application/json"),
+        422,
+        "invalid_strokes",
+        "finite",
+    ),
+    "strokes_too_wide": Bad(
+        json_post({"strokes": [[[-1e308, 1e308], [0, 1]]]}), 422, "invalid_strokes", "too wide"
+    ),
+    "unknown_photo_id": Bad(
+        lambda c, _: c.get("/v1/photos/999999"), 404, "unknown_photo", "999999"
+    ),
+    "unknown_thumbnail_id": Bad(
+        lambda c, _: c.get("/v1/photos/999999/thumbnail"), 404, "unknown_photo", "999999"
+    ),
+    "negative_photo_id": Bad(
+        lambda c, _: c.get("/v1/photos/-1"), 422, "invalid_request", "photo_id"
+    ),
+    "photo_id_not_a_number": Bad(
+        lambda c, _: c.get("/v1/photos/abc"), 422, "invalid_request", "photo_id"
+    ),
+    "photo_path_traversal": Bad(
+        lambda c, _: c.get("/v1/photos/..%2F..%2Fetc%2Fpasswd"),
+        404,
+        "not_found",
+        "no such endpoint",
+    ),
+    "unknown_index_version": Bad(
+        lambda c, _: c.get("/v1/photos/0?v=v999999"), 404, "unknown_photo", "v999999"
+    ),
+    "classes_not_a_list": Bad(
+        json_post({"strokes": HOUSE, "classes": "fish"}),
+        422,
+        "invalid_request",
+        "classes: must be an array",
+    ),
+    "classes_not_strings": Bad(
+        json_post({"strokes": HOUSE, "classes": [1]}),
+        422,
+        "invalid_request",
+        "each class must be a string",
+    ),
+    "offset_negative": Bad(
+        json_post({"strokes": HOUSE, "offset": -1}), 422, "invalid_offset", "not -1"
+    ),
+    "offset_not_integer": Bad(
+        json_post({"strokes": HOUSE, "offset": 1.5}),
+        422,
+        "invalid_request",
+        "offset: must be an integer",
+    ),
+    "offset_over_the_largest": Bad(
+        json_post({"strokes": HOUSE, "offset": 10**6}), 422, "invalid_offset", "between 0 and"
+    ),
+    "form_offset_negative": Bad(
+        lambda c, png: c.post("/v1/search", files={"image": png}, data={"offset": "-2"}),
+        422,
+        "invalid_request",
+        "offset",
+    ),
+    "min_score_not_a_number": Bad(
+        json_post({"strokes": HOUSE, "min_score": "high"}),
+        422,
+        "invalid_request",
+        "min_score: must be a number",
+    ),
+    "min_score_boolean": Bad(
+        json_post({"strokes": HOUSE, "min_score": True}), 422, "invalid_request", "not a boolean"
+    ),
+    "min_score_not_finite": Bad(
+        raw_post(b'{"strokes": [[[1, 2], [1, 2]]], "min_score": NaN}', "application/json"),
+        422,
+        "invalid_request",
+        "finite",
+    ),
+    "form_min_score_not_a_number": Bad(
+        lambda c, png: c.post("/v1/search", files={"image": png}, data={"min_score": "nan"}),
+        422,
+        "invalid_request",
+        "min_score",
+    ),
+    "path_prefix_not_a_string": Bad(
+        json_post({"strokes": HOUSE, "path_prefix": ["a"]}), 422, "invalid_request", "path_prefix"
+    ),
+    "similar_unknown_id": Bad(
+        lambda c, _: c.get("/v1/photos/999999/similar"), 404, "unknown_photo", "999999"
+    ),
+    "similar_k_zero": Bad(
+        lambda c, _: c.get("/v1/photos/0/similar?k=0"), 422, "invalid_request", "k"
+    ),
+    "similar_k_over_the_largest": Bad(
+        lambda c, _: c.get(f"/v1/photos/0/similar?k={MAX_K + 1}"),
+        422,
+        "invalid_k",
+        f"1 and {MAX_K}",
+    ),
+    "similar_k_not_a_number": Bad(
+        lambda c, _: c.get("/v1/photos/0/similar?k=ten"), 422, "invalid_request", "k"
+    ),
+    "search_with_get": Bad(
+        lambda c, _: c.get("/v1/search"), 405, "method_not_allowed", "does not take GET"
+    ),
+}
 
 
 def to_gif(png: bytes) -> bytes:
@@ -528,8 +664,9 @@ def foreign_index(assets: ServiceAssets, index_dir: Path) -> None:
     manifest = loaded.manifest.model_copy(deep=True)
     manifest.model.fingerprint = "0" * 64
     with locked(index_dir):
-        commit_version(index_dir, Payload(loaded.index, np.asarray(loaded.vectors()), manifest,
-                                          loaded.report))  # fmt: skip
+        commit_version(
+            index_dir, Payload(loaded.index, np.asarray(loaded.vectors()), manifest, loaded.report)
+        )
 
 
 def test_fingerprint_mismatch_refuses_readiness(
@@ -559,8 +696,12 @@ def test_fingerprint_mismatch_refuses_readiness(
 # so that the cases are known when tests are collected).
 SCHEMA_SETTINGS = ServiceSettings(max_k=MAX_K, max_strokes=MAX_STROKES)
 schema = schemathesis.openapi.from_dict(create_app(SCHEMA_SETTINGS).openapi())
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 def test_schema_is_the_served_one(client: httpx.Client) -> None:

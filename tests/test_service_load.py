@@ -182,8 +182,11 @@ def test_admin_reload_under_load_drops_nothing(
 
     with run_service(env, tmp_path / "service.log") as running:
         load, reloaded = asyncio.run(under_load(running, requests, rebuild_then_reload))
-        assert reloaded.json() == {"changed": True, "index_version": "v000002",
-                                   "previous_version": "v000001"}  # fmt: skip
+        assert reloaded.json() == {
+            "changed": True,
+            "index_version": "v000002",
+            "previous_version": "v000001",
+        }
         with running.client() as client:
             stats = client.get("/v1/index").json()
             old_photo = client.get(load.old_urls[-1])  # a URL handed out before the swap
@@ -234,8 +237,9 @@ def serve_in_process(settings: ServiceSettings, log_file: Path) -> Iterator[InPr
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -264,10 +268,15 @@ def test_the_qdrant_alias_moving_is_picked_up_under_load(
     gallery = Path(shutil.copytree(service_assets.photos, tmp_path / "gallery"))
     location = copy_qdrant(qdrant_path, tmp_path / "qdrant")
     settings = ServiceSettings(
-        model_dir=service_assets.model_dir, store="qdrant", qdrant_path=location,
-        thumbnail_dir=tmp_path / "thumbnails", watch_interval_s=0.2, ort_threads=1,
-        faiss_threads=1, decode_workers=2,
-    )  # fmt: skip
+        model_dir=service_assets.model_dir,
+        store="qdrant",
+        qdrant_path=location,
+        thumbnail_dir=tmp_path / "thumbnails",
+        watch_interval_s=0.2,
+        ort_threads=1,
+        faiss_threads=1,
+        decode_workers=2,
+    )
     store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=location))
     requests = sketch_requests(service_assets, 6)
 
@@ -292,7 +301,8 @@ def test_the_qdrant_alias_moving_is_picked_up_under_load(
     assert load.versions[0] == "v000001" and load.versions[-1] == "v000002"
     assert load.versions == sorted(load.versions)
     assert stats["store"] == "qdrant" and stats["count"] == sum(
-        1 for p in gallery.rglob("*") if p.is_file())  # fmt: skip
+        1 for p in gallery.rglob("*") if p.is_file()
+    )
 
 
 def test_liveness_answers_while_searches_queue(service: RunningService) -> None:
@@ -304,8 +314,10 @@ def test_liveness_answers_while_searches_queue(service: RunningService) -> None:
         loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(base_url=service.url, timeout=120) as c:
             started = loop.time()
-            searches = [asyncio.create_task(c.post("/v1/search", files={"image": png.getvalue()}))
-                        for _ in range(30)]  # fmt: skip
+            searches = [
+                asyncio.create_task(c.post("/v1/search", files={"image": png.getvalue()}))
+                for _ in range(30)
+            ]
             await asyncio.sleep(0.05)
             probe = loop.time()
             assert (await c.get("/healthz")).status_code == 200

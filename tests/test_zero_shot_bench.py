@@ -31,11 +31,15 @@ def _row(map_all: float) -> dict[str, float]:
 def test_the_choice_is_made_on_validation_and_compared_fold_by_fold() -> None:
     """Recipe B wins on test classes but A on validation: A is chosen."""
     folds = [
-        {"rows": {"standardized": _row(0.2), "A": _row(0.3), "B": _row(0.5)},
-         "validation": {"A": 0.6, "B": 0.4}},
-        {"rows": {"standardized": _row(0.4), "A": _row(0.3), "B": _row(0.9)},
-         "validation": {"A": 0.5, "B": 0.45}},
-    ]  # fmt: skip
+        {
+            "rows": {"standardized": _row(0.2), "A": _row(0.3), "B": _row(0.5)},
+            "validation": {"A": 0.6, "B": 0.4},
+        },
+        {
+            "rows": {"standardized": _row(0.4), "A": _row(0.3), "B": _row(0.9)},
+            "validation": {"A": 0.5, "B": 0.45},
+        },
+    ]
     result = summarise(folds)
     assert result["chosen"] == "A"
     assert result["validation"] == pytest.approx({"A": 0.55, "B": 0.425})

@@ -40,8 +40,7 @@ def find_split_dir(root: Path, split: int) -> Path | None:
     ``root`` itself."""
     root = Path(root)
     name = f"split{split}"
-    for folder in (root / FEATURES_DIR / name, root / "dataset" / FEATURES_DIR / name,
-                   root / name):  # fmt: skip
+    for folder in (root / FEATURES_DIR / name, root / "dataset" / FEATURES_DIR / name, root / name):
         if holds_split_files(folder):
             return folder
     if re.fullmatch(r"split\d+", root.name) and root.name != name:

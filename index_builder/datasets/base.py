@@ -55,8 +55,11 @@ def check_classes_present(ds: SketchPhotoSet, classes: Iterable[str]) -> None:
     photo_classes = {p.label for p in ds.photos}
     problems = []
     for c in classes:
-        missing = [k for k, have in (("sketches", sketch_classes), ("photos", photo_classes))
-                   if c not in have]  # fmt: skip
+        missing = [
+            k
+            for k, have in (("sketches", sketch_classes), ("photos", photo_classes))
+            if c not in have
+        ]
         if missing:
             problems.append(f"class {c!r} has no {' and no '.join(missing)}")
     if problems:

@@ -60,8 +60,9 @@ def parse_drawing(line: str) -> QuickDrawing:
     record = json.loads(line)
     if not isinstance(record, dict):
         raise ValueError("a line must be a JSON object")
-    missing = [k for k in ("word", "key_id", "drawing", "recognized", "countrycode")
-               if k not in record]  # fmt: skip
+    missing = [
+        k for k in ("word", "key_id", "drawing", "recognized", "countrycode") if k not in record
+    ]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     key_id = str(record["key_id"])

@@ -38,8 +38,11 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 SKETCH_DIRS = tuple(dict.fromkeys(s for s, _ in LAYOUTS.values()))
 PHOTO_DIRS = tuple(dict.fromkeys(p for _, p in LAYOUTS.values()))
 # Sketchy's own 12,500 photos (SAKE / ZSE-SBIR galleries add them to the extended ones)
-OWN_PHOTO_DIRS = ("256x256/photo/tx_000000000000_ready", "256x256/photo/tx_000000000000",
-                  "photo/tx_000000000000")  # fmt: skip
+OWN_PHOTO_DIRS = (
+    "256x256/photo/tx_000000000000_ready",
+    "256x256/photo/tx_000000000000",
+    "photo/tx_000000000000",
+)
 
 
 class SketchyLayout(NamedTuple):
@@ -86,8 +89,13 @@ def find_sketchy_layout(root: Path) -> SketchyLayout | None:
     names = [n for n, pair in LAYOUTS.items() if pair == (sketches[1], photos[1])]
     own = _first(root, OWN_PHOTO_DIRS)
     base = sketches[0].parents[len(Path(sketches[1]).parts) - 1]
-    return SketchyLayout(names[0] if names else "sketchy-mixed", base, sketches[0], photos[0],
-                         own[0] if own else None)  # fmt: skip
+    return SketchyLayout(
+        names[0] if names else "sketchy-mixed",
+        base,
+        sketches[0],
+        photos[0],
+        own[0] if own else None,
+    )
 
 
 def is_sketchy(root: Path) -> bool:

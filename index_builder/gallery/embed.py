@@ -82,10 +82,14 @@ class Decoded:
 
 
 def decode_photo(
-    path: Path, sha256: str, prep: Preprocessing, max_pixels: int = MAX_PIXELS,
-    max_bytes: int = MAX_FILE_BYTES, max_decode_pixels: int = MAX_DECODE_PIXELS,
+    path: Path,
+    sha256: str,
+    prep: Preprocessing,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_decode_pixels: int = MAX_DECODE_PIXELS,
     edges: EdgeConfig | None = None,
-) -> Decoded | Failure:  # fmt: skip
+) -> Decoded | Failure:
     """Read, check and preprocess one photo (with its pseudo-sketch where ``edges`` says, as
     ``OnnxEncoder.input_array``); a Failure when it is unusable."""
     try:
@@ -102,17 +106,21 @@ def decode_photo(
     if hashlib.sha256(data).hexdigest() != sha256:
         return Failure("the file changed while the index was being built", retry=True)
     try:
-        img = load_image(data, max_pixels, max_jpeg_scans=MAX_JPEG_SCANS,
-                         draft_size=prep.image_size)  # fmt: skip
+        img = load_image(
+            data, max_pixels, max_jpeg_scans=MAX_JPEG_SCANS, draft_size=prep.image_size
+        )
     except ImageError as err:
         return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
     return Decoded(encoder_input_array(img, prep, edges), size)  # the photo's size, not the draft's
 
 
 def _check_header(
-    handle: object, info: os.stat_result, max_pixels: int, max_decode_pixels: int,
+    handle: object,
+    info: os.stat_result,
+    max_pixels: int,
+    max_decode_pixels: int,
     max_bytes: int,
-) -> Failure | tuple[int, int]:  # fmt: skip
+) -> Failure | tuple[int, int]:
     """A Failure for a file that is not regular, too large, or declares too many pixels in
     its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); else the photo's
     (width, height) as shown (EXIF orientation applied)."""
@@ -140,8 +148,7 @@ def _check_header(
 def check_batching(batch_size: int, workers: int) -> None:
     """ValueError unless both are at least 1 (every embedding engine takes them)."""
     if batch_size < 1 or workers < 1:
-        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, "
-                         f"{workers})")  # fmt: skip
+        raise ValueError(f"batch size and workers must be at least 1 (got {batch_size}, {workers})")
 
 
 def embed_photos(
@@ -164,8 +171,9 @@ def embed_photos(
             arrays = []
             for photo, result in zip(batch, results, strict=True):
                 if isinstance(result, Failure):
-                    out.skipped.append(Skipped(photo.path, photo.sha256, result.error,
-                                               result.retry))  # fmt: skip
+                    out.skipped.append(
+                        Skipped(photo.path, photo.sha256, result.error, result.retry)
+                    )
                     continue
                 arrays.append(result.array)
                 out.done.append(photo)
@@ -193,8 +201,9 @@ def _decoded_batches(
         start = next(starts, None)
         if start is not None:
             batch = photos[start : start + batch_size]
-            futures = [pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges)
-                       for p in batch]  # fmt: skip
+            futures = [
+                pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges) for p in batch
+            ]
             pending.append((batch, futures))
 
     for _ in range(PREFETCH + 1):

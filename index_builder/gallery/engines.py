@@ -25,16 +25,20 @@ class EmbedFn(Protocol):
     """``embed_photos``'s signature: what every engine provides."""
 
     def __call__(
-        self, encoder: OnnxEncoder, root: Path, photos: Sequence[PhotoFile],
-        batch_size: int = ..., workers: int = ..., progress: bool = ...,
-    ) -> Embedded: ...  # fmt: skip
+        self,
+        encoder: OnnxEncoder,
+        root: Path,
+        photos: Sequence[PhotoFile],
+        batch_size: int = ...,
+        workers: int = ...,
+        progress: bool = ...,
+    ) -> Embedded: ...
 
 
 def check_engine(engine: str, ray_address: str | None = None) -> None:
     """ValueError for an unknown engine, or a Ray address given to the local engine."""
     if engine not in ENGINES:
-        raise ValueError(f"unknown embedding engine {engine!r}; choose one of "
-                         f"{', '.join(ENGINES)}")  # fmt: skip
+        raise ValueError(f"unknown embedding engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if ray_address and engine != "ray":
         raise ValueError(f"--ray-address {ray_address} is for --engine ray, not {engine}")
 

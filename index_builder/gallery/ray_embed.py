@@ -48,8 +48,9 @@ def import_ray() -> ModuleType:
         import ray
         import ray.data  # the extra's other half (pyarrow, pandas): absent in a bare ray
     except ImportError as err:
-        raise RuntimeError(f"--engine ray needs Ray, which is not installed ({err}); "
-                           f"{INSTALL_HINT}") from None  # fmt: skip
+        raise RuntimeError(
+            f"--engine ray needs Ray, which is not installed ({err}); {INSTALL_HINT}"
+        ) from None
     return ray
 
 
@@ -65,14 +66,15 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     except ValueError:  # a port that is not a number
         host = port = None
     if not host or port is None:
-        raise ValueError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or "
-                         "auto")  # fmt: skip
+        raise ValueError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
-        raise ValueError(f"--ray-address {address}: no Ray cluster answers there "
-                         f"({err.strerror or err}); start one with `ray start --head` or "
-                         "check the address") from None  # fmt: skip
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster answers there "
+            f"({err.strerror or err}); start one with `ray start --head` or "
+            "check the address"
+        ) from None
 
 
 @contextmanager
@@ -139,20 +141,29 @@ class _EmbedActor:
     """Ray Data's class-based UDF: one ONNX Runtime session per actor, kept across batches."""
 
     def __init__(
-        self, model_dir: str, root: str, fingerprint: str, providers: list[str],
-        intra_op_threads: int, decode_threads: int,
-    ) -> None:  # fmt: skip
+        self,
+        model_dir: str,
+        root: str,
+        fingerprint: str,
+        providers: list[str],
+        intra_op_threads: int,
+        decode_threads: int,
+    ) -> None:
         import onnxruntime as ort
 
         if CUDA in providers and CUDA not in ort.get_available_providers():
             host = socket.gethostname()
-            raise RuntimeError(f"{host}: a GPU, but onnxruntime has no CUDA provider there; "
-                               "install the gpu extra on the GPU nodes")  # fmt: skip
+            raise RuntimeError(
+                f"{host}: a GPU, but onnxruntime has no CUDA provider there; "
+                "install the gpu extra on the GPU nodes"
+            )
         self.encoder = OnnxEncoder(model_dir, "photo", providers, intra_op_threads)
         if self.encoder.fingerprint != fingerprint:
-            raise RuntimeError(f"{socket.gethostname()}: {model_dir} holds another model "
-                               f"({self.encoder.fingerprint[:12]}, the driver's "
-                               f"{fingerprint[:12]}); nodes must see the same files")  # fmt: skip
+            raise RuntimeError(
+                f"{socket.gethostname()}: {model_dir} holds another model "
+                f"({self.encoder.fingerprint[:12]}, the driver's "
+                f"{fingerprint[:12]}); nodes must see the same files"
+            )
         self.root, self.prep = Path(root), self.encoder.metadata.preprocessing
         self.pool = ThreadPoolExecutor(decode_threads)
 
@@ -221,22 +232,38 @@ class _Row:
 
 
 def _run(
-    ray: ModuleType, encoder: OnnxEncoder, root: Path, photos: Sequence[PhotoFile],
-    batch_size: int, workers: int, progress: bool,
-) -> list[_Row]:  # fmt: skip
+    ray: ModuleType,
+    encoder: OnnxEncoder,
+    root: Path,
+    photos: Sequence[PhotoFile],
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> list[_Row]:
     """Every photo's result row, in the order of ``photos``."""
     plan = plan_actors(ray.cluster_resources(), workers)
     items = [{"index": i, "path": p.path, "sha256": p.sha256} for i, p in enumerate(photos)]
     blocks = -(-len(items) // batch_size)  # a block a batch, so every actor gets work
-    args = (str(encoder.metadata.model_dir), str(root), encoder.fingerprint, plan.providers,
-            plan.intra_op_threads, plan.decode_threads)  # fmt: skip
+    args = (
+        str(encoder.metadata.model_dir),
+        str(root),
+        encoder.fingerprint,
+        plan.providers,
+        plan.intra_op_threads,
+        plan.decode_threads,
+    )
     pool = ray.data.ActorPoolStrategy(size=min(plan.actors, blocks))
     with warnings.catch_warnings():  # Ray Data's notes on block sizes, not the user's concern
         warnings.simplefilter("ignore")
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _EmbedActor, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_args=args, compute=pool, max_restarts=0, **plan.resources,
-        )  # fmt: skip
+            _EmbedActor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            fn_constructor_args=args,
+            compute=pool,
+            max_restarts=0,
+            **plan.resources,
+        )
         rows = _collect(ray, ds, len(photos), progress)
     missing = sum(r is None for r in rows)
     if missing:  # a photo Ray lost: never index a partial result as if complete
@@ -254,8 +281,9 @@ def _collect(ray: ModuleType, ds: Any, count: int, progress: bool) -> list[_Row 
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for j, i in enumerate(batch["index"].tolist()):
                     size = (int(batch["width"][j]), int(batch["height"][j]))
-                    rows[i] = _Row(batch["vector"][j], size, str(batch["error"][j]),
-                                   bool(batch["retry"][j]))  # fmt: skip
+                    rows[i] = _Row(
+                        batch["vector"][j], size, str(batch["error"][j]), bool(batch["retry"][j])
+                    )
                 bar.update(len(batch["index"]))
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None) or err

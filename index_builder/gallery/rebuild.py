@@ -90,8 +90,9 @@ class BuildOptions:
         check_engine(self.engine, self.ray_address)
         for name in ("batch_size", "workers", "keep"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, "
-                                 f"not {getattr(self, name)}")  # fmt: skip
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}"
+                )
         if not 0.0 <= self.max_shrink <= 1.0:
             raise ValueError(f"max-shrink must be between 0 and 1, not {self.max_shrink}")
 
@@ -111,29 +112,42 @@ class BuildResult:
         r, m = self.report, self.manifest
         index = _describe_index(m)
         if self.version is None:
-            return "\n".join([
-                f"{self.index_dir.location}: up to date at {m.version} (no photo changed)",
-                f"  {m.count} photos indexed, {len(r.skipped)} skipped", index,
-            ])  # fmt: skip
+            return "\n".join(
+                [
+                    f"{self.index_dir.location}: up to date at {m.version} (no photo changed)",
+                    f"  {m.count} photos indexed, {len(r.skipped)} skipped",
+                    index,
+                ]
+            )
         more = len(r.skipped) - SHOWN_SKIPS
-        return "\n".join([
-            f"{self.index_dir.location}: wrote {self.version} ({r.mode}: {r.reason})",
-            f"  {m.count} photos indexed; {r.added} added, {r.changed} changed, "
-            f"{r.removed} removed, {r.unchanged} unchanged; {r.embedded} embedded, "
-            f"{r.reused} reused, {len(r.skipped)} skipped",
-            index,
-            *(f"  skipped {display_path(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
-            *([f"  ... and {more} more skipped (all in "
-               f"{self.index_dir.report_path(self.version)})"] if more > 0 else []),
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                f"{self.index_dir.location}: wrote {self.version} ({r.mode}: {r.reason})",
+                f"  {m.count} photos indexed; {r.added} added, {r.changed} changed, "
+                f"{r.removed} removed, {r.unchanged} unchanged; {r.embedded} embedded, "
+                f"{r.reused} reused, {len(r.skipped)} skipped",
+                index,
+                *(f"  skipped {display_path(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
+                *(
+                    [
+                        f"  ... and {more} more skipped (all in "
+                        f"{self.index_dir.report_path(self.version)})"
+                    ]
+                    if more > 0
+                    else []
+                ),
+            ]
+        )
 
 
 def _describe_index(m: Manifest) -> str:
     info = m.index
     if info is None or info.kind == "qdrant":
         return f"  index: {info.factory if info else 'none'}"
-    return (f"  index {info.factory} (nprobe {info.nprobe}), "
-            f"recall@{info.recall_k} {info.recall_at_k:.3f} vs exact")  # fmt: skip
+    return (
+        f"  index {info.factory} (nprobe {info.nprobe}), "
+        f"recall@{info.recall_k} {info.recall_at_k:.3f} vs exact"
+    )
 
 
 @dataclass
@@ -151,9 +165,11 @@ def as_store(index: str | Path | VectorStore) -> VectorStore:
 
 
 def build_new_index(
-    model_dir: str | Path, photos: str | Path, index: str | Path | VectorStore,
+    model_dir: str | Path,
+    photos: str | Path,
+    index: str | Path | VectorStore,
     options: BuildOptions,
-) -> BuildResult:  # fmt: skip
+) -> BuildResult:
     """``build-index``: a full build into a store (an INDEX_DIR) that holds no index yet."""
     store = as_store(index)
     store.check_new()
@@ -198,9 +214,12 @@ def rebuild(
 
 
 def check_guards(
-    scan: Scan, kept: set[str], reference: LoadedIndex | None, options: BuildOptions,
+    scan: Scan,
+    kept: set[str],
+    reference: LoadedIndex | None,
+    options: BuildOptions,
     tense: str = "would be",
-) -> None:  # fmt: skip
+) -> None:
     """Raise GuardError for an empty gallery, unreadable folders, or a drop of more than
     ``options.max_shrink`` of ``reference``'s photos; ``kept``: the sha256 of the photos the
     new version holds."""
@@ -252,8 +271,10 @@ def _defaults(
         model_dir = model_dir or previous.manifest.model.model_dir
     if not photos or not model_dir:
         why = f" ({problem})" if problem else ""
-        raise ValueError(f"{index_dir.location}: no usable current version to take the photos "
-                         f"and the model from{why}; give --photos and --model")  # fmt: skip
+        raise ValueError(
+            f"{index_dir.location}: no usable current version to take the photos "
+            f"and the model from{why}; give --photos and --model"
+        )
     return os.path.abspath(photos), os.path.abspath(model_dir)
 
 
@@ -307,8 +328,7 @@ def _full_reason(
     if full:
         return "full rebuild requested"
     if previous.fingerprint != fingerprint:
-        return (f"model changed (fingerprint {previous.fingerprint[:12]} -> "
-                f"{fingerprint[:12]})")  # fmt: skip
+        return f"model changed (fingerprint {previous.fingerprint[:12]} -> {fingerprint[:12]})"
     return None
 
 
@@ -379,19 +399,26 @@ def _build(
 ) -> BuildResult:
     encoder, scan, plan = job.encoder, job.scan, job.plan
     t0 = time.perf_counter()
-    embedded = embed(encoder, scan.root, plan.to_embed, options.batch_size, options.workers,
-                     options.progress)  # fmt: skip
+    embedded = embed(
+        encoder, scan.root, plan.to_embed, options.batch_size, options.workers, options.progress
+    )
     t1 = time.perf_counter()
     vectors, items = assemble(scan, plan, embedded, job.bases)
     check_guards(scan, {it.sha256 for it in items}, job.reference, options, "would be")
     seconds |= {"embed": t1 - t0}
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        model=ModelInfo(fingerprint=encoder.fingerprint, backbone=encoder.metadata.backbone,
-                        embedding_dim=encoder.embedding_dim,
-                        model_dir=_model_dir(encoder)),
-        photos_root=str(scan.root), source=str(scan.source), count=len(items), items=items,
-    )  # fmt: skip
+        model=ModelInfo(
+            fingerprint=encoder.fingerprint,
+            backbone=encoder.metadata.backbone,
+            embedding_dim=encoder.embedding_dim,
+            model_dir=_model_dir(encoder),
+        ),
+        photos_root=str(scan.root),
+        source=str(scan.source),
+        count=len(items),
+        items=items,
+    )
     report = _report(job, embedded, seconds)
     # the index time (FAISS: choosing and training the index) is the store's commit
     version = job.index_dir.commit(vectors, manifest, report, options.keep)
@@ -417,8 +444,16 @@ def assemble(
             size = embedded.sizes[new_rows[photo.path]]
         else:
             continue
-        items.append(ManifestItem(id=len(items), path=photo.path, cls=photo.cls, width=size[0],
-                                  height=size[1], sha256=photo.sha256))  # fmt: skip
+        items.append(
+            ManifestItem(
+                id=len(items),
+                path=photo.path,
+                cls=photo.cls,
+                width=size[0],
+                height=size[1],
+                sha256=photo.sha256,
+            )
+        )
     vectors = np.zeros((len(items), embedded.vectors.shape[1]), np.float32)
     for b, pairs in reused.items():
         ids, rows = np.array(pairs).T

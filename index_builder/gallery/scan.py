@@ -36,22 +36,57 @@ from index_builder.datasets.base import IMAGE_SUFFIXES
 # Other image formats people keep photos in: indexed where this Pillow decodes them (AVIF in
 # Pillow >= 11.2), else reported as skipped, never ignored without a word.
 OTHER_IMAGE_SUFFIXES = {
-    ".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".svg": "SVG", ".svgz": "SVG",
-    ".jxl": "JPEG XL", ".jp2": "JPEG 2000", ".dng": "raw (DNG)", ".cr2": "raw (CR2)",
-    ".cr3": "raw (CR3)", ".nef": "raw (NEF)", ".arw": "raw (ARW)", ".orf": "raw (ORF)",
-    ".raf": "raw (RAF)", ".rw2": "raw (RW2)", ".psd": "PSD", ".xcf": "XCF",
-}  # fmt: skip
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".svg": "SVG",
+    ".svgz": "SVG",
+    ".jxl": "JPEG XL",
+    ".jp2": "JPEG 2000",
+    ".dng": "raw (DNG)",
+    ".cr2": "raw (CR2)",
+    ".cr3": "raw (CR3)",
+    ".nef": "raw (NEF)",
+    ".arw": "raw (ARW)",
+    ".orf": "raw (ORF)",
+    ".raf": "raw (RAF)",
+    ".rw2": "raw (RW2)",
+    ".psd": "PSD",
+    ".xcf": "XCF",
+}
 # Kernel and virtual filesystems: never photos, and reading them can block or never end.
 PSEUDO_FS = {
-    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
-    "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs",
-    "binfmt_misc", "efivarfs", "selinuxfs", "rpc_pipefs", "nsfs",
-}  # fmt: skip
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "mqueue",
+    "hugetlbfs",
+    "autofs",
+    "binfmt_misc",
+    "efivarfs",
+    "selinuxfs",
+    "rpc_pipefs",
+    "nsfs",
+}
 _DECODABLE = {s for s in OTHER_IMAGE_SUFFIXES if s in Image.registered_extensions()}
 PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES | _DECODABLE)
 UNSUPPORTED_SUFFIXES = {s: f for s, f in OTHER_IMAGE_SUFFIXES.items() if s not in _DECODABLE}
-_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-            stat.S_IFBLK: "a block device"}  # fmt: skip
+_SPECIAL = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
 @dataclass(frozen=True)
@@ -126,12 +161,21 @@ def scan_photos(source: str | Path, workers: int = 4, progress: bool = False) ->
     elif source.exists():
         raise ValueError(f"{display_path(source)}: neither a folder nor a list file")
     else:
-        raise FileNotFoundError(f"{display_path(source)}: photos folder or list file does not "
-                                "exist (is the disk mounted?)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{display_path(source)}: photos folder or list file does not "
+            "exist (is the disk mounted?)"
+        )
     paths = sorted(listed)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        hashes = list(tqdm(pool.map(lambda p: _try_hash(root / p), paths), total=len(paths),
-                           desc="hash photos", unit="file", disable=not progress))  # fmt: skip
+        hashes = list(
+            tqdm(
+                pool.map(lambda p: _try_hash(root / p), paths),
+                total=len(paths),
+                desc="hash photos",
+                unit="file",
+                disable=not progress,
+            )
+        )
     files, unreadable = [], list(walk.skipped)
     for path, digest in zip(paths, hashes, strict=True):
         if isinstance(digest, OSError):
@@ -168,9 +212,12 @@ def walk_tree(root: Path, progress: bool = False) -> Walk:
 
 
 def _walk_folder(
-    root: Path, rel: PurePosixPath, walk: Walk, seen: set[tuple[int, int]],
+    root: Path,
+    rel: PurePosixPath,
+    walk: Walk,
+    seen: set[tuple[int, int]],
     pending: list[PurePosixPath],
-) -> None:  # fmt: skip
+) -> None:
     """List one folder: images into ``walk``, subfolders onto ``pending``."""
     folder = root / rel
     try:
@@ -220,8 +267,13 @@ def _add_file(path: PurePosixPath, walk: Walk) -> None:
         walk.found[path.as_posix()] = class_of(path)
     elif suffix in UNSUPPORTED_SUFFIXES:
         fmt = UNSUPPORTED_SUFFIXES[suffix]
-        walk.skipped.append(Skipped(path.as_posix(), None, f"unsupported format ({fmt}); "
-                                    "convert it to JPEG or PNG to index it"))  # fmt: skip
+        walk.skipped.append(
+            Skipped(
+                path.as_posix(),
+                None,
+                f"unsupported format ({fmt}); convert it to JPEG or PNG to index it",
+            )
+        )
 
 
 @cache
@@ -256,8 +308,10 @@ def read_list_file(list_file: Path) -> dict[str, str | None]:
     """
     shown = display_path(list_file)
     if list_file.suffix.lower() in PHOTO_SUFFIXES | UNSUPPORTED_SUFFIXES.keys():
-        raise ValueError(f"{shown}: an image, not a folder or list file; give --photos the "
-                         "folder that holds it, or a text file listing the photos")  # fmt: skip
+        raise ValueError(
+            f"{shown}: an image, not a folder or list file; give --photos the "
+            "folder that holds it, or a text file listing the photos"
+        )
     try:
         data = list_file.read_bytes()
     except OSError as err:
@@ -266,8 +320,10 @@ def read_list_file(list_file: Path) -> dict[str, str | None]:
     found: dict[str, str | None] = {}
     for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
         if b"\0" in raw:
-            raise ValueError(f"{shown}:{number}: binary data, not a list of paths (a list file "
-                             "is text, one path a line; UTF-16 is not supported)")  # fmt: skip
+            raise ValueError(
+                f"{shown}:{number}: binary data, not a list of paths (a list file "
+                "is text, one path a line; UTF-16 is not supported)"
+            )
         line = os.fsdecode(raw)
         if not line.strip() or line.lstrip().startswith("#"):
             continue
