@@ -6,7 +6,7 @@ made the vectors and the build's report. Exactly one version is served; ``commit
 new one and switches to it atomically, so a reader sees the old version or the new one, never
 a mixture, and a build killed before the switch leaves the served version as it was.
 
-Engines: ``gallery_store.versions.FaissStore`` (a versioned directory, the default) and
+Engines: ``gallery_store.faiss_store.FaissStore`` (a versioned directory, the default) and
 ``gallery_store.qdrant_store.QdrantStore`` (a collection a version, an alias for the served
 one); ``gallery_store.stores.open_store`` picks one from the settings.
 """

@@ -15,7 +15,7 @@ def open_store(settings: StoreSettings, index_dir: str | Path | None) -> VectorS
         from gallery_store.qdrant_store import QdrantStore  # an optional extra
 
         return QdrantStore.from_settings(settings)
-    from gallery_store.versions import FaissStore
+    from gallery_store.faiss_store import FaissStore
 
     if index_dir is None:
         raise ValueError("the FAISS store needs an index directory")

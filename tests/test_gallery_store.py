@@ -26,10 +26,11 @@ from gallery_store.base import (
     Where,
 )
 from gallery_store.faiss_index import IndexSpec, build_index
+from gallery_store.faiss_store import FaissStore
 from gallery_store.qdrant_store import QdrantStore
 from gallery_store.settings import StoreSettings
 from gallery_store.stores import open_store
-from gallery_store.versions import VERSIONS, FaissStore, Payload, commit_version, load_current
+from gallery_store.versions import VERSIONS, Payload, commit_version, load_current
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16

@@ -39,8 +39,8 @@ from gallery_store.base import (
     StoredVersion,
     VectorStore,
 )
+from gallery_store.faiss_store import FaissStore
 from gallery_store.photos import display_path
-from gallery_store.versions import FaissStore
 from index_builder.gallery.embed import Embedded, default_workers
 from index_builder.gallery.engines import EmbedFn, Engine, check_engine, embedder
 from index_builder.gallery.scan import PhotoFile, Scan, Skipped, scan_photos
