@@ -9,7 +9,7 @@ other things), which is far harder. This bench measures that setting:
 
 - queries: real Quick, Draw! sketches (the first ``--per-class`` of each category) of every
   category the run never trained on: its test classes, and the Quick, Draw! categories with no
-  pictures in the curated photo map (``index_builder/data/photo_map.tsv``) whose stamps can
+  pictures in the curated photo map (``index_builder/training/data/photo_map.tsv``) whose stamps can
   be found by file name;
 - gallery: every image under the stamps folder, composited on white, as the demo indexes it;
 - relevant: the stamps listed for the category in the photo map, or whose file name names it
@@ -54,10 +54,10 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 
 from bench.zero_shot import machine
-from index_builder.datasets.quickdraw import read_ndjson
-from index_builder.gallery.scan import walk_images
-from index_builder.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
-from index_builder.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
+from index_builder.indexing.scan import walk_images
+from index_builder.training.datasets.quickdraw import read_ndjson
+from index_builder.training.metrics import l2_normalize, rank_order, retrieval_metrics_from_scores
+from index_builder.training.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.backbones import Backbone
 from model.export import load_run_encoders
 from model.iiae import IIAE, scaling_name

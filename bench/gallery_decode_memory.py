@@ -2,7 +2,7 @@
 
     python -m bench.gallery_decode_memory [--work /tmp/gallery-decode-memory] [--json OUT]
 
-Each case runs ``index_builder.gallery.embed.decode_photo`` (what ``build-index`` runs per
+Each case runs ``index_builder.indexing.embed.decode_photo`` (what ``build-index`` runs per
 file) in a fresh subprocess and reports the growth of its peak resident memory (VmHWM, reset
 through /proc/self/clear_refs after the imports) over its resident memory before, and the wall
 time. The images are generated (smooth ramps,
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from index_builder.gallery.embed import (
+from index_builder.indexing.embed import (
     MAX_DECODE_PIXELS,
     MAX_PIXELS,
     PER_IMAGE_PEAK_BYTES,
     Decoded,
     decode_photo,
 )
-from index_builder.gallery.scan import sha256_file
+from index_builder.indexing.scan import sha256_file
 from model.preprocess import Preprocessing
 
 

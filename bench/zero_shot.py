@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.evaluate import evaluate_baselines, evaluate_run
-from index_builder.prepare import PHOTO_MAP, prepare_shared_data
-from index_builder.recipes import input_scaling
-from index_builder.run import train_run
-from index_builder.sources import data_classes, feature_sets
+from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.evaluate import evaluate_baselines, evaluate_run
+from index_builder.training.prepare import PHOTO_MAP, prepare_shared_data
+from index_builder.training.recipes import input_scaling
+from index_builder.training.run import train_run
+from index_builder.training.sources import data_classes, feature_sets
 from model.iiae import scaling_name
 
-# Candidates: a recipe (index_builder/recipes.py) and values over it, chosen between on
+# Candidates: a recipe (index_builder/training/recipes.py) and values over it, chosen between on
 # validation classes. Each also reports its IIAE embedding alone (no fusion, no category
 # head) as a row.
 CANDIDATES: dict[str, dict] = {

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class StoreSettings(BaseSettings):
-    """The store engine and where it is; see the README's "Vector store" section."""
+    """The store engine and where it is; see docs/gallery-index.md, "Vector store"."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_", protected_namespaces=())
 

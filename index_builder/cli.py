@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.sketchy import GALLERIES
-from index_builder.gallery.engines import ENGINES
-from index_builder.recipes import RECIPES
+from index_builder.indexing.engines import ENGINES
+from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.datasets.sketchy import GALLERIES
+from index_builder.training.recipes import RECIPES
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="class<TAB>source<TAB>path table of the photos (default: the curated "
-        "index_builder/data/photo_map.tsv; the shared folder's "
+        "index_builder/training/data/photo_map.tsv; the shared folder's "
         "tuxpaint_photos.tsv with --shared-table)",
     )
     p.add_argument(
@@ -213,7 +213,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = BuilderSettings()
     settings.apply_torch_threads()
     if args.command == "prepare":
-        from index_builder.prepare import PHOTO_MAP, prepare_shared_data
+        from index_builder.training.prepare import PHOTO_MAP, prepare_shared_data
 
         table = None if args.shared_table else (args.photo_table or PHOTO_MAP)
         report = prepare_shared_data(
@@ -225,7 +225,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         print(report.summary())
     elif args.command == "render-quickdraw":
-        from index_builder.datasets.quickdraw import render_quickdraw
+        from index_builder.training.datasets.quickdraw import render_quickdraw
 
         n = render_quickdraw(
             args.ndjson,
@@ -236,7 +236,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         print(f"rendered {n} drawings into {args.out}")
     elif args.command == "train":
-        from index_builder.run import train_run
+        from index_builder.training.run import train_run
 
         cfg = config_from_args(args, TrainConfig)
         info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
@@ -246,7 +246,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         _print_validation(info)
     elif args.command == "evaluate":
-        from index_builder.evaluate import evaluate_run, format_table
+        from index_builder.training.evaluate import evaluate_run, format_table
 
         result = evaluate_run(
             args.run,
@@ -302,7 +302,7 @@ def _print_validation(info: dict) -> None:
 def _gallery(args: argparse.Namespace) -> None:
     from gallery_store.settings import StoreSettings
     from gallery_store.stores import open_store
-    from index_builder.gallery.rebuild import (
+    from index_builder.indexing.rebuild import (
         BuildOptions,
         GallerySettings,
         build_new_index,
@@ -347,9 +347,9 @@ def _gallery(args: argparse.Namespace) -> None:
 
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
-    from index_builder.evaluate import evaluate_baselines, format_table
-    from index_builder.recipes import input_scaling
-    from index_builder.sources import data_split
+    from index_builder.training.evaluate import evaluate_baselines, format_table
+    from index_builder.training.recipes import input_scaling
+    from index_builder.training.sources import data_split
 
     data, train, test = data_split(args.data, args.train_classes, args.test_classes)
     rows = evaluate_baselines(

@@ -15,6 +15,10 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
 
 Strokes = Sequence[Sequence[Sequence[float]]]  # [[x0, x1, ...], [y0, y1, ...], ([t...])]
+# File suffixes read as images by the data sets and the gallery scan alike.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+)
 
 
 class ImageError(ValueError):

@@ -25,7 +25,7 @@ done
 
 if [ "$system" = 1 ] && command -v apt-get >/dev/null; then
   # tuxpaint-stamps-default: real photos for prepare and the tests;
-  # openclipart-png: clip-art drawings in index_builder/data/photo_map.tsv;
+  # openclipart-png: clip-art drawings in index_builder/training/data/photo_map.tsv;
   # chromium: the browser the page test drives through Playwright (never Playwright's download);
   # docker-compose: validates docker-compose.yml (`docker-compose config`, no Docker engine needed)
   # nginx: the reverse proxy tests/test_nginx.py runs docker/nginx.conf with

@@ -14,7 +14,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class ServiceSettings(StoreSettings):
-    """Everything the service reads from its environment; see the README's settings table.
+    """Everything the service reads from its environment; see the settings table of docs/service.md.
     The store settings (``SBIR_STORE``, ``SBIR_QDRANT_*``) are the builder's too."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_", protected_namespaces=())

@@ -94,7 +94,7 @@ def has_shared_data() -> bool:
 def make_data(root: Path) -> bool:
     """Real classes from the shared data when present, else stand-ins; True when real."""
     if has_shared_data():
-        from index_builder.prepare import prepare_shared_data
+        from index_builder.training.prepare import prepare_shared_data
 
         prepare_shared_data(SHARED, root, categories=CATEGORIES)
         return True
@@ -142,7 +142,7 @@ def train_and_export(data: Path, base: Path) -> Path:
 @pytest.fixture(scope="session")
 def service_assets(tmp_path_factory: pytest.TempPathFactory) -> ServiceAssets:
     """Model and index, built once per session from real images."""
-    from index_builder.gallery.rebuild import BuildOptions, build_new_index
+    from index_builder.indexing.rebuild import BuildOptions, build_new_index
 
     base = tmp_path_factory.mktemp("service-assets")
     with pytest.MonkeyPatch.context() as mp:
@@ -265,7 +265,7 @@ def qdrant_path(service_assets: ServiceAssets, tmp_path_factory: pytest.TempPath
     model (the client is closed after: one process at a time holds such a folder)."""
     from gallery_store.qdrant_store import QdrantStore
     from gallery_store.settings import StoreSettings
-    from index_builder.gallery.rebuild import BuildOptions, build_new_index
+    from index_builder.indexing.rebuild import BuildOptions, build_new_index
 
     path = tmp_path_factory.mktemp("qdrant") / "store"
     store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=path))

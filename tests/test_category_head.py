@@ -10,8 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from index_builder.category_head import CATEGORY_GRID, choose_category_weight, fit_category_head
-from index_builder.features import FeatureSet
+from index_builder.training.category_head import (
+    CATEGORY_GRID,
+    choose_category_weight,
+    fit_category_head,
+)
+from index_builder.training.features import FeatureSet
 from model.iiae import IIAE, IIAEConfig
 from model.preprocess import Preprocessing
 from tests.test_fusion import SMALL, check_onnx_export

@@ -22,20 +22,23 @@ from standins import (
     sempcyc_names,
 )
 
-from index_builder.datasets.authors_features import is_authors_features, load_authors_features
-from index_builder.datasets.base import DatasetError
-from index_builder.datasets.detect import load_dataset
-from index_builder.datasets.folder import load_folder
-from index_builder.datasets.sketchy import is_sketchy, load_sketchy
-from index_builder.datasets.splits import (
+from index_builder.training.datasets.authors_features import (
+    is_authors_features,
+    load_authors_features,
+)
+from index_builder.training.datasets.base import DatasetError
+from index_builder.training.datasets.detect import load_dataset
+from index_builder.training.datasets.folder import load_folder
+from index_builder.training.datasets.sketchy import is_sketchy, load_sketchy
+from index_builder.training.datasets.splits import (
     BUILTIN_SPLITS,
     SKETCHY_CLASSES,
     match_classes,
     read_class_list,
     resolve_split,
 )
-from index_builder.evaluate import _test_classes
-from index_builder.sources import data_split, pick_split_dir
+from index_builder.training.evaluate import _test_classes
+from index_builder.training.sources import data_split, pick_split_dir
 
 CLASSES = ["airplane", "jack-o-lantern", "teddy_bear", "wine_bottle"]
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import ImageChops
 from standins import draw_photo, draw_sketch, make_folder_layout
 
-from index_builder.augment import AugmentConfig, augment
-from index_builder.datasets.base import DatasetError, Sample
-from index_builder.datasets.folder import load_folder
-from index_builder.features import FeatureSet, FeatureSpec, cache_key, extract_features
+from index_builder.training.augment import AugmentConfig, augment
+from index_builder.training.datasets.base import DatasetError, Sample
+from index_builder.training.datasets.folder import load_folder
+from index_builder.training.features import FeatureSet, FeatureSpec, cache_key, extract_features
 from model.backbones import Backbone, load_backbone
 
 CLASSES = ["cup", "swan"]

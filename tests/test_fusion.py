@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from index_builder.features import FeatureSet
-from index_builder.train import choose_fusion_weight
+from index_builder.training.features import FeatureSet
+from index_builder.training.train import choose_fusion_weight
 from model.export import build_encoders, export_module
 from model.iiae import IIAE, IIAEConfig
 from model.preprocess import Preprocessing

@@ -41,8 +41,8 @@ from gallery_store.qdrant_store import QdrantStore
 from gallery_store.settings import StoreSettings as QdrantStoreSettings
 from gallery_store.versions import POINTER, VERSIONS, load_current, locked, version_names
 from index_builder.cli import main
-from index_builder.gallery.rebuild import BuildOptions, build_new_index, rebuild
-from index_builder.gallery.scan import scan_photos
+from index_builder.indexing.rebuild import BuildOptions, build_new_index, rebuild
+from index_builder.indexing.scan import scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 
@@ -75,7 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     """Real sketches and photos of CLASSES where the shared data is present, else stand-ins."""
     root = tmp_path_factory.mktemp("gallery-data")
     if REAL:
-        from index_builder.prepare import prepare_shared_data
+        from index_builder.training.prepare import prepare_shared_data
 
         prepare_shared_data(SHARED, root, categories=CLASSES)
     else:
@@ -728,7 +728,7 @@ def test_ivf_pq_reranks_deeper_until_the_target(tmp_path: Path) -> None:
 
 def test_gallery_code_runs_without_torch() -> None:
     code = (
-        "import sys, index_builder.gallery.rebuild, bench.faiss_search; "
+        "import sys, index_builder.indexing.rebuild, bench.faiss_search; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     done = subprocess.run(

@@ -34,10 +34,10 @@ from gallery_store.versions import (
     version_names,
 )
 from index_builder.cli import main
-from index_builder.gallery import scan as scan_module
-from index_builder.gallery.embed import Decoded, Failure, decode_photo
-from index_builder.gallery.rebuild import BuildOptions, GuardError, plan_build, rebuild
-from index_builder.gallery.scan import PhotoFile, Scan, scan_photos
+from index_builder.indexing import scan as scan_module
+from index_builder.indexing.embed import Decoded, Failure, decode_photo
+from index_builder.indexing.rebuild import BuildOptions, GuardError, plan_build, rebuild
+from index_builder.indexing.scan import PhotoFile, Scan, scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import Preprocessing, load_image, to_rgb_on_white
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from index_builder.config import TrainConfig
-from index_builder.features import FeatureSet
-from index_builder.run import build_model
-from index_builder.train import ClassPairSampler, PairBatch, fit, make_optimizer
+from index_builder.training.config import TrainConfig
+from index_builder.training.features import FeatureSet
+from index_builder.training.run import build_model
+from index_builder.training.train import ClassPairSampler, PairBatch, fit, make_optimizer
 from model.iiae import (
     IIAE,
     LOGVAR_MAX,
@@ -557,7 +557,7 @@ def test_optimiser_is_the_authors_adam() -> None:
 
 def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the authors' global_step: 0 on the first update, t after t updates (and on resume)."""
-    import index_builder.train as train_module
+    import index_builder.training.train as train_module
 
     seen: list[int] = []
 

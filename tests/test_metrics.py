@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from index_builder.metrics import (
+from index_builder.training.metrics import (
     cosine_scores,
     per_query_metrics,
     rank_order,

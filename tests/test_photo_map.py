@@ -1,4 +1,4 @@
-"""index_builder/data/photo_map.tsv: the curated photo / clip-art table for Quick, Draw! classes."""
+"""The curated photo / clip-art table for Quick, Draw! classes (training/data/photo_map.tsv)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-TABLE = Path(__file__).resolve().parents[1] / "index_builder" / "data" / "photo_map.tsv"
+from index_builder.training.prepare import PHOTO_MAP as TABLE
+
 ROOTS = {
     "tuxpaint": Path("/usr/share/tuxpaint/stamps"),  # Debian tuxpaint-stamps-default
     "openclipart": Path("/usr/share/openclipart/png"),  # Debian openclipart-png

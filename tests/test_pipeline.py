@@ -27,12 +27,13 @@ from standins import (
 )
 
 from index_builder.cli import _print_validation, main
-from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.splits import SKETCHY_CLASSES, read_class_list, resolve_split
-from index_builder.metrics import retrieval_metrics
-from index_builder.run import build_model
-from index_builder.sources import data_classes, feature_sets
-from index_builder.train import ClassPairSampler, embed, fit
+from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.datasets.splits import SKETCHY_CLASSES, read_class_list, resolve_split
+from index_builder.training.embedding import embed
+from index_builder.training.metrics import retrieval_metrics
+from index_builder.training.run import build_model
+from index_builder.training.sources import data_classes, feature_sets
+from index_builder.training.train import ClassPairSampler, fit
 
 pytestmark = pytest.mark.usefixtures("feature_cache")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index_builder.datasets.base import DatasetError
-from index_builder.datasets.quickdraw import read_ndjson
-from index_builder.prepare import PrepareReport, prepare_shared_data, read_photo_table
+from index_builder.training.datasets.base import DatasetError
+from index_builder.training.datasets.quickdraw import read_ndjson
+from index_builder.training.prepare import PrepareReport, prepare_shared_data, read_photo_table
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 SUBSET = ["apple", "cat", "traffic light"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from index_builder.datasets.base import DatasetError
-from index_builder.datasets.quickdraw import (
+from index_builder.training.datasets.base import DatasetError
+from index_builder.training.datasets.quickdraw import (
     QuickDrawing,
     merge_drawings,
     read_ndjson,

@@ -24,10 +24,10 @@ from PIL import Image
 
 from gallery_store.versions import load_current
 from index_builder.cli import main
-from index_builder.gallery.embed import Embedded
-from index_builder.gallery.engines import embedder
-from index_builder.gallery.rebuild import BuildOptions
-from index_builder.gallery.scan import scan_photos
+from index_builder.indexing.embed import Embedded
+from index_builder.indexing.engines import embedder
+from index_builder.indexing.rebuild import BuildOptions
+from index_builder.indexing.scan import scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import load_image
 from service.search import SearchEngine
@@ -35,7 +35,7 @@ from service.settings import ServiceSettings
 
 pytest.importorskip("ray.data", reason="the ray extra: scripts/install.sh --dev installs it")
 
-from index_builder.gallery.ray_embed import CUDA, plan_actors, ray_session
+from index_builder.indexing.ray_embed import CUDA, plan_actors, ray_session
 
 BATCH = 8  # several blocks, so both local actors get batches
 BAD = {"zz/garbage.png": "not a readable image", "zz/truncated.png": "image file is truncated"}

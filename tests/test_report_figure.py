@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index_builder.report_figure import (
+from index_builder.training.report_figure import (
     MATCH_COLOR,
     MISMATCH_COLOR,
     PLACEHOLDER_COLOR,

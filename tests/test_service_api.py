@@ -181,7 +181,7 @@ def test_base64_and_data_url_match_the_upload(client: httpx.Client, sketch: Path
 
 def real_drawing(assets: ServiceAssets) -> tuple[list, Path] | None:
     """Strokes of a Quick, Draw! drawing and the PNG `prepare` rendered from them."""
-    from index_builder.datasets.quickdraw import read_ndjson
+    from index_builder.training.datasets.quickdraw import read_ndjson
 
     for drawing in read_ndjson(SHARED / "quickdraw" / "simplified" / "fish.ndjson"):
         png = assets.data / "sketch" / "fish" / f"{drawing.key_id}.png"
@@ -195,7 +195,7 @@ def test_strokes_are_rendered_as_prepare_renders(
 ) -> None:
     """One preprocessing path: strokes sent by a drawing client rank exactly as the sketch
     `prepare` rendered from the same strokes for training."""
-    from index_builder.prepare import prepare_shared_data
+    from index_builder.training.prepare import prepare_shared_data
 
     rendered = inspect.signature(render_strokes).parameters
     prepared = inspect.signature(prepare_shared_data).parameters

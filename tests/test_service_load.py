@@ -40,7 +40,7 @@ from conftest import (
 
 from gallery_store.qdrant_store import QdrantStore
 from gallery_store.settings import StoreSettings
-from index_builder.gallery.rebuild import BuildOptions, rebuild
+from index_builder.indexing.rebuild import BuildOptions, rebuild
 from model.preprocess import render_strokes
 from service.app import create_app
 from service.settings import ServiceSettings

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from index_builder.datasets.base import IMAGE_SUFFIXES, DatasetError, Sample, SketchPhotoSet
+from index_builder.training.datasets.base import DatasetError, Sample, SketchPhotoSet
+from model.preprocess import IMAGE_SUFFIXES
 
 MAX_LISTED = 10  # problems named in one error message before "... and N more"
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from index_builder.augment import AugmentConfig, augment
-from index_builder.datasets.base import DatasetError, Sample
+from index_builder.training.augment import AugmentConfig, augment
+from index_builder.training.datasets.base import DatasetError, Sample
 from model.backbones import Backbone, load_backbone, with_pseudo_sketch
 from model.preprocess import ImageError, Preprocessing, load_image
 from model.pseudo_sketch import EdgeConfig, encoder_input_array

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from index_builder.datasets.base import DatasetError
+from index_builder.training.datasets.base import DatasetError
 
 SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
 

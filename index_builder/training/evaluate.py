@@ -8,22 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index_builder.config import BuilderSettings
-from index_builder.datasets.authors_features import is_authors_features
-from index_builder.datasets.base import DatasetError
-from index_builder.datasets.sketchy import Gallery
-from index_builder.datasets.splits import match_classes, resolve_split
-from index_builder.features import FeatureSet
-from index_builder.metrics import l2_normalize, retrieval_metrics, top_k
-from index_builder.report_figure import save_retrieval_figure
-from index_builder.sources import (
+from index_builder.training.config import BuilderSettings
+from index_builder.training.datasets.authors_features import is_authors_features
+from index_builder.training.datasets.base import DatasetError
+from index_builder.training.datasets.sketchy import Gallery
+from index_builder.training.datasets.splits import match_classes, resolve_split
+from index_builder.training.embedding import embed
+from index_builder.training.features import FeatureSet
+from index_builder.training.metrics import l2_normalize, retrieval_metrics, top_k
+from index_builder.training.report_figure import save_retrieval_figure
+from index_builder.training.sources import (
     AUTHORS_BACKBONE,
     check_one_kind,
     data_classes,
     feature_sets,
     pick_split_dir,
 )
-from index_builder.train import embed
 from model.checkpoint import load_model
 from model.iiae import Standardize, scaling_name
 

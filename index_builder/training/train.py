@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from index_builder.config import TrainConfig
-from index_builder.features import FeatureSet
-from index_builder.metrics import l2_normalize, retrieval_metrics
+from index_builder.training.config import TrainConfig
+from index_builder.training.embedding import embed
+from index_builder.training.features import FeatureSet
+from index_builder.training.metrics import retrieval_metrics
 from model.iiae import IIAE, iiae_loss
 
 
@@ -107,19 +108,6 @@ def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
         eps=1e-8,
         weight_decay=cfg.weight_decay,
     )
-
-
-@torch.no_grad()
-def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
-    """Retrieval embeddings (``embed_sketch`` / ``embed_photo``) of (N, D) features, unit-norm."""
-    model.eval()
-    device = next(model.parameters()).device
-    fn = model.embed_sketch if domain == "sketch" else model.embed_photo
-    parts = [
-        fn(torch.from_numpy(np.array(feats[i : i + batch], dtype=np.float32)).to(device)).cpu()
-        for i in range(0, len(feats), batch)
-    ]
-    return l2_normalize(torch.cat(parts).numpy()).astype(np.float32)
 
 
 def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from index_builder.datasets.base import DatasetError, SketchPhotoSet
-from index_builder.datasets.folder import is_folder_layout, load_folder, require_dir
-from index_builder.datasets.sketchy import (
+from index_builder.training.datasets.base import DatasetError, SketchPhotoSet
+from index_builder.training.datasets.folder import is_folder_layout, load_folder, require_dir
+from index_builder.training.datasets.sketchy import (
     Gallery,
     describe_layouts,
     find_sketchy_layout,

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gallery_store.photos import MAX_PIXELS
-from index_builder.gallery.scan import PhotoFile, Skipped
+from index_builder.indexing.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
 from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image
 from model.pseudo_sketch import EdgeConfig, encoder_input_array

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from index_builder.features import FeatureSet
-from index_builder.metrics import retrieval_metrics
-from index_builder.train import embed
+from index_builder.training.embedding import embed
+from index_builder.training.features import FeatureSet
+from index_builder.training.metrics import retrieval_metrics
 from model.iiae import IIAE
 
 CATEGORY_GRID = tuple(round(0.1 * i, 1) for i in range(10))  # 1 would drop the embedding

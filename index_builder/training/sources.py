@@ -6,23 +6,28 @@ from pathlib import Path
 
 import numpy as np
 
-from index_builder.config import BuilderSettings
-from index_builder.datasets.authors_features import (
+from index_builder.training.config import BuilderSettings
+from index_builder.training.datasets.authors_features import (
     file_split,
     is_authors_features,
     load_authors_features,
     split_dirs,
 )
-from index_builder.datasets.base import DatasetError, SketchPhotoSet, check_classes_present
-from index_builder.datasets.detect import find_images, load_dataset
-from index_builder.datasets.sketchy import Gallery
-from index_builder.datasets.splits import (
+from index_builder.training.datasets.base import DatasetError, SketchPhotoSet, check_classes_present
+from index_builder.training.datasets.detect import find_images, load_dataset
+from index_builder.training.datasets.sketchy import Gallery
+from index_builder.training.datasets.splits import (
     BUILTIN_SPLITS,
     match_classes,
     read_class_list,
     resolve_split,
 )
-from index_builder.features import FeatureSet, FeatureSpec, cached_backbone, extract_features
+from index_builder.training.features import (
+    FeatureSet,
+    FeatureSpec,
+    cached_backbone,
+    extract_features,
+)
 from model.preprocess import Preprocessing
 
 AUTHORS_BACKBONE = "vgg16-authors"

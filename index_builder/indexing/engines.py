@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol, get_args
 
-from index_builder.gallery.embed import Embedded, embed_photos
-from index_builder.gallery.scan import PhotoFile
+from index_builder.indexing.embed import Embedded, embed_photos
+from index_builder.indexing.scan import PhotoFile
 from model.encoder import OnnxEncoder
 
 Engine = Literal["local", "ray"]
@@ -49,7 +49,7 @@ def embedder(engine: str, ray_address: str | None = None) -> EmbedFn:
     check_engine(engine, ray_address)
     if engine == "local":
         return embed_photos
-    from index_builder.gallery.ray_embed import check_reachable, embed_photos_ray, import_ray
+    from index_builder.indexing.ray_embed import check_reachable, embed_photos_ray, import_ray
 
     import_ray()
     if ray_address:

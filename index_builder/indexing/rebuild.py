@@ -41,9 +41,9 @@ from gallery_store.base import (
 )
 from gallery_store.faiss_store import FaissStore
 from gallery_store.photos import display_path
-from index_builder.gallery.embed import Embedded, default_workers
-from index_builder.gallery.engines import EmbedFn, Engine, check_engine, embedder
-from index_builder.gallery.scan import PhotoFile, Scan, Skipped, scan_photos
+from index_builder.indexing.embed import Embedded, default_workers
+from index_builder.indexing.engines import EmbedFn, Engine, check_engine, embedder
+from index_builder.indexing.scan import PhotoFile, Scan, Skipped, scan_photos
 from model.encoder import OnnxEncoder
 
 LoadedIndex = StoredVersion  # what the planning below reads: any engine's version

@@ -18,7 +18,7 @@ from typing import Literal
 from PIL import Image
 from tqdm import tqdm
 
-from index_builder.datasets.base import DatasetError, select_entries
+from index_builder.training.datasets.base import DatasetError, select_entries
 from model.preprocess import Strokes, render_strokes, validate_strokes
 
 Format = Literal["simplified", "raw"]

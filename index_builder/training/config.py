@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from index_builder.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
+from index_builder.training.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
 
 if TYPE_CHECKING:
     from model.iiae import IIAEConfig
@@ -44,7 +44,7 @@ class _RecipeSource(PydanticBaseSettingsSource):
 
 class TrainConfig(BaseSettings):
     """Training settings: field defaults are the authors' hyperparameters (docs/iiae.md
-    section 3); a named recipe (``index_builder/recipes.py``) sets values over them, and
+    section 3); a named recipe (``index_builder/training/recipes.py``) sets values over them, and
     explicit arguments or ``SBIR_TRAIN_*`` variables override the recipe."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_TRAIN_")

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from index_builder.datasets.base import DatasetError, Sample, SketchPhotoSet
-from index_builder.datasets.folder import load_class_trees, require_dir, scan_class_tree
+from index_builder.training.datasets.base import DatasetError, Sample, SketchPhotoSet
+from index_builder.training.datasets.folder import load_class_trees, require_dir, scan_class_tree
 
 NAME = "sketchy-extended"
 Gallery = Literal["extended", "sake"]

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from index_builder.datasets.base import DatasetError, list_images, select_entries
-from index_builder.datasets.quickdraw import render_quickdraw, write_png_atomic
+from index_builder.training.datasets.base import DatasetError, list_images, select_entries
+from index_builder.training.datasets.quickdraw import render_quickdraw, write_png_atomic
 from model.preprocess import ImageError, load_image
 
 STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")

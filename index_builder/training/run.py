@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index_builder.category_head import choose_category_weight
-from index_builder.config import BuilderSettings, TrainConfig
-from index_builder.datasets.authors_features import is_authors_features
-from index_builder.evaluate import validation_check
-from index_builder.features import FeatureSet, default_device
-from index_builder.sources import data_split, feature_sets
-from index_builder.train import (
+from index_builder.training.category_head import choose_category_weight
+from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.datasets.authors_features import is_authors_features
+from index_builder.training.evaluate import validation_check
+from index_builder.training.features import FeatureSet, default_device
+from index_builder.training.sources import data_split, feature_sets
+from index_builder.training.train import (
     ClassPairSampler,
     choose_fusion_weight,
     fit,

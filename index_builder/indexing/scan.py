@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gallery_store.photos import display_path, sha256_file
-from index_builder.datasets.base import IMAGE_SUFFIXES
+from model.preprocess import IMAGE_SUFFIXES
 
 # Other image formats people keep photos in: indexed where this Pillow decodes them (AVIF in
 # Pillow >= 11.2), else reported as skipped, never ignored without a word.

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
-from index_builder.gallery.embed import Decoded, Embedded, Failure, check_batching, decode_photo
-from index_builder.gallery.scan import PhotoFile, Skipped
+from index_builder.indexing.embed import Decoded, Embedded, Failure, check_batching, decode_photo
+from index_builder.indexing.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
 
 INSTALL_HINT = "install it with `pip install -e '.[ray]'` (scripts/install.sh --dev does)"

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from index_builder.datasets.base import DatasetError
+from index_builder.training.datasets.base import DatasetError
 
 PARTS = ("train_sketch", "train_image", "test_sketch", "test_image")
 FEATURES_DIR = "SketchyVGG"
