@@ -60,9 +60,9 @@ from index_builder.training.metrics import l2_normalize, rank_order, retrieval_m
 from index_builder.training.prepare import PHOTO_MAP, STAMPS_DIR, read_photo_table
 from model.backbones import Backbone
 from model.export import load_run_encoders
-from model.iiae import IIAE, scaling_name
 from model.preprocess import load_image, render_strokes
 from model.pseudo_sketch import encoder_input_array
+from model.retrieval import RetrievalModel
 
 GUITARS = Path(__file__).parent / "drawings" / "guitars.json"
 BLOCKS = {
@@ -192,7 +192,7 @@ def guitar_ranks(scores: np.ndarray, stamps: list[str]) -> list[int]:
 
 
 def weight_tradeoff(
-    model: IIAE,
+    model: RetrievalModel,
     field: str,
     f_sketch: Tensor,
     f_photo: Tensor,
@@ -200,17 +200,13 @@ def weight_tradeoff(
     score: Callable[[np.ndarray, np.ndarray], dict],
 ) -> dict[str, dict]:
     """``score(sketch embeddings, gallery embeddings)`` of the run's encoders at each value of
-    ``field`` (``fusion_weight`` or ``category_weight``), the other as the run chose it; the
-    model is left at its own weights."""
-    chosen, rows = getattr(model.cfg, field), {}
-    try:
-        for weight in weights:
-            setattr(model.cfg, field, weight)
-            with torch.inference_mode():
-                zx, zy = unit(model.embed_sketch(f_sketch)), unit(model.embed_photo(f_photo))
-            rows[f"{weight:g}"] = score(zx, zy)
-    finally:
-        setattr(model.cfg, field, chosen)
+    ``field`` (``fusion_weight`` or ``category_weight``), the other as the run chose it."""
+    rows = {}
+    for weight in weights:
+        at = model.with_head(model.head.with_weights(**{field: weight}))
+        with torch.inference_mode():
+            zx, zy = unit(at.embed_sketch(f_sketch)), unit(at.embed_photo(f_photo))
+        rows[f"{weight:g}"] = score(zx, zy)
     return rows
 
 
@@ -225,9 +221,9 @@ def run(
 ) -> dict:
     encoders, info, backbone = load_run_encoders(run_dir)
     model = encoders["sketch"].model  # the exported encoders' heads, over the same features
-    if fusion_weights and not model.cfg.fusable:
+    if fusion_weights and not model.scaling.cfg.comparable:
         raise ValueError(f"{run_dir}: its sketch and photo features differ in size: no fusion")
-    if category_weights and model.category_head is None:
+    if category_weights and model.head.category_head is None:
         raise ValueError(f"{run_dir}: the run has no category head")
     stamps = sorted(walk_images(stamps_dir))
     table = {
@@ -250,21 +246,22 @@ def run(
     # the photo encoder's backbone: with each photo's pseudo-sketch where the run reads them
     f_photo = features(encoders["photo"].backbone, [load_image(stamps_dir / s) for s in stamps])
     f_outline = features(backbone, [outline(stamps_dir / s) for s in stamps])
-    fused = f", fused {model.cfg.fusion_weight:g}" if model.cfg.fusion_weight else ""
-    category = model.cfg.category_weight
+    scaling, chosen = model.scaling, model.head.cfg
+    fused = f", fused {chosen.fusion_weight:g}" if chosen.fusion_weight else ""
+    category = chosen.category_weight
     head = f", category head {category:g}" if category else ""
     d = backbone.feature_dim  # the photo's own features come first
-    scaled = scaling_name(model.cfg.input_power, model.cfg.whiten_shrinkage)
+    scaled = scaling.cfg.name
     with torch.inference_mode():
-        z_sketch, z_photo = model.scale_x(f_sketch), model.scale_y(f_photo)
+        z_sketch, z_photo = scaling.sketch(f_sketch), scaling.photo(f_photo)
         candidates = {  # name: (sketch embeddings, gallery embeddings)
             f"IIAE {run_dir.name} (r^x vs r^y{fused}{head})": (
                 unit(model.embed_sketch(f_sketch)),
                 unit(model.embed_photo(f_photo)),
             ),
             f"IIAE {run_dir.name} (r^x vs r^y alone)": (
-                unit(model.shared_x(z_sketch).mean),
-                unit(model.shared_y(z_photo).mean),
+                unit(model.iiae.embed_sketch(z_sketch)),
+                unit(model.iiae.embed_photo(z_photo)),
             ),
             f"{backbone.name} {scaled} features": (unit(z_sketch), unit(z_photo[:, :d])),
         }
@@ -273,10 +270,10 @@ def run(
                 model, "category_weight", f_sketch, f_photo, [0.0], lambda zx, zy: (zx, zy)
             )
             candidates[f"IIAE {run_dir.name} (r^x vs r^y{fused}, no category head)"] = without["0"]
-        if model.cfg.pseudo_sketch:
+        if scaling.cfg.pseudo_sketch:
             candidates[f"{backbone.name} {scaled}, photos with pseudo-sketches"] = (
                 unit(z_sketch),
-                unit(model.sketch_like(z_photo)),
+                unit(scaling.sketch_like(z_photo)),
             )
         candidates[f"{backbone.name} raw features"] = (unit(f_sketch), unit(f_photo[:, :d]))
         candidates[f"{backbone.name} raw, photos as outlines"] = (unit(f_sketch), unit(f_outline))

@@ -23,7 +23,7 @@ from bench.zero_shot import class_folds, data_arguments, machine, prepared
 from index_builder.training.evaluate import baseline_embeddings, score
 from index_builder.training.run import pick_validation
 from index_builder.training.sources import feature_sets
-from model.iiae import scaling_name
+from model.scaling import scaling_name
 
 # (power, shrinkage); None: the per-dimension z-score of the standardised baseline
 SETTINGS: list[tuple[float, float] | None] = [

@@ -45,6 +45,8 @@ from index_builder.training.config import TrainConfig
 from index_builder.training.metrics import l2_normalize
 from index_builder.training.train import PairBatch, fit
 from model.iiae import IIAE
+from model.retrieval import RetrievalModel
+from model.scaling import InputScaling
 
 TARGET_SHARED = 0.97  # P@1 by the shared representation, both ways
 TARGET_EXCLUSIVE = 0.2  # P@1 by the exclusive representations: at most (chance is 0.1)
@@ -128,19 +130,21 @@ def precision_at_1(
 
 
 @torch.no_grad()
-def representations(model: IIAE, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+def representations(model: RetrievalModel, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Eval-mode means: shared (r^x, r^y) and exclusive (q(z^x|x), q(z^y|y))."""
     model.eval()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = model.scaling.sketch(torch.from_numpy(x)), model.scaling.photo(torch.from_numpy(y))
     return {
-        "shared_x": model.embed_sketch(xt).numpy(),
-        "shared_y": model.embed_photo(yt).numpy(),
-        "exclusive_x": model.exclusive_sketch(xt).numpy(),
-        "exclusive_y": model.exclusive_photo(yt).numpy(),
+        "shared_x": model.iiae.embed_sketch(xt).numpy(),
+        "shared_y": model.iiae.embed_photo(yt).numpy(),
+        "exclusive_x": model.iiae.exclusive_sketch(xt).numpy(),
+        "exclusive_y": model.iiae.exclusive_photo(yt).numpy(),
     }
 
 
-def evaluate(model: IIAE, x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def evaluate(
+    model: RetrievalModel, x: np.ndarray, y: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
     """P@1 both ways by the shared and the exclusive representations.
 
     ``<rep>_<direction>``: relevant = same digit (chance 0.1); ``pair_<rep>_<direction>``:
@@ -223,7 +227,7 @@ def run_mnist_cdcb(steps: int = 600, seed: int = 0, progress: bool = False, **re
         torch.set_num_threads(before)
 
 
-def build_model(r: Recipe, x_train: np.ndarray, y_train: np.ndarray) -> IIAE:
+def build_model(r: Recipe, x_train: np.ndarray, y_train: np.ndarray) -> RetrievalModel:
     """A seeded IIAE for these features (the builder's config path), standardised if asked."""
     torch.manual_seed(r.seed)
     dim = x_train.shape[1]
@@ -236,18 +240,19 @@ def build_model(r: Recipe, x_train: np.ndarray, y_train: np.ndarray) -> IIAE:
         decoder=r.decoder,
         init=r.init,
     )
-    model = IIAE(train_cfg.iiae_config(dim, dim, 0))
+    shape = train_cfg.architecture(dim, dim, 0)
+    scaling = InputScaling(shape.scaling)
     if r.standardize:
-        model.scale_x.fit(torch.from_numpy(x_train), eps=r.std_floor)
-        model.scale_y.fit(torch.from_numpy(y_train), eps=r.std_floor)
-    return model
+        scaling.scale_x.fit(torch.from_numpy(x_train), eps=r.std_floor)
+        scaling.scale_y.fit(torch.from_numpy(y_train), eps=r.std_floor)
+    return RetrievalModel.plain(IIAE(shape.iiae), scaling)
 
 
 def _run(r: Recipe, progress: bool) -> dict:
     start = time.perf_counter()
     data = load_cdcb(r.n_test, r.seed, r.pool)
     model = build_model(r, data["x_train"], data["y_train"])
-    opt = torch.optim.Adam(model.parameters(), lr=r.lr, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(model.iiae.parameters(), lr=r.lr, betas=(0.5, 0.999))
     sample = pair_sampler(data["x_train"], data["y_train"], data["l_train"], r.batch, r.seed)
     losses: list[float] = []
     fit_start = time.perf_counter()

@@ -26,21 +26,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.config import BuilderSettings
 from index_builder.training.evaluate import evaluate_baselines, evaluate_run
 from index_builder.training.prepare import PHOTO_MAP, prepare_shared_data
-from index_builder.training.recipes import input_scaling
+from index_builder.training.recipes import input_scaling, recipe
 from index_builder.training.run import train_run
 from index_builder.training.sources import data_classes, feature_sets
-from model.iiae import scaling_name
+from model.scaling import scaling_name
 
 # Candidates: a recipe (index_builder/training/recipes.py) and values over it, chosen between on
 # validation classes. Each also reports its IIAE embedding alone (no fusion, no category
 # head) as a row.
 CANDIDATES: dict[str, dict] = {
-    "recommended": {"recipe": "recommended"},
-    "recommended, no class head": {"recipe": "recommended", "w_cls": 0.0},
-    "recommended, photos alone": {"recipe": "recommended", "pseudo_sketch": False},
+    "recommended": {"name": "recommended"},
+    "recommended, no class head": {"name": "recommended", "w_cls": 0.0},
+    "recommended, photos alone": {"name": "recommended", "pseudo_sketch": False},
 }
 METRICS = ("map_all", "p_at_10", "p_at_100")
 # row name -> the baseline's name in evaluate_baselines (after the backbone's)
@@ -91,12 +91,12 @@ def run_fold(
     for name in candidates:
         tests, alone, vals, weights = [], [], [], []
         for seed in range(seeds):
-            cfg = TrainConfig(**{**CANDIDATES[name], "backbone": backbone, "seed": seed})
+            cfg = recipe(**{**CANDIDATES[name], "backbone": backbone, "seed": seed})
             run_dir = work / "runs" / backbone / f"fold{fold}" / f"{_slug(name)}-seed{seed}"
             info = train_run(data, run_dir, cfg, None, split, settings, progress=False)
             vals.append(info["validation"]["model_map_all"])
-            iiae = json.loads((run_dir / "run.json").read_text())["iiae"]
-            weights.append({k: iiae[k] for k in ("fusion_weight", "category_weight")})
+            head = json.loads((run_dir / "run.json").read_text())["retrieval"]
+            weights.append({k: head[k] for k in ("fusion_weight", "category_weight")})
             tests.append(evaluate_run(run_dir, data, split, settings=settings))
             alone.append(evaluate_run(run_dir, data, split, settings=settings, iiae_alone=True))
         rows[name] = _mean_metrics(tests)

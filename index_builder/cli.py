@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from index_builder.indexing.engines import ENGINES
-from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.config import BuilderSettings, TrainConfig, ignored_training_variables
 from index_builder.training.datasets.sketchy import GALLERIES
-from index_builder.training.recipes import RECIPES
+from index_builder.training.recipes import DEFAULT_RECIPE, RECIPES, recipe
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
@@ -33,14 +33,23 @@ def _flag_type(field: FieldInfo) -> type:
     return ann  # type: ignore[return-value]
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig]) -> None:
-    """One --flag per config field; unset flags leave the env / default value."""
-    group = parser.add_argument_group("training configuration (also SBIR_TRAIN_<NAME>)")
-    for name, field in config.model_fields.items():
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--recipe, and one --flag per other ``TrainConfig`` field; unset flags leave the
+    recipe's value."""
+    group = parser.add_argument_group("training configuration (flags override the recipe)")
+    group.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default=DEFAULT_RECIPE,
+        help=f"named complete configuration (default: {DEFAULT_RECIPE})",
+    )
+    for name, field in TrainConfig.model_fields.items():
+        if name == "recipe":
+            continue
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field)
-        by_recipe = "".join(f"; {r}: {v[name]}" for r, v in RECIPES.items() if name in v)
-        helptext = f"{field.description or name} (default: {field.default}{by_recipe})"
+        values = ", ".join(f"{r} {getattr(c, name)}" for r, c in RECIPES.items())
+        helptext = f"{field.description or name} ({values})"
         if kind is bool:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=helptext
@@ -51,9 +60,11 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[TrainConfig])
             group.add_argument(flag, type=kind, default=None, help=helptext)
 
 
-def config_from_args(args: argparse.Namespace, config: type[TrainConfig]) -> TrainConfig:
-    given = {k: getattr(args, k) for k in config.model_fields if getattr(args, k) is not None}
-    return config(**given)
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe named by ``--recipe`` with the flags given over it."""
+    fields = [k for k in TrainConfig.model_fields if k != "recipe"]
+    given = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    return recipe(args.recipe, **given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train IIAE on the training classes")
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    add_config_flags(p, TrainConfig)
+    add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="zero-shot retrieval metrics of a run")
     p.add_argument("--run", type=Path, required=True)
@@ -97,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-classes", help="file or built-in split (default: the run's)")
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--figure", type=Path, help="PNG of queries and their top photos")
+    p.add_argument(
+        "--figure-cell", type=int, default=160, help="pixels per picture of --figure (160)"
+    )
     p.add_argument("--voc", action="store_true", help="also VOC-interpolated mAP")
     p.add_argument(
         "--gallery",
@@ -238,7 +252,13 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from index_builder.training.run import train_run
 
-        cfg = config_from_args(args, TrainConfig)
+        cfg = config_from_args(args)
+        if ignored := ignored_training_variables():
+            print(
+                f"note: {', '.join(ignored)} not read: training settings are the recipe's "
+                "and flags",
+                file=sys.stderr,
+            )
         info = train_run(args.data, args.out, cfg, args.train_classes, args.test_classes, settings)
         print(
             f"trained {info['steps']} steps on {len(info['train_classes'])} classes "
@@ -257,6 +277,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.voc,
             settings,
             args.gallery,
+            figure_cell_px=args.figure_cell,
         )
         print(format_table({result["model"]: result}))
         print(

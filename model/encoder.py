@@ -59,7 +59,11 @@ class EncoderMetadata(BaseModel):
     val_classes: list[str] = []
     test_classes: list[str] = []
     config: dict[str, Any]  # the run's training configuration
-    iiae: dict[str, Any]  # the run's IIAE configuration
+    # the run's model: its IIAE, input scaling and retrieval head (model/retrieval.py's
+    # ModelConfig); exports made before the three were apart hold all in ``iiae``
+    iiae: dict[str, Any]
+    scaling: dict[str, Any] = {}
+    retrieval: dict[str, Any] = {}
     source_run: str
     files: dict[Domain, OnnxFile]
     fingerprint: str

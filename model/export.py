@@ -1,7 +1,8 @@
 """Export a trained run's sketch and photo encoders (backbone + IIAE) to ONNX.
 
-Each encoder is image -> backbone -> the IIAE's own Standardize -> mean of r^x (or r^y)
--> L2 normalisation, so ONNX Runtime alone turns an image into its retrieval embedding.
+Each encoder is image -> backbone -> the run's ``RetrievalModel`` (input scaling, mean of
+r^x or r^y, retrieval head) -> L2 normalisation, so ONNX Runtime alone turns an image into
+its retrieval embedding.
 Read the result with ``model.encoder``.
 """
 
@@ -28,9 +29,9 @@ from model.encoder import (
     compute_fingerprint,
     sha256_file,
 )
-from model.iiae import IIAE
 from model.preprocess import Preprocessing
 from model.pseudo_sketch import EdgeConfig
+from model.retrieval import RetrievalModel
 
 ONNX_FILES: dict[Domain, str] = {"sketch": "sketch_encoder.onnx", "photo": "photo_encoder.onnx"}
 # Notices of the TorchScript-based exporter (the one that needs no onnxscript), not faults.
@@ -43,9 +44,9 @@ _EXPORT_NOISE = (
 
 class EmbeddingEncoder(nn.Module):
     """Normalised images (B, 3, S, S) -> unit-norm retrieval embeddings (B, embedding_dim):
-    the backbone, then the IIAE's ``embed_sketch`` (r^x) or ``embed_photo`` (r^y)."""
+    the backbone, then the model's ``embed_sketch`` or ``embed_photo``."""
 
-    def __init__(self, backbone: nn.Module, model: IIAE, domain: Domain) -> None:
+    def __init__(self, backbone: nn.Module, model: RetrievalModel, domain: Domain) -> None:
         super().__init__()
         self.backbone, self.model, self.domain = backbone, model, domain
 
@@ -55,10 +56,10 @@ class EmbeddingEncoder(nn.Module):
         return nn.functional.normalize(embed(feats), dim=-1)
 
 
-def build_encoders(model: IIAE, backbone: Backbone) -> dict[Domain, EmbeddingEncoder]:
+def build_encoders(model: RetrievalModel, backbone: Backbone) -> dict[Domain, EmbeddingEncoder]:
     """The sketch (r^x) and photo (r^y) encoders, in eval mode; the photo encoder's backbone
     also sees each photo's pseudo-sketch where the model was trained so."""
-    photo = with_pseudo_sketch(backbone) if model.cfg.pseudo_sketch else backbone
+    photo = with_pseudo_sketch(backbone) if model.scaling.cfg.pseudo_sketch else backbone
     return {
         "sketch": EmbeddingEncoder(backbone, model, "sketch").eval(),
         "photo": EmbeddingEncoder(photo, model, "photo").eval(),
@@ -96,7 +97,7 @@ def run_backbone(run_dir: Path, info: dict, input_dim: int) -> Backbone:
 def load_run_encoders(run_dir: Path) -> tuple[dict[Domain, EmbeddingEncoder], dict, Backbone]:
     """A run's two PyTorch encoders, its run info and its backbone."""
     model, info = load_model(run_dir)
-    backbone = run_backbone(run_dir, info, model.cfg.input_dim_x)
+    backbone = run_backbone(run_dir, info, model.scaling.cfg.input_dim_x)
     encoders = build_encoders(model, backbone)
     photo_trained_on = info.get("photo_backbone_fingerprint")
     photo_now = encoders["photo"].backbone.fingerprint
@@ -153,7 +154,8 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_target(out_dir)
     encoders, info, backbone = load_run_encoders(run_dir)
-    embedding_dim = encoders["sketch"].model.cfg.embedding_dim
+    model = encoders["sketch"].model
+    embedding_dim = model.embedding_dim
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
@@ -167,7 +169,7 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
                 encoders[domain].backbone.input_channels,
             )
         edges = encoders["photo"].backbone.edges
-        meta = _metadata(tmp, run_dir, info, backbone, opset, embedding_dim, edges)
+        meta = _metadata(tmp, run_dir, info, model, backbone, opset, edges)
         (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:
@@ -180,9 +182,9 @@ def _metadata(
     folder: Path,
     run_dir: Path,
     info: dict,
+    model: RetrievalModel,
     backbone: Backbone,
     opset: int,
-    embedding_dim: int,
     photo_edges: EdgeConfig | None,
 ) -> EncoderMetadata:
     files = {
@@ -196,13 +198,13 @@ def _metadata(
         backbone_fingerprint=backbone.fingerprint,
         preprocessing=prep,
         photo_edges=photo_edges,
-        embedding_dim=embedding_dim,
+        embedding_dim=model.embedding_dim,
         opset=opset,
         train_classes=info.get("train_classes", []),
         val_classes=info.get("val_classes", []),
         test_classes=info.get("test_classes", []),
         config=info.get("config", {}),
-        iiae=info["iiae"],
+        **model.config.model_dump(),
         source_run=str(run_dir),
         files=files,
         fingerprint=compute_fingerprint(

@@ -16,21 +16,20 @@ from index_builder.training.category_head import (
     fit_category_head,
 )
 from index_builder.training.features import FeatureSet
-from model.iiae import IIAE, IIAEConfig
 from model.preprocess import Preprocessing
-from tests.test_fusion import SMALL, check_onnx_export
+from model.retrieval import RetrievalModel
+from tests.test_fusion import check_onnx_export, small_model
 
 CLASSES = [f"c{i}" for i in range(4)]
 
 
-def model_with(category_weight: float, fusion_weight: float = 0.5) -> IIAE:
+def model_with(category_weight: float, fusion_weight: float = 0.5) -> RetrievalModel:
     torch.manual_seed(0)
-    cfg = IIAEConfig(
-        **SMALL, fusion_weight=fusion_weight, category_classes=4, category_weight=category_weight
+    model = small_model(
+        fusion_weight=fusion_weight, category_classes=4, category_weight=category_weight
     )
-    model = IIAE(cfg).eval()
-    model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
-    model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
+    model.scaling.scale_x.fit(torch.randn(50, 12) * 3 + 1)
+    model.scaling.scale_y.fit(torch.randn(50, 12) * 2 - 1)
     return model
 
 
@@ -50,17 +49,19 @@ def clustered(n: int, seed: int, spread: float = 0.3) -> tuple[FeatureSet, Featu
 
 @pytest.mark.parametrize("weight", [0.2, 0.5])
 def test_the_cosine_is_the_weighted_mean_of_embedding_and_posteriors(weight: float) -> None:
-    with_head, without = model_with(weight), model_with(0.0)
-    without.load_state_dict(with_head.state_dict())
+    with_head = model_with(weight)
+    without = with_head.with_head(with_head.head.with_weights(category_weight=0.0))
     x, y = torch.randn(6, 12), torch.randn(6, 12)
+    category, scaling = with_head.head.category_head, with_head.scaling
     with torch.no_grad():
         ex, ey = with_head.embed_sketch(x), with_head.embed_photo(y)
         fx = nn.functional.normalize(without.embed_sketch(x), dim=-1)
         fy = nn.functional.normalize(without.embed_photo(y), dim=-1)
-        px = nn.functional.softmax(with_head.category_logits(with_head.scale_x(x)), dim=-1)
-        py = nn.functional.softmax(with_head.category_logits(with_head.scale_y(y)), dim=-1)
-    assert ex.shape == (6, 4 + 12 + 4) and with_head.cfg.embedding_dim == 20
-    assert without.cfg.embedding_dim == 16  # the head is kept but out of the embedding
+        px = nn.functional.softmax(category(scaling.sketch(x)), dim=-1)
+        py = nn.functional.softmax(category(scaling.photo(y)), dim=-1)
+    assert ex.shape == (6, 4 + 12 + 4) and with_head.embedding_dim == 20
+    assert without.embedding_dim == 16  # the head is kept but out of the embedding
+    assert without.head.category_head is category
     torch.testing.assert_close(ex.norm(dim=-1), torch.ones(6))
     cos_p = nn.functional.normalize(px, dim=-1) @ nn.functional.normalize(py, dim=-1).T
     expected = (1 - weight) * (fx @ fy.T) + weight * cos_p
@@ -70,24 +71,27 @@ def test_the_cosine_is_the_weighted_mean_of_embedding_and_posteriors(weight: flo
 
 def test_a_weight_needs_the_head_and_the_head_features_of_one_size() -> None:
     with pytest.raises(ValueError, match="category_classes"):
-        IIAE(IIAEConfig(**SMALL, category_weight=0.3))
+        small_model(category_weight=0.3)
     with pytest.raises(ValueError, match="one size"):
-        IIAE(IIAEConfig(**{**SMALL, "input_dim_y": 10}, category_classes=4))
+        small_model(dim_y=10, category_classes=4)
 
 
 def test_the_fitted_head_names_new_sketches_and_photos_of_its_classes() -> None:
     model = model_with(0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit_category_head(model, *clustered(40, seed=1), CLASSES)
+    rng_before = torch.get_rng_state()
+    head = fit_category_head(model, *clustered(40, seed=1), CLASSES)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global stream is left alone
     sketches, photos = clustered(20, seed=2)  # new samples of the same classes
     truth = torch.tensor([CLASSES.index(c) for c in sketches.labels])
     with torch.no_grad():
-        for fs, scale in ((sketches, model.scale_x), (photos, model.scale_y)):
-            logits = model.category_logits(scale(torch.from_numpy(fs.clean)))
+        for fs, scale in ((sketches, model.scaling.sketch), (photos, model.scaling.photo)):
+            logits = head(scale(torch.from_numpy(fs.clean)))
             assert (logits.argmax(-1) == truth).float().mean() >= 0.9
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {"category_head.weight", "category_head.bias"}  # nothing outside it
-    assert all(p.grad is None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # a new head, model as was
+    assert head is not model.head.category_head
+    assert all(p.grad is None for p in head.parameters())
 
 
 def test_with_one_sketch_a_class_the_head_is_fitted_but_left_out() -> None:
@@ -95,8 +99,9 @@ def test_with_one_sketch_a_class_the_head_is_fitted_but_left_out() -> None:
     model = model_with(0.3)
     sketches, photos = clustered(4, seed=1)  # one of each class
     val = clustered(4, seed=3)
-    assert choose_category_weight(model, (sketches, photos), val, CLASSES) == {}
-    assert model.cfg.category_weight == 0.0
+    chosen, table = choose_category_weight(model, (sketches, photos), val, CLASSES)
+    assert table == {} and chosen.head.cfg.category_weight == 0.0
+    assert chosen.head.category_head is not model.head.category_head  # fitted
 
 
 def test_the_weight_is_chosen_by_the_harmonic_mean_of_seen_and_unseen() -> None:
@@ -106,16 +111,16 @@ def test_the_weight_is_chosen_by_the_harmonic_mean_of_seen_and_unseen() -> None:
     fit = clustered(40, seed=1, spread=1.0)
     val_sk, val_ph = clustered(16, seed=3, spread=1.0)
     rename = lambda fs: feature_set(fs.clean, [f"v{c}" for c in fs.labels])  # noqa: E731
-    table = choose_category_weight(model, fit, (rename(val_sk), rename(val_ph)), CLASSES)
+    chosen, table = choose_category_weight(model, fit, (rename(val_sk), rename(val_ph)), CLASSES)
     assert list(table) == list(CATEGORY_GRID)
     for row in table.values():
         assert 0 < row["harmonic"] <= max(row["seen"], row["unseen"])
     best = max(table, key=lambda c: table[c]["harmonic"])
-    assert model.cfg.category_weight == best > 0
+    assert chosen.head.cfg.category_weight == best > 0 and model.head.cfg.category_weight == 0
     assert table[best]["seen"] > table[0.0]["seen"]
 
 
 def test_the_encoders_with_the_head_export_to_onnx(tmp_path: Path) -> None:
     model = model_with(0.3)
-    assert model.cfg.embedding_dim == 20
+    assert model.embedding_dim == 20
     check_onnx_export(model, tmp_path)

@@ -20,7 +20,7 @@ from bench.demo_gallery import (
     weight_tradeoff,
     weights_arg,
 )
-from model.iiae import IIAE, IIAEConfig
+from tests.test_fusion import small_model
 
 
 @pytest.mark.parametrize(
@@ -89,42 +89,33 @@ def test_outline_of_a_fully_transparent_image_is_blank(tmp_path: Path) -> None:
     assert np.asarray(outline(tmp_path / "empty.png").convert("L")).min() == 255
 
 
-def test_fusion_tradeoff_scores_each_weight_and_restores_the_runs() -> None:
+def test_fusion_tradeoff_scores_each_weight_and_leaves_the_runs() -> None:
     torch.manual_seed(0)
-    model = IIAE(IIAEConfig(input_dim_x=12, input_dim_y=12, latent_dim=4, fusion_weight=0.5))
-    model.eval()
-    model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
-    model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
+    model = small_model(fusion_weight=0.5)
+    model.scaling.scale_x.fit(torch.randn(50, 12) * 3 + 1)
+    model.scaling.scale_y.fit(torch.randn(50, 12) * 2 - 1)
     x, y = torch.randn(6, 12), torch.randn(9, 12)
     rows = weight_tradeoff(model, "fusion_weight", x, y, [0.0, 1.0], lambda zx, zy: zx @ zy.T)
-    assert model.cfg.fusion_weight == 0.5
+    assert model.head.cfg.fusion_weight == 0.5
     with torch.no_grad():  # 0: r^x vs r^y alone; 1: the scaled features alone
-        alone = [model.shared_x(model.scale_x(x)).mean, model.shared_y(model.scale_y(y)).mean]
-        scaled = [model.scale_x(x), model.scale_y(y)]
+        scaled = [model.scaling.sketch(x), model.scaling.photo(y)]
+        alone = [model.iiae.embed_sketch(scaled[0]), model.iiae.embed_photo(scaled[1])]
     for weight, (zx, zy) in {"0": alone, "1": scaled}.items():
         zx, zy = (torch.nn.functional.normalize(z, dim=-1).numpy() for z in (zx, zy))
         np.testing.assert_allclose(rows[weight], zx @ zy.T, atol=1e-5)
 
 
-def test_category_tradeoff_leaves_out_the_posteriors_at_0_and_restores_the_share() -> None:
+def test_category_tradeoff_leaves_out_the_posteriors_at_0_and_leaves_the_share() -> None:
     torch.manual_seed(0)
-    cfg = IIAEConfig(
-        input_dim_x=12,
-        input_dim_y=12,
-        latent_dim=4,
-        fusion_weight=0.5,
-        category_classes=3,
-        category_weight=0.4,
-    )
-    model = IIAE(cfg).eval()
+    model = small_model(fusion_weight=0.5, category_classes=3, category_weight=0.4)
     x, y = torch.randn(6, 12), torch.randn(9, 12)
     rows = weight_tradeoff(model, "category_weight", x, y, [0.0, 0.4], lambda zx, zy: zx @ zy.T)
-    assert model.cfg.category_weight == 0.4
+    assert model.head.cfg.category_weight == 0.4
+    without = model.with_head(model.head.with_weights(category_weight=0.0))
     with torch.no_grad():
         full = torch.nn.functional.normalize(model.embed_sketch(x), dim=-1)
-        model.cfg.category_weight = 0.0
-        fused = torch.nn.functional.normalize(model.embed_sketch(x), dim=-1)
-        fused_y = torch.nn.functional.normalize(model.embed_photo(y), dim=-1)
+        fused = torch.nn.functional.normalize(without.embed_sketch(x), dim=-1)
+        fused_y = torch.nn.functional.normalize(without.embed_photo(y), dim=-1)
     assert full.shape[1] == fused.shape[1] + 3
     np.testing.assert_allclose(rows["0"], (fused @ fused_y.T).numpy(), atol=1e-5)
     assert not np.allclose(rows["0.4"], rows["0"])

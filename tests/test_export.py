@@ -1,7 +1,7 @@
 """ONNX export of a trained run: ONNX Runtime matches PyTorch on real images, for both backbones.
 
 A tiny run is trained through the CLI on stand-in data, exported with ``export-onnx`` and read
-back with ``model.encoder`` (no PyTorch). The PyTorch reference is the IIAE's own
+back with ``model.encoder`` (no PyTorch). The PyTorch reference is the run's own
 ``embed_sketch`` / ``embed_photo`` on the backbone's features, L2-normalised.
 """
 
@@ -152,11 +152,11 @@ def photo_images() -> list[Image.Image]:
 
 
 def torch_embeddings(run: Path, images: list[Image.Image], domain: str) -> np.ndarray:
-    """The reference: IIAE.embed_sketch / embed_photo on the backbone's features, normalised;
+    """The reference: the run's embed_sketch / embed_photo on the backbone's features, normalised;
     photos with their pseudo-sketches where the model was trained so."""
     model, info = load_model(run)
     backbone = load_backbone(info["feature_backbone"], info["config"]["backbone_weights"])
-    if domain == "photo" and model.cfg.pseudo_sketch:
+    if domain == "photo" and model.scaling.cfg.pseudo_sketch:
         backbone = with_pseudo_sketch(backbone)
     prep, edges = backbone.preprocessing, backbone.edges
     x = torch.from_numpy(np.stack([encoder_input_array(img, prep, edges) for img in images]))
@@ -254,13 +254,14 @@ def test_metadata_records_the_run(export: Export, encoders: dict[str, OnnxEncode
     assert meta.train_classes == run_info["train_classes"] == [c for c in CLASSES if c not in TEST]
     assert meta.test_classes == TEST
     assert meta.config == run_info["config"] and meta.iiae == run_info["iiae"]
+    assert (meta.scaling, meta.retrieval) == (run_info["scaling"], run_info["retrieval"])
     sums = {}
     for domain, name in (("sketch", "sketch_encoder.onnx"), ("photo", "photo_encoder.onnx")):
         sums[domain] = hashlib.sha256((export.model_dir / name).read_bytes()).hexdigest()
         assert meta.files[domain].file == name and meta.files[domain].sha256 == sums[domain]
     assert meta.backbone_fingerprint == backbone.fingerprint == run_info["backbone_fingerprint"]
     fp, edges = meta.backbone_fingerprint, meta.photo_edges
-    assert edges == (EdgeConfig() if meta.iiae["pseudo_sketch"] else None)
+    assert edges == (EdgeConfig() if meta.scaling["pseudo_sketch"] else None)
     assert meta.fingerprint == compute_fingerprint(sums, meta.preprocessing, fp, edges)
     if edges is not None:  # the pseudo-sketch drawing, outside the graph, is fingerprinted
         other = edges.model_copy(update={"threshold": 0.3})

@@ -1,4 +1,4 @@
-"""The fused retrieval embedding: IIAE's r^x / r^y with the standardised backbone features."""
+"""The fused retrieval embedding (model/retrieval.py): r^x / r^y with the scaled features."""
 
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ from torch import nn
 from index_builder.training.features import FeatureSet
 from index_builder.training.train import choose_fusion_weight
 from model.export import build_encoders, export_module
-from model.iiae import IIAE, IIAEConfig
+from model.iiae import IIAEConfig
 from model.preprocess import Preprocessing
+from model.retrieval import (
+    ModelConfig,
+    RetrievalConfig,
+    RetrievalHead,
+    RetrievalModel,
+    fusion_basis,
+)
+from model.scaling import InputScaling, ScalingConfig
 
 SMALL = {
     "input_dim_x": 12,
@@ -27,11 +35,22 @@ SMALL = {
 }
 
 
-def model_with(weight: float, seed: int = 0) -> IIAE:
+def small_model(dim_y: int = 12, pseudo_sketch: bool = False, **retrieval) -> RetrievalModel:
+    """A small untrained model of ``SMALL``'s IIAE with these retrieval parts."""
+    dims = {"input_dim_x": 12, "input_dim_y": dim_y}
+    cfg = ModelConfig(
+        iiae=IIAEConfig(**{**SMALL, **dims}),
+        scaling=ScalingConfig(**dims, pseudo_sketch=pseudo_sketch),
+        retrieval=RetrievalConfig(**retrieval),
+    )
+    return RetrievalModel.from_config(cfg).eval()
+
+
+def model_with(weight: float, seed: int = 0) -> RetrievalModel:
     torch.manual_seed(seed)
-    model = IIAE(IIAEConfig(**SMALL, fusion_weight=weight)).eval()
-    model.scale_x.fit(torch.randn(50, 12) * 3 + 1)
-    model.scale_y.fit(torch.randn(50, 12) * 2 - 1)
+    model = small_model(fusion_weight=weight)
+    model.scaling.scale_x.fit(torch.randn(50, 12) * 3 + 1)
+    model.scaling.scale_y.fit(torch.randn(50, 12) * 2 - 1)
     return model
 
 
@@ -39,8 +58,9 @@ def test_no_fusion_is_the_papers_embedding() -> None:
     model = model_with(0.0)
     x = torch.randn(5, 12)
     with torch.no_grad():
-        torch.testing.assert_close(model.embed_sketch(x), model.shared_x(model.scale_x(x)).mean)
-    assert model.cfg.embedding_dim == 4
+        expected = model.iiae.shared_x(model.scaling.sketch(x)).mean
+        torch.testing.assert_close(model.embed_sketch(x), expected)
+    assert model.embedding_dim == 4
 
 
 @pytest.mark.parametrize("weight", [0.25, 0.5, 0.75])
@@ -51,9 +71,9 @@ def test_fused_cosine_is_the_weighted_mean_of_the_parts(weight: float) -> None:
         ex, ey = fused.embed_sketch(x), fused.embed_photo(y)
         rx = nn.functional.normalize(plain.embed_sketch(x), dim=-1)
         ry = nn.functional.normalize(plain.embed_photo(y), dim=-1)
-        sx = nn.functional.normalize(plain.scale_x(x), dim=-1)
-        sy = nn.functional.normalize(plain.scale_y(y), dim=-1)
-    assert ex.shape == (6, 4 + 12) and fused.cfg.embedding_dim == 16
+        sx = nn.functional.normalize(plain.scaling.sketch(x), dim=-1)
+        sy = nn.functional.normalize(plain.scaling.photo(y), dim=-1)
+    assert ex.shape == (6, 4 + 12) and fused.embedding_dim == 16
     torch.testing.assert_close(ex.norm(dim=-1), torch.ones(6))
     expected = (1 - weight) * (rx @ ry.T) + weight * (sx @ sy.T)
     torch.testing.assert_close(ex @ ey.T, expected, rtol=1e-5, atol=1e-6)
@@ -62,26 +82,26 @@ def test_fused_cosine_is_the_weighted_mean_of_the_parts(weight: float) -> None:
 
 def test_projected_fusion_keeps_the_principal_axes() -> None:
     torch.manual_seed(0)
-    model = IIAE(IIAEConfig(**SMALL, fusion_weight=0.5, fusion_dim=3)).eval()
+    untrained = small_model(fusion_weight=0.5, fusion_dim=3)
     # training features whose spread lies along three known directions
     directions = torch.linalg.qr(torch.randn(12, 3))[0].T
     x = torch.randn(200, 3) @ (directions * torch.tensor([[9.0], [5.0], [3.0]]))
     y = torch.randn(200, 3) @ (directions * torch.tensor([[8.0], [6.0], [2.0]]))
-    model.scale_x.fit(x)
-    model.scale_y.fit(y)
-    model.fit_fusion_basis(x, y)
-    basis = model.fusion_basis
+    scaling = InputScaling.fitted_on(untrained.scaling.cfg, x, y)
+    basis = fusion_basis(scaling, x, y, 3)
+    head = RetrievalHead(untrained.head.cfg, 4, 12, basis)
+    model = RetrievalModel(scaling, untrained.iiae, head).eval()
     torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
     emb = model.embed_sketch(x[:5])
-    assert emb.shape == (5, 4 + 3) and model.cfg.embedding_dim == 7
-    scaled = model.scale_x(x[:5])
+    assert emb.shape == (5, 4 + 3) and model.embedding_dim == 7
+    scaled = scaling.sketch(x[:5])
     expected = math.sqrt(0.5) * nn.functional.normalize(scaled @ basis, dim=-1)
     torch.testing.assert_close(emb[:, 4:], expected)
 
 
 def test_fusion_needs_features_of_one_size() -> None:
     with pytest.raises(ValueError, match="one size"):
-        IIAE(IIAEConfig(**{**SMALL, "input_dim_y": 10}, fusion_weight=0.5))
+        small_model(dim_y=10, fusion_weight=0.5)
 
 
 def _feature_set(feats: np.ndarray, labels: list[str]) -> FeatureSet:
@@ -90,20 +110,22 @@ def _feature_set(feats: np.ndarray, labels: list[str]) -> FeatureSet:
 
 def test_the_weight_is_chosen_by_validation_map() -> None:
     """Features that name their class outright, and an untrained r: the standardised part
-    wins, so a positive weight is chosen (the smallest of the best, on a tie) and kept."""
+    wins, so a positive weight is chosen (the smallest of the best, on a tie); the model
+    given is left as it was."""
     rng = np.random.default_rng(0)
     labels = [f"c{i % 4}" for i in range(40)]
     centres = rng.normal(size=(4, 12)) * 5
     sketches = centres[[int(c[1]) for c in labels]] + rng.normal(size=(40, 12)) * 0.1
     photos = centres[[int(c[1]) for c in labels]] + rng.normal(size=(40, 12)) * 0.1
     model = model_with(0.0)
-    scores = choose_fusion_weight(
+    chosen, scores = choose_fusion_weight(
         model, _feature_set(sketches, labels), _feature_set(photos, labels)
     )
     assert list(scores) == [0.0, 0.25, 0.5, 0.75]
     best = max(scores.values())
-    assert model.cfg.fusion_weight == min(w for w, v in scores.items() if v == best) > 0
-    assert best > scores[0.0]
+    assert chosen.head.cfg.fusion_weight == min(w for w, v in scores.items() if v == best) > 0
+    assert best > scores[0.0] and model.head.cfg.fusion_weight == 0.0
+    assert chosen.iiae is model.iiae and chosen.scaling is model.scaling
 
 
 class TinyBackbone(nn.Module):
@@ -117,11 +139,11 @@ class TinyBackbone(nn.Module):
         return self.conv(images).mean(dim=(2, 3))
 
 
-def check_onnx_export(model: IIAE, folder: Path) -> None:
+def check_onnx_export(model: RetrievalModel, folder: Path) -> None:
     """Both encoders (on a tiny backbone) export to ONNX and embed there as in PyTorch."""
     encoders = build_encoders(model, TinyBackbone().eval())
     images = torch.randn(3, 3, 16, 16)
-    dim = model.cfg.embedding_dim
+    dim = model.embedding_dim
     for domain, encoder in encoders.items():
         path = folder / f"{domain}.onnx"
         export_module(encoder, path, 16, dim, 17)
@@ -137,7 +159,7 @@ def check_onnx_export(model: IIAE, folder: Path) -> None:
 def test_the_fused_encoders_export_to_onnx(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = model_with(0.5)
-    assert model.cfg.embedding_dim == 16
+    assert model.embedding_dim == 16
     check_onnx_export(model, tmp_path)
 
 
@@ -145,16 +167,29 @@ def test_with_pseudo_sketches_the_photo_part_is_the_mean_of_its_halves() -> None
     """Photo features [photo; pseudo-sketch] (twice a sketch's size): r^y reads both, and the
     fused standardised part is the mean of the two z-scored halves."""
     torch.manual_seed(0)
-    cfg = IIAEConfig(**{**SMALL, "input_dim_y": 24}, fusion_weight=0.5, pseudo_sketch=True)
-    model = IIAE(cfg).eval()
-    model.scale_y.fit(torch.randn(50, 24) * 2 - 1)
+    model = small_model(dim_y=24, pseudo_sketch=True, fusion_weight=0.5)
+    model.scaling.scale_y.fit(torch.randn(50, 24) * 2 - 1)
     y = torch.randn(3, 24)
     with torch.no_grad():
         emb = model.embed_photo(y)
-        scaled = model.scale_y(y)
-    assert emb.shape == (3, 4 + 12) and cfg.embedding_dim == 16
+        scaled = model.scaling.photo(y)
+    assert emb.shape == (3, 4 + 12) and model.embedding_dim == 16
     halves_mean = (scaled[:, :12] + scaled[:, 12:]) / 2
     expected = math.sqrt(0.5) * nn.functional.normalize(halves_mean, dim=-1)
     torch.testing.assert_close(emb[:, 4:], expected)
     with pytest.raises(ValueError, match="one size"):
-        IIAE(IIAEConfig(**SMALL, fusion_weight=0.5, pseudo_sketch=True))  # 12 = 2 x 6, not 12
+        small_model(pseudo_sketch=True, fusion_weight=0.5)  # 12 = 2 x 6, not 12
+
+
+def test_a_model_is_changed_only_by_building_another() -> None:
+    """The configurations are frozen; other weights are a new head over the same parts."""
+    model = model_with(0.5)
+    for cfg in (model.iiae.cfg, model.scaling.cfg, model.head.cfg):
+        with pytest.raises(ValueError, match="frozen"):
+            cfg.latent_dim = 3  # type: ignore[union-attr]
+    other = model.head.with_weights(fusion_weight=0.25)
+    assert other.cfg.fusion_weight == 0.25 and model.head.cfg.fusion_weight == 0.5
+    with pytest.raises(ValueError, match="not a weight"):
+        model.head.with_weights(fusion_dim=3)
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        model.head.with_weights(fusion_weight=1.5)

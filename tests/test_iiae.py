@@ -12,6 +12,7 @@ from torch import nn
 
 from index_builder.training.config import TrainConfig
 from index_builder.training.features import FeatureSet
+from index_builder.training.recipes import RECIPES, recipe
 from index_builder.training.run import build_model
 from index_builder.training.train import ClassPairSampler, PairBatch, fit, make_optimizer
 from model.iiae import (
@@ -27,11 +28,15 @@ from model.iiae import (
     kl_standard_normal,
 )
 from model.preprocess import Preprocessing
+from model.retrieval import RetrievalModel
 
+# this project's first decoder (two hidden LeakyReLU layers) and PyTorch's initialisation
+DEEP = {"decoder_hidden_dims": (128, 512), "decoder_activation": "leaky_relu", "init": "torch"}
 SMALL = {
     "latent_dim": 8,
     "hidden_dims": (32, 16),
     "joint_hidden_dim": 32,
+    **DEEP,
     "decoder_hidden_dims": (16, 32),
 }
 
@@ -259,8 +264,11 @@ def test_layer_sizes_follow_the_spec() -> None:
         _linears(model.enc_y) == _linears(model.shared_y) == [(1280, 512), (512, 256), (256, 128)]
     )
     assert _linears(model.joint) == [(512 + 512, 512), (512, 128)]
-    assert _linears(model.dec_x) == [(128, 128), (128, 512), (512, 512)]
-    assert _linears(model.dec_y) == [(128, 128), (128, 512), (512, 1280)]
+    assert _linears(model.dec_x) == [(128, 128), (128, 512)]  # the authors' decoder
+    assert _linears(model.dec_y) == [(128, 128), (128, 1280)]
+    deep = IIAE(IIAEConfig(input_dim_x=512, input_dim_y=1280, **DEEP))
+    assert _linears(deep.dec_x) == [(128, 128), (128, 512), (512, 512)]
+    assert _linears(deep.dec_y) == [(128, 128), (128, 512), (512, 1280)]
 
 
 def test_joint_encoder_reads_the_first_hidden_layers_of_r() -> None:
@@ -300,7 +308,7 @@ def test_logvar_clamped_in_every_head_of_the_model() -> None:
 
 
 def test_batchnorm_momentum_and_leaky_slope() -> None:
-    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8))
+    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8, **DEEP))
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     relus = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
     # 4 encoders x 2 layers, the joint encoder 1, 2 decoders x 2
@@ -310,7 +318,7 @@ def test_batchnorm_momentum_and_leaky_slope() -> None:
 
 
 def test_hidden_layers_are_linear_batchnorm_leakyrelu() -> None:
-    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8))
+    model = IIAE(IIAEConfig(input_dim_x=8, input_dim_y=8, **DEEP))
     for seq in (model.enc_x.first, model.enc_x.rest, model.joint[0], model.dec_y.hidden):
         kinds = [type(m) for m in seq]
         assert kinds == [nn.Linear, nn.BatchNorm1d, nn.LeakyReLU] * (len(kinds) // 3)
@@ -337,9 +345,9 @@ def _toy_sampler(seed: int, batch: int = 32, d_x: int = 10, d_y: int = 14):
     return sample
 
 
-def _train(seed: int, steps: int, **cfg: float) -> tuple[list[float], IIAE]:
+def _train(seed: int, steps: int, **cfg: float) -> tuple[list[float], RetrievalModel]:
     torch.manual_seed(seed)
-    model = IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **{**SMALL, **cfg}))
+    model = RetrievalModel.plain(IIAE(IIAEConfig(input_dim_x=10, input_dim_y=14, **SMALL, **cfg)))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.999))
     losses: list[float] = []
     fit(
@@ -374,13 +382,14 @@ def test_eval_mode_is_deterministic_and_uses_means() -> None:
     torch.testing.assert_close(
         model.embed_photo(batch.y), model.embed_photo(batch.y), rtol=0, atol=0
     )
-    out = model(batch.x, batch.y)
-    torch.testing.assert_close(out.x_hat, model.dec_x(out.q_zs.mean, out.q_zx.mean))
-    torch.testing.assert_close(out.y_hat, model.dec_y(out.q_zs.mean, out.q_zy.mean))
+    iiae = model.iiae
+    out = iiae(batch.x, batch.y)
+    torch.testing.assert_close(out.x_hat, iiae.dec_x(out.q_zs.mean, out.q_zx.mean))
+    torch.testing.assert_close(out.y_hat, iiae.dec_y(out.q_zs.mean, out.q_zy.mean))
     torch.testing.assert_close(model.embed_sketch(batch.x), out.r_x.mean)
     torch.testing.assert_close(model.embed_photo(batch.y), out.r_y.mean)
-    torch.testing.assert_close(model.exclusive_sketch(batch.x), out.q_zx.mean)
-    torch.testing.assert_close(model.exclusive_photo(batch.y), out.q_zy.mean)
+    torch.testing.assert_close(iiae.exclusive_sketch(batch.x), out.q_zx.mean)
+    torch.testing.assert_close(iiae.exclusive_photo(batch.y), out.q_zy.mean)
 
 
 def test_training_mode_samples_the_latents() -> None:
@@ -432,39 +441,48 @@ def test_fit_reduces_the_loss_on_a_toy_problem() -> None:
 # --- (h) recipes by name; the paper recipe as the authors' code -----------------------------
 
 
-def test_default_recipe_is_recommended_and_paper_is_the_authors() -> None:
-    rec = TrainConfig()
-    assert rec.recipe == "recommended"
-    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 3000, 20, 200)
-    assert (rec.batch_classes, rec.choose_fusion, rec.fusion_weight) == (64, True, 0.0)
-    assert (rec.standardize, rec.decoder, rec.init) == (True, "deep", "torch")
-    paper = TrainConfig(recipe="paper")
+def test_the_defaults_are_the_paper_recipe_and_the_default_recipe_is_recommended() -> None:
+    paper = TrainConfig()
+    assert paper == RECIPES["paper"].model_copy(update={"recipe": "paper"}) == recipe("paper")
     assert (paper.standardize, paper.decoder, paper.init) == (False, "authors", "glorot")
     assert (paper.w_cls, paper.val_classes, paper.steps, paper.epochs) == (0.0, 0, None, 9.0)
     assert (paper.lr, paper.beta1, paper.beta2, paper.weight_decay) == (2e-4, 0.5, 0.999, 0.0)
     assert (paper.beta, paper.lam, paper.w_rec, paper.anneal_steps) == (0.5, 1.0, 10.0, 2000.0)
     assert (paper.batch_classes, paper.pairs_per_class, paper.latent_dim) == (None, 1, 64)
-    assert (paper.choose_fusion, paper.fusion_weight) == (False, 0.0)
+    assert (paper.choose_fusion, paper.fusion_weight, paper.category_head) == (False, 0.0, False)
+    assert (paper.pseudo_sketch, paper.input_power, paper.whiten_shrinkage) == (False, 1.0, 0.0)
+    rec = recipe()
+    assert rec.recipe == "recommended"
+    assert (rec.w_cls, rec.steps, rec.val_classes, rec.eval_every) == (1.0, 3000, 20, 200)
+    assert (rec.batch_classes, rec.choose_fusion, rec.fusion_weight) == (64, True, 0.0)
+    assert (rec.standardize, rec.decoder, rec.init) == (True, "deep", "torch")
+    assert (rec.pseudo_sketch, rec.input_power, rec.whiten_shrinkage) == (True, 0.5, 30.0)
 
 
-def test_explicit_values_and_env_override_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert TrainConfig(recipe="paper", w_cls=2.0).w_cls == 2.0
+def test_overrides_beat_the_recipe_and_the_environment_is_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert recipe("paper", w_cls=2.0).w_cls == 2.0
+    assert recipe("paper", w_cls=2.0).recipe == "paper"
     monkeypatch.setenv("SBIR_TRAIN_RECIPE", "paper")
-    assert TrainConfig().recipe == "paper" and TrainConfig().w_cls == 0.0
-    assert TrainConfig(recipe="recommended").w_cls == 1.0  # an argument beats the env
     monkeypatch.setenv("SBIR_TRAIN_W_CLS", "3")
-    assert TrainConfig().w_cls == 3.0  # an env value beats the recipe
-    assert TrainConfig(w_cls=4.0).w_cls == 4.0
+    assert recipe().w_cls == 1.0 and TrainConfig().w_cls == 0.0
+    with pytest.raises(ValueError, match="lr"):
+        recipe("paper", lr="fast")
+    with pytest.raises(ValueError, match="w_clss"):
+        recipe("paper", w_clss=1.0)  # a typo is refused, not ignored
+    with pytest.raises(ValueError, match="frozen"):
+        recipe().w_cls = 0.0  # type: ignore[misc]
 
 
 def test_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown recipe 'papr'.*paper, recommended"):
-        TrainConfig(recipe="papr")
+        recipe("papr")
 
 
 def _paper_model(d_x: int = 300, d_y: int = 200) -> IIAE:
     torch.manual_seed(0)
-    return IIAE(TrainConfig(recipe="paper").iiae_config(d_x, d_y, 0))
+    return IIAE(TrainConfig().architecture(d_x, d_y, 0).iiae)
 
 
 def test_paper_decoder_is_one_hidden_relu_layer_with_linear_out() -> None:
@@ -497,7 +515,7 @@ def test_paper_initialisation_is_glorot_zero_bias_bn_near_one() -> None:
     assert float(gammas.mean()) == pytest.approx(1.0, abs=0.005)
     assert float(gammas.std()) == pytest.approx(0.02, rel=0.1)
     assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, nn.BatchNorm1d))
-    torch_default = IIAE(TrainConfig().iiae_config(300, 200, 0))
+    torch_default = IIAE(recipe().architecture(300, 200, 0).iiae)
     assert any(
         float(m.bias.detach().abs().max()) > 0
         for m in torch_default.modules()
@@ -514,13 +532,12 @@ def test_paper_inputs_and_targets_are_the_raw_features() -> None:
     sk = _feature_set(np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]]), ["a", "a", "b"])
     ph = _feature_set(np.array([[2.0, -4.0], [4.0, 8.0], [0.0, 2.0]]), ["a", "b", "b"])
     x, y = torch.tensor([[1.0, 10.0]]).repeat(2, 1), torch.tensor([[2.0, -4.0]]).repeat(2, 1)
-    paper = build_model(TrainConfig(recipe="paper"), sk, ph, ["a", "b"])
-    out = paper(x, y)
-    assert torch.equal(out.x_target, x) and torch.equal(out.y_target, y)
+    paper = build_model(TrainConfig(), sk, ph, ["a", "b"])
+    assert torch.equal(paper.scaling.sketch(x), x) and torch.equal(paper.scaling.photo(y), y)
     # the z-score (the recommended recipe's rooted whitening: test_standardize.py)
-    zscored = TrainConfig(input_power=1.0, whiten_shrinkage=0.0)
-    out = build_model(zscored, sk, ph, ["a", "b"])(x, y)  # mean (3, 20), std (2, 10)
-    torch.testing.assert_close(out.x_target, torch.tensor([[-1.0, -1.0]]).repeat(2, 1))
+    zscored = recipe(input_power=1.0, whiten_shrinkage=0.0, pseudo_sketch=False)
+    scaled = build_model(zscored, sk, ph, ["a", "b"]).scaling.sketch(x)  # mean (3, 20), std (2, 10)
+    torch.testing.assert_close(scaled, torch.tensor([[-1.0, -1.0]]).repeat(2, 1))
 
 
 def test_class_paired_sampler_takes_one_pair_of_every_class_per_step() -> None:
@@ -532,7 +549,7 @@ def test_class_paired_sampler_takes_one_pair_of_every_class_per_step() -> None:
     ph_labels = ["a", "a", "b", "c", "c"]
     ph_codes = np.array([100 * "abc".index(c) for c in ph_labels], dtype=float)
     ph = _feature_set(np.stack([ph_codes, ph_codes], 1), ph_labels)
-    sampler = ClassPairSampler(sk, ph, ["a", "b", "c"], TrainConfig(recipe="paper"))
+    sampler = ClassPairSampler(sk, ph, ["a", "b", "c"], TrainConfig())
     assert sampler.steps_per_epoch() == 15 // 3  # training sketches // batch (one per class)
     for _ in range(20):
         batch = sampler()
@@ -542,8 +559,8 @@ def test_class_paired_sampler_takes_one_pair_of_every_class_per_step() -> None:
 
 
 def test_optimiser_is_the_authors_adam() -> None:
-    model = _paper_model(20, 20)
-    opt = make_optimizer(model, TrainConfig(recipe="paper"))
+    model = RetrievalModel.plain(_paper_model(20, 20))
+    opt = make_optimizer(model, TrainConfig())
     assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
     group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
@@ -552,7 +569,8 @@ def test_optimiser_is_the_authors_adam() -> None:
         1e-8,
         0.0,
     )
-    assert len(group["params"]) == len(list(model.parameters()))
+    assert len(group["params"]) == len(list(model.iiae.parameters()))
+    assert len(list(model.parameters())) == len(list(model.iiae.parameters()))
 
 
 def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -566,8 +584,8 @@ def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.Mon
         return iiae_loss(out, cfg, step, labels)
 
     monkeypatch.setattr(train_module, "iiae_loss", recording_loss)
-    model = _paper_model(10, 14)
-    opt = make_optimizer(model, TrainConfig(recipe="paper"))
+    model = RetrievalModel.plain(_paper_model(10, 14))
+    opt = make_optimizer(model, TrainConfig())
     fit(model, _toy_sampler(0), opt, 3, progress=False)
     fit(model, _toy_sampler(0), opt, 5, start_step=3, progress=False)
     assert seen == [0, 1, 2, 3, 4]
@@ -575,30 +593,55 @@ def test_annealing_sees_the_updates_done_before_the_step(monkeypatch: pytest.Mon
 
 
 def test_runs_saved_before_the_new_fields_load_as_before(tmp_path: Path) -> None:
-    """A run.json written before the decoder, init and fusion fields existed (the first demo
-    model's) loads as the model it was: deep LeakyReLU decoder, no fusion."""
+    """A run.json of one flat "iiae" record (the committed demo's layout), written before the
+    decoder, init and fusion fields existed (the first demo model's), loads as the model it
+    was: deep LeakyReLU decoder, no fusion."""
     import json
 
     from model.checkpoint import load_model, save_model
 
-    save_model(IIAE(IIAEConfig()), tmp_path, {})
+    save_model(RetrievalModel.plain(IIAE(IIAEConfig(**DEEP))), tmp_path, {})
     info = json.loads((tmp_path / "run.json").read_text())
-    new_fields = ("decoder_activation", "init", "fusion_weight", "fusion_dim")
-    info["iiae"] = {k: v for k, v in info["iiae"].items() if k not in new_fields}
+    flat = {**info.pop("iiae"), **info.pop("retrieval"), "pseudo_sketch": False}
+    old_fields = ("decoder_activation", "init", "fusion_weight", "fusion_dim")
+    info["iiae"] = {k: v for k, v in flat.items() if k not in old_fields}
+    del info["scaling"]
     (tmp_path / "run.json").write_text(json.dumps(info))
     model, _ = load_model(tmp_path)
-    assert _linears(model.dec_x)[1:] == [(128, 512), (512, 1280)]
-    assert any(isinstance(m, nn.LeakyReLU) for m in model.dec_x.modules())
-    assert model.cfg.fusion_weight == 0 and model.cfg.embedding_dim == 64
+    assert _linears(model.iiae.dec_x)[1:] == [(128, 512), (512, 1280)]
+    assert any(isinstance(m, nn.LeakyReLU) for m in model.iiae.dec_x.modules())
+    assert model.head.cfg.fusion_weight == 0 and model.embedding_dim == 64
+
+
+def test_the_committed_demo_model_loads_as_its_run_json_says() -> None:
+    """models/demo: the flat record maps onto scaling, IIAE and head, and every tensor of its
+    file is read."""
+    from safetensors.torch import load_file
+
+    from model.checkpoint import load_model
+
+    demo = Path(__file__).parent.parent / "models" / "demo"
+    model, info = load_model(demo)
+    flat = info["iiae"]
+    assert model.scaling.cfg.pseudo_sketch and model.scaling.cfg.power == flat["input_power"]
+    assert model.scaling.cfg.shrinkage == flat["whiten_shrinkage"] == 30.0
+    assert model.head.cfg.fusion_weight == flat["fusion_weight"] == 0.75
+    assert model.head.cfg.category_weight == flat["category_weight"] == 0.2
+    assert model.embedding_dim == 64 + 1280 + 144
+    assert model.iiae.cfg.decoder_hidden_dims == (128, 512)
+    on_disk = load_file(str(demo / "model.safetensors"))
+    state = model.file_state()
+    assert state.keys() == on_disk.keys()
+    assert all(torch.equal(state[k], on_disk[k]) for k in on_disk)
 
 
 def test_paper_model_round_trips_through_a_run_dir(tmp_path: Path) -> None:
     from model.checkpoint import load_model, save_model
 
-    model = _paper_model(12, 12).eval()
+    model = RetrievalModel.plain(_paper_model(12, 12)).eval()
     save_model(model, tmp_path, {"recipe": "paper"})
     loaded, info = load_model(tmp_path)
-    assert info["recipe"] == "paper" and loaded.cfg == model.cfg
+    assert info["recipe"] == "paper" and loaded.config == model.config
     x, z = torch.randn(4, 12), torch.randn(4, 64)
     torch.testing.assert_close(loaded.embed_sketch(x), model.embed_sketch(x))
-    torch.testing.assert_close(loaded.dec_x(z, z), model.dec_x(z, z))
+    torch.testing.assert_close(loaded.iiae.dec_x(z, z), model.iiae.dec_x(z, z))

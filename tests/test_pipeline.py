@@ -27,10 +27,11 @@ from standins import (
 )
 
 from index_builder.cli import _print_validation, main
-from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.config import BuilderSettings
 from index_builder.training.datasets.splits import SKETCHY_CLASSES, read_class_list, resolve_split
 from index_builder.training.embedding import embed
 from index_builder.training.metrics import retrieval_metrics
+from index_builder.training.recipes import recipe
 from index_builder.training.run import build_model
 from index_builder.training.sources import data_classes, feature_sets
 from index_builder.training.train import ClassPairSampler, fit
@@ -126,7 +127,7 @@ def test_train_writes_a_complete_run(run: Run) -> None:
     assert all(0.0 <= h["val_map_all"] <= 1.0 for h in info["val_history"])
     assert info["feature_backbone"] == "efficientnet-lite0"
     # every layout here has images: photos are read with their pseudo-sketches
-    assert info["config"]["pseudo_sketch"] and info["iiae"]["pseudo_sketch"]
+    assert info["config"]["pseudo_sketch"] and info["scaling"]["pseudo_sketch"]
     assert info["iiae"]["input_dim_x"] == 1280 and info["iiae"]["input_dim_y"] == 2 * 1280
     assert info["photo_backbone_fingerprint"] != info["backbone_fingerprint"]
     assert info["recipe"] == "recommended" and info["config"]["w_cls"] == 1.0
@@ -334,7 +335,7 @@ def test_training_learns_the_seen_classes(datasets: dict[str, Path], test_file: 
     train, _ = resolve_split(data_classes(data), None, test_file)
     # the training classes' features, from the cache the runs above filled
     sk, ph = feature_sets(data, train, "efficientnet-lite0", settings=BuilderSettings())
-    cfg = TrainConfig(steps=150, seed=0)
+    cfg = recipe(steps=150, seed=0)
     model = build_model(cfg, sk, ph, train)
 
     def seen_map() -> float:

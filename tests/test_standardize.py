@@ -1,4 +1,5 @@
-"""The IIAE's input scaling: signed power, then z-score or a shrunk, rank-limited whitening."""
+"""The input scaling (model/scaling.py): signed power, then z-score or a shrunk, rank-limited
+whitening."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import onnxruntime as ort
 import torch
 
 from model.export import export_module
-from model.iiae import Standardize
+from model.scaling import Standardize
 
 
 def anisotropic(n: int = 400, dim: int = 10, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The known-category head: a linear classifier of the training categories, fitted after
-training, whose posteriors join the retrieval embedding (``IIAEConfig.category_weight``).
+training, whose posteriors join the retrieval embedding (``RetrievalConfig.category_weight``,
+``model/retrieval.py``).
 
 The zero-shot embedding ranks a trained category's pictures low among many others; the
 head's posteriors (a sketch's and a picture's, compared by cosine) find them again. Its
@@ -17,13 +18,13 @@ import torch.nn.functional as F
 from index_builder.training.embedding import embed
 from index_builder.training.features import FeatureSet
 from index_builder.training.metrics import retrieval_metrics
-from model.iiae import IIAE
+from model.retrieval import CategoryHead, RetrievalConfig, RetrievalHead, RetrievalModel
 
 CATEGORY_GRID = tuple(round(0.1 * i, 1) for i in range(10))  # 1 would drop the embedding
 
 
 def fit_category_head(
-    model: IIAE,
+    model: RetrievalModel,
     sketches: FeatureSet,
     photos: FeatureSet,
     classes: list[str],
@@ -31,15 +32,17 @@ def fit_category_head(
     lr: float = 0.01,
     weight_decay: float = 1e-3,
     seed: int = 0,
-) -> None:
-    """Fit ``model.category_head`` (from scratch, full batch) on these sketches and pictures
-    of ``classes``, the two domains weighing equally; the rest of the model is untouched."""
-    head = model.category_head
-    device = head.weight.device
+) -> CategoryHead:
+    """A category head fitted (from scratch, full batch) on these sketches and pictures of
+    ``classes`` as ``model`` scales them, the two domains weighing equally."""
+    scaling, dim = model.scaling, model.head.feature_dim
+    device = next(model.parameters()).device
+    # weights from the seeded generator below, so the global random stream is left alone
+    head = torch.nn.utils.skip_init(CategoryHead, dim, len(classes), device=device)
     index = {c: i for i, c in enumerate(classes)}
     with torch.no_grad():
-        x = model.scale_x(torch.from_numpy(sketches.clean).to(device))
-        y = model.sketch_like(model.scale_y(torch.from_numpy(photos.clean).to(device)))
+        x = scaling.sketch(torch.from_numpy(sketches.clean).to(device))
+        y = scaling.sketch_like(scaling.photo(torch.from_numpy(photos.clean).to(device)))
         inputs = torch.cat([x, y])
     labels = torch.tensor([index[c] for c in sketches.labels + photos.labels], device=device)
     domains = [torch.full((len(t),), 1.0 / len(t)) for t in (x, y) if len(t)]
@@ -51,23 +54,24 @@ def fit_category_head(
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        loss = F.cross_entropy(model.category_logits(inputs), labels, reduction="none")
+        loss = F.cross_entropy(head(inputs), labels, reduction="none")
         loss = (loss * weights).sum() + weight_decay * head.weight.square().sum()
         loss.backward()
         opt.step()
     head.zero_grad(set_to_none=True)
+    return head
 
 
 def choose_category_weight(
-    model: IIAE,
+    model: RetrievalModel,
     fit: tuple[FeatureSet, FeatureSet],
     val: tuple[FeatureSet, FeatureSet],
     classes: list[str],
     grid: tuple[float, ...] = CATEGORY_GRID,
-) -> dict[float, dict[str, float]]:
-    """Seen, unseen and harmonic-mean mAP@all of each category weight (above); leaves
-    ``model`` with the head fitted on all of ``fit`` at the best weight (at 0, and ``{}``,
-    where every class has a single sketch and none can be held out)."""
+) -> tuple[RetrievalModel, dict[float, dict[str, float]]]:
+    """The model with the head fitted on all of ``fit`` at the weight of best harmonic mean
+    (above), and each weight's seen, unseen and harmonic-mean mAP@all. Where every class has
+    a single sketch and none can be held out: that head at weight 0, and ``{}``."""
     (sk_fit, ph_fit), (sk_val, ph_val) = fit, val
     gallery = ph_fit.concat(ph_val)
     halves = _alternate_halves(sk_fit.labels)
@@ -77,25 +81,31 @@ def choose_category_weight(
         kept = [i for i, h in enumerate(halves) if h != half]
         if not held or not kept:  # classes of a single sketch: nothing to hold out or fit on
             continue
-        fit_category_head(model, sk_fit.rows(kept), ph_fit, classes)
+        head = fit_category_head(model, sk_fit.rows(kept), ph_fit, classes)
         blocks = (("seen", sk_fit.rows(held)), ("unseen", sk_val))
         for c in grid:
-            model.cfg.category_weight = c
-            zy = embed(model, gallery.clean, "photo")
+            candidate = model.with_head(_with_category_head(model, head, c))
+            zy = embed(candidate, gallery.clean, "photo")
             for block, queries in blocks:
-                zx = embed(model, queries.clean, "sketch")
+                zx = embed(candidate, queries.clean, "sketch")
                 mean_ap = retrieval_metrics(zx, queries.labels, zy, gallery.labels)["map_all"]
                 scores[c][block].append(mean_ap)
-    fit_category_head(model, sk_fit, ph_fit, classes)
+    head = fit_category_head(model, sk_fit, ph_fit, classes)
     if not scores[grid[0]]["seen"]:  # no half could be held out: nothing to choose on
-        model.cfg.category_weight = 0.0
-        return {}
+        return model.with_head(_with_category_head(model, head, 0.0)), {}
     table = {c: {b: float(np.mean(v)) for b, v in s.items()} for c, s in scores.items()}
     for row in table.values():
         total = row["seen"] + row["unseen"]
         row["harmonic"] = 2 * row["seen"] * row["unseen"] / total if total > 0 else 0.0
-    model.cfg.category_weight = max(table, key=lambda c: table[c]["harmonic"])
-    return table
+    best = max(table, key=lambda c: table[c]["harmonic"])
+    return model.with_head(_with_category_head(model, head, best)), table
+
+
+def _with_category_head(model: RetrievalModel, head: CategoryHead, weight: float) -> RetrievalHead:
+    """``model``'s retrieval head with this category head at this weight."""
+    changes = {"category_classes": head.out_features, "category_weight": weight}
+    cfg = RetrievalConfig.model_validate({**model.head.cfg.model_dump(), **changes})
+    return model.head.with_parts(cfg, category_head=head)
 
 
 def _alternate_halves(labels: list[str]) -> np.ndarray:

@@ -1,57 +1,30 @@
-"""Typed configuration of the builder; every field is overridable by env (SBIR_...) and CLI."""
+"""Typed configuration of the builder: a training run's settings (``TrainConfig``, from a named
+recipe and flags) and the builder's runtime settings (``BuilderSettings``, from ``SBIR_*``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-
-from index_builder.training.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from model.iiae import IIAEConfig
+    from model.retrieval import ModelConfig
 
 
-class _RecipeSource(PydanticBaseSettingsSource):
-    """The named recipe's values, below explicit arguments and environment variables."""
+class TrainConfig(BaseModel):
+    """A training run's complete settings. Every default is the IIAE authors' (docs/iiae.md
+    section 3: their code, gr8joo/IIAE) or, for what they did not have, off; the backbone
+    is this project's (they fed 512-d VGG-16 features: ``backbone="vgg16"``). Named recipes
+    (``index_builder/training/recipes.py``) are complete configurations; CLI flags override
+    a recipe's values. Not read from the environment."""
 
-    def __init__(
-        self,
-        settings_cls: type[BaseSettings],
-        init: PydanticBaseSettingsSource,
-        env: PydanticBaseSettingsSource,
-    ) -> None:
-        super().__init__(settings_cls)
-        self.init, self.env = init, env
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ answers for every field at once
-
-    def __call__(self) -> dict[str, Any]:
-        given = self.init.init_kwargs if isinstance(self.init, InitSettingsSource) else {}
-        name = given.get("recipe") or self.env().get("recipe") or DEFAULT_RECIPE
-        return recipe_values(str(name))
-
-
-class TrainConfig(BaseSettings):
-    """Training settings: field defaults are the authors' hyperparameters (docs/iiae.md
-    section 3); a named recipe (``index_builder/training/recipes.py``) sets values over them, and
-    explicit arguments or ``SBIR_TRAIN_*`` variables override the recipe."""
-
-    model_config = SettingsConfigDict(env_prefix="SBIR_TRAIN_")
-
-    recipe: str = Field(
-        DEFAULT_RECIPE, description=f"named recipe: {', '.join(RECIPES)}; flags override it"
-    )
+    recipe: str = Field("paper", description="the named recipe these settings started from")
 
     backbone: str = Field("efficientnet-lite0", description="feature backbone")
     backbone_weights: str | None = Field(None, description="local weights file of the backbone")
@@ -65,16 +38,27 @@ class TrainConfig(BaseSettings):
     batch_classes: int | None = Field(None, description="classes per step (default: all)")
     pairs_per_class: int = Field(1, description="sketch/photo pairs per class per step")
     standardize: bool = Field(
-        True, description="z-score inputs and reconstruction targets (False: raw, as the authors)"
+        False, description="scale inputs and reconstruction targets (False: raw, as the authors)"
     )
-    decoder: Literal["deep", "authors"] = Field(
-        "deep", description="deep: 128-512 LeakyReLU; authors: 128 ReLU, linear out"
+    input_power: float = Field(
+        1.0, description="signed power of the input features (0.5: square root), before scaling"
     )
-    init: Literal["torch", "glorot"] = Field(
-        "torch", description="weights: PyTorch defaults, or the authors' Glorot / N(1, .02) BN"
+    whiten_shrinkage: float = Field(
+        0.0,
+        description="with --standardize: > 0 whitens, shrunk by this x the mean variance; "
+        "0 z-scores",
+    )
+    decoder: Literal["authors", "deep"] = Field(
+        "authors", description="authors: 128 ReLU, linear out; deep: 128-512 LeakyReLU"
+    )
+    init: Literal["glorot", "torch"] = Field(
+        "glorot", description="weights: the authors' Glorot / N(1, .02) BN, or PyTorch defaults"
     )
     sketch_views: int = Field(1, description="feature views per sketch (1 = no augmentation)")
     photo_views: int = Field(1, description="feature views per photo (1 = no augmentation)")
+    pseudo_sketch: bool = Field(
+        False, description="photos are seen as themselves and as pseudo-sketches (edge maps)"
+    )
     latent_dim: int = 64
     beta: float = 0.5
     lam: float = 1.0
@@ -82,11 +66,12 @@ class TrainConfig(BaseSettings):
     w_cls: float = Field(0.0, description="class head weight (0 = no head, as the authors)")
     anneal_steps: float = 2000.0
     input_dropout: float = 0.0
+    val_classes: int = Field(0, description="training classes held out for early stopping")
     fusion_weight: float = Field(
-        0.0, description="share of the standardised features in the retrieval embedding"
+        0.0, description="share of the scaled features in the retrieval embedding"
     )
     fusion_dim: int = Field(
-        128, description="principal axes of the standardised features kept for the fusion"
+        0, description="principal axes of the scaled features kept for the fusion (0: all)"
     )
     choose_fusion: bool = Field(
         False, description="choose fusion_weight on the validation classes (0, .25, .5, .75)"
@@ -96,72 +81,63 @@ class TrainConfig(BaseSettings):
         description="add the known-category head after training, its share chosen on "
         "held-out sketches of training classes and on the validation classes",
     )
-    pseudo_sketch: bool = Field(
-        False, description="photos are seen as themselves and as pseudo-sketches (edge maps)"
-    )
-    input_power: float = Field(
-        1.0, description="signed power of the input features before standardising (0.5: root)"
-    )
-    whiten_shrinkage: float = Field(
-        0.0, description="> 0: whiten the inputs, shrunk by this x the mean variance; 0: z-score"
-    )
-    val_classes: int = Field(0, description="training classes held out for early stopping")
     eval_every: int = 200
     checkpoint_every: int = 500
     log_every: int = 50
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        recipe = _RecipeSource(settings_cls, init_settings, env_settings)
-        return init_settings, env_settings, dotenv_settings, file_secret_settings, recipe
-
-    @field_validator("recipe")
-    @classmethod
-    def _known_recipe(cls, name: str) -> str:
-        recipe_values(name)  # raises naming the known recipes
-        return name
-
-    def iiae_config(self, dim_x: int, dim_y: int, num_classes: int) -> IIAEConfig:
+    def architecture(self, dim_x: int, dim_y: int, num_classes: int) -> ModelConfig:
+        """The shape of the model these settings train on ``dim_x``/``dim_y``-d features of
+        ``num_classes`` training classes."""
         from model.iiae import IIAEConfig  # torch: only where a model is built
+        from model.retrieval import ModelConfig, RetrievalConfig
+        from model.scaling import ScalingConfig
 
-        sizes = {"input_dim_x": dim_x, "input_dim_y": dim_y, "pseudo_sketch": self.pseudo_sketch}
-        fusable = IIAEConfig(**sizes).fusable  # the fusion and category head need it
-        if self.category_head and not fusable:
+        scaling = ScalingConfig(
+            input_dim_x=dim_x,
+            input_dim_y=dim_y,
+            pseudo_sketch=self.pseudo_sketch,
+            power=self.input_power,
+            shrinkage=self.whiten_shrinkage,
+        )
+        comparable = scaling.comparable  # the fusion and category head need it
+        if self.category_head and not comparable:
             print(
                 f"note: sketch ({dim_x}-d) and photo ({dim_y}-d) features differ in size; "
                 "no category head",
                 file=sys.stderr,
             )
-        return IIAEConfig(
-            **sizes,
+        iiae = IIAEConfig(
+            input_dim_x=dim_x,
+            input_dim_y=dim_y,
             latent_dim=self.latent_dim,
             num_classes=num_classes if self.w_cls > 0 else 0,
-            category_classes=num_classes if self.category_head and fusable else 0,
             input_dropout=self.input_dropout,
             beta=self.beta,
             lam=self.lam,
             w_rec=self.w_rec,
             w_cls=self.w_cls,
             anneal_steps=self.anneal_steps,
-            fusion_weight=self.fusion_weight,
-            fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and fusable else 0,
-            input_power=self.input_power,
-            whiten_shrinkage=self.whiten_shrinkage,
             decoder_hidden_dims=(128,) if self.decoder == "authors" else (128, 512),
             decoder_activation="relu" if self.decoder == "authors" else "leaky_relu",
             init=self.init,
         )
+        retrieval = RetrievalConfig(
+            fusion_weight=self.fusion_weight,
+            fusion_dim=min(self.fusion_dim, dim_x) if self.standardize and comparable else 0,
+            category_classes=num_classes if self.category_head and comparable else 0,
+        )
+        return ModelConfig(iiae=iiae, scaling=scaling, retrieval=retrieval)
+
+
+def ignored_training_variables() -> list[str]:
+    """``SBIR_TRAIN_*`` variables set in the environment: earlier versions read them as
+    training settings; none is read now."""
+    return sorted(name for name in os.environ if name.startswith("SBIR_TRAIN_"))
 
 
 class BuilderSettings(BaseSettings):
-    """Where the builder keeps its caches."""
+    """The builder's runtime settings (``SBIR_CACHE_DIR``, ``SBIR_WORKERS``,
+    ``SBIR_BATCH_SIZE``, ``SBIR_TORCH_THREADS``): where and how fast, not what is trained."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_")
 

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from index_builder.training.metrics import l2_normalize
-from model.iiae import IIAE
+from model.retrieval import RetrievalModel
 
 
 @torch.no_grad()
-def embed(model: IIAE, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
+def embed(model: RetrievalModel, feats: np.ndarray, domain: str, batch: int = 4096) -> np.ndarray:
     """Retrieval embeddings (``embed_sketch`` / ``embed_photo``) of (N, D) features, unit-norm."""
     model.eval()
     device = next(model.parameters()).device

@@ -25,7 +25,8 @@ from index_builder.training.sources import (
     pick_split_dir,
 )
 from model.checkpoint import load_model
-from model.iiae import Standardize, scaling_name
+from model.retrieval import RetrievalModel
+from model.scaling import Standardize, scaling_name
 
 CONVENTION = (
     "IIAE convention: cosine ranking of the whole gallery; mAP@all = mean over queries of "
@@ -50,15 +51,47 @@ def evaluate_run(
     settings: BuilderSettings | None = None,
     gallery: Gallery = "extended",
     iiae_alone: bool = False,
+    figure_cell_px: int = 160,
 ) -> dict:
     """Metrics of a trained run on the unseen classes (the run's own test split by default).
 
     ``gallery="sake"`` searches Sketchy's own photos too, as SAKE and ZSE-SBIR do.
     ``iiae_alone``: the run's r^x / r^y embedding alone (no fusion, no category head).
+    ``figure_cell_px``: the side of one picture of ``figure_out``, in pixels.
     """
     model, info = load_model(run_dir)
     if iiae_alone:
-        model.cfg.fusion_weight = model.cfg.category_weight = 0.0
+        model = model.with_head(model.head.with_weights(fusion_weight=0.0, category_weight=0.0))
+    return evaluate_model(
+        model,
+        info,
+        run_dir,
+        data,
+        test_classes,
+        json_out,
+        figure_out,
+        voc,
+        settings,
+        gallery,
+        figure_cell_px,
+    )
+
+
+def evaluate_model(
+    model: RetrievalModel,
+    info: dict,
+    run_dir: Path,
+    data: Path,
+    test_classes: str | Path | None = None,
+    json_out: Path | None = None,
+    figure_out: Path | None = None,
+    voc: bool = False,
+    settings: BuilderSettings | None = None,
+    gallery: Gallery = "extended",
+    figure_cell_px: int = 160,
+) -> dict:
+    """``evaluate_run`` of this model (``run_dir``'s, with its run info, or another head
+    over it)."""
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
         if gallery != "extended":
@@ -75,12 +108,13 @@ def evaluate_run(
         info["config"].get("backbone_weights"),
         settings=settings,
         gallery=gallery,
-        pseudo_sketch=model.cfg.pseudo_sketch,
+        pseudo_sketch=model.scaling.cfg.pseudo_sketch,
     )
-    if sk.features.shape[-1] != model.cfg.input_dim_x:
+    dim_x = model.scaling.cfg.input_dim_x
+    if sk.features.shape[-1] != dim_x:
         raise DatasetError(
             f"{data}: {sk.backbone} features are {sk.features.shape[-1]}-d; the "
-            f"run {run_dir} reads {model.cfg.input_dim_x}-d"
+            f"run {run_dir} reads {dim_x}-d"
         )
     zx, zy = embed(model, sk.clean, "sketch"), embed(model, ph.clean, "photo")
     result = {
@@ -92,7 +126,7 @@ def evaluate_run(
         **score(zx, sk, zy, ph, voc),
     }
     if figure_out is not None:
-        save_query_figure(figure_out, zx, sk, zy, ph)
+        save_query_figure(figure_out, zx, sk, zy, ph, cell_px=figure_cell_px)
         result["figure"] = str(figure_out)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +255,7 @@ def save_query_figure(
     ph: FeatureSet,
     n_queries: int = 6,
     k: int = 8,
+    cell_px: int = 160,
 ) -> None:
     """A picture of a few queries (one per class, spread out) and their top-k photos."""
     classes = sorted(set(sk.labels))
@@ -235,6 +270,7 @@ def save_query_figure(
         ph.labels,
         idx,
         scores,
+        cell_px,
     )
 
 

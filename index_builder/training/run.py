@@ -25,6 +25,8 @@ from index_builder.training.train import (
 )
 from model.checkpoint import save_model
 from model.iiae import IIAE
+from model.retrieval import RetrievalHead, RetrievalModel, fusion_basis
+from model.scaling import InputScaling
 
 
 def pick_validation(train: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
@@ -47,25 +49,35 @@ def pick_validation(train: list[str], n_val: int, seed: int) -> tuple[list[str],
     return [c for c in train if c not in val], val
 
 
-def build_model(cfg: TrainConfig, sk: FeatureSet, ph: FeatureSet, classes: list[str]) -> IIAE:
-    """A fresh IIAE for these features, its standardisation fitted on them (all views)."""
+def build_model(
+    cfg: TrainConfig, sk: FeatureSet, ph: FeatureSet, classes: list[str]
+) -> RetrievalModel:
+    """A fresh model for these features: the IIAE untrained, the input scaling (and the
+    fusion's principal axes) fitted on them (all views) where ``cfg.standardize``."""
     torch.manual_seed(cfg.seed)
     d_x, d_y = sk.features.shape[-1], ph.features.shape[-1]
-    model = IIAE(cfg.iiae_config(d_x, d_y, len(classes)))
-    if cfg.standardize:
-        x = torch.from_numpy(np.array(sk.features, dtype=np.float32).reshape(-1, d_x))
-        y = torch.from_numpy(np.array(ph.features, dtype=np.float32).reshape(-1, d_y))
-        model.scale_x.fit(x)
-        model.scale_y.fit(y)
-        if model.cfg.fusion_dim > 0:
-            model.fit_fusion_basis(x, y)
-    return model
+    shape = cfg.architecture(d_x, d_y, len(classes))
+    iiae = IIAE(shape.iiae)
+    # The category head is fitted after training; built here, its default initialisation
+    # draws from the seeded stream just after the IIAE's, as every run so far has.
+    head = RetrievalHead(shape.retrieval, shape.iiae.latent_dim, d_x)
+    if not cfg.standardize:
+        return RetrievalModel(InputScaling(shape.scaling), iiae, head)
+    x = torch.from_numpy(np.array(sk.features, dtype=np.float32).reshape(-1, d_x))
+    y = torch.from_numpy(np.array(ph.features, dtype=np.float32).reshape(-1, d_y))
+    scaling = InputScaling.fitted_on(shape.scaling, x, y)
+    if shape.retrieval.fusion_dim > 0:
+        basis = fusion_basis(scaling, x, y, shape.retrieval.fusion_dim)
+        head = RetrievalHead(head.cfg, head.latent_dim, d_x, basis, head.category_head)
+    return RetrievalModel(scaling, iiae, head)
 
 
 class _Checkpointer:
     """Logs, checkpoints and keeps the best model on the validation classes."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, model: IIAE, opt, sampler, val) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: TrainConfig, model: RetrievalModel, opt, sampler, val
+    ) -> None:
         self.run_dir, self.cfg, self.model, self.opt, self.sampler = (
             run_dir,
             cfg,
@@ -164,11 +176,12 @@ def train_run(
     ckpt.save(steps)
     if ckpt.best_state is not None:
         model.load_state_dict(ckpt.best_state)
-    fusion = choose_fusion_weight(model, *val) if val and cfg.choose_fusion else {}
-    category = {}
-    if model.category_head is not None:
+    fusion, category = {}, {}
+    if val and cfg.choose_fusion:
+        model, fusion = choose_fusion_weight(model, *val)
+    if model.head.category_head is not None:
         if val:
-            category = choose_category_weight(model, (sk_fit, ph_fit), val, fit_classes)
+            model, category = choose_category_weight(model, (sk_fit, ph_fit), val, fit_classes)
         else:
             print(
                 "note: no validation classes to choose the category head's share; "

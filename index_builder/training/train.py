@@ -13,7 +13,8 @@ from index_builder.training.config import TrainConfig
 from index_builder.training.embedding import embed
 from index_builder.training.features import FeatureSet
 from index_builder.training.metrics import retrieval_metrics
-from model.iiae import IIAE, iiae_loss
+from model.iiae import iiae_loss
+from model.retrieval import RetrievalModel
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _indices_by_class(labels: list[str], index: dict[str, int]) -> list[np.ndarr
 
 
 def fit(
-    model: IIAE,
+    model: RetrievalModel,
     sample: Callable[[], PairBatch],
     optimizer: torch.optim.Optimizer,
     steps: int,
@@ -74,9 +75,11 @@ def fit(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> None:
-    """Minimise the IIAE objective for ``steps - start_step`` steps; ``on_step`` sees each."""
-    device = next(model.parameters()).device
-    model.train()
+    """Minimise the IIAE objective on the scaled features for ``steps - start_step`` steps;
+    ``on_step`` sees each."""
+    iiae, scaling = model.iiae, model.scaling
+    device = next(iiae.parameters()).device
+    iiae.train()
     bar = tqdm(
         range(start_step, steps),
         initial=start_step,
@@ -86,8 +89,8 @@ def fit(
     )
     for step in bar:
         batch = sample()
-        out = model(batch.x.to(device), batch.y.to(device))
-        terms = iiae_loss(out, model.cfg, step, batch.labels.to(device))
+        out = iiae(scaling.sketch(batch.x.to(device)), scaling.photo(batch.y.to(device)))
+        terms = iiae_loss(out, iiae.cfg, step, batch.labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -96,13 +99,14 @@ def fit(
             bar.set_postfix(loss=f"{values['total']:.3f}", klr=f"{values['klr_x']:.2f}")
         if on_step is not None:
             on_step(step + 1, values)
-        model.train()  # on_step may have switched to eval
+        iiae.train()  # on_step may have switched to eval
 
 
-def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over every parameter (the authors': lr 2e-4, betas (0.5, 0.999), eps 1e-8)."""
+def make_optimizer(model: RetrievalModel, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over every parameter of the IIAE (the authors': lr 2e-4, betas (0.5, 0.999),
+    eps 1e-8)."""
     return torch.optim.Adam(
-        model.parameters(),
+        model.iiae.parameters(),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=1e-8,
@@ -110,7 +114,7 @@ def make_optimizer(model: IIAE, cfg: TrainConfig) -> torch.optim.Adam:
     )
 
 
-def zero_shot_map(model: IIAE, sketches: FeatureSet, photos: FeatureSet) -> float:
+def zero_shot_map(model: RetrievalModel, sketches: FeatureSet, photos: FeatureSet) -> float:
     """mAP@all of sketch -> photo retrieval on these (clean-view) features."""
     zx = embed(model, sketches.clean, "sketch")
     zy = embed(model, photos.clean, "photo")
@@ -121,15 +125,16 @@ FUSION_GRID = (0.0, 0.25, 0.5, 0.75)  # 1.0 would be the training-free baseline 
 
 
 def choose_fusion_weight(
-    model: IIAE, sketches: FeatureSet, photos: FeatureSet, grid: tuple[float, ...] = FUSION_GRID
-) -> dict[float, float]:
-    """Validation mAP@all of each fusion weight; leaves ``model`` at the best one. Nothing
-    to choose (``{}``) where sketch and photo features differ in size."""
-    if not model.cfg.fusable:
-        return {}
-    scores = {}
-    for weight in grid:
-        model.cfg.fusion_weight = weight
-        scores[weight] = zero_shot_map(model, sketches, photos)
-    model.cfg.fusion_weight = max(scores, key=scores.__getitem__)
-    return scores
+    model: RetrievalModel,
+    sketches: FeatureSet,
+    photos: FeatureSet,
+    grid: tuple[float, ...] = FUSION_GRID,
+) -> tuple[RetrievalModel, dict[float, float]]:
+    """The model at the fusion weight of best validation mAP@all (the first of equals) and
+    each weight's mAP@all. Nothing to choose (``model`` and ``{}``) where sketch and photo
+    features differ in size."""
+    if not model.scaling.cfg.comparable:
+        return model, {}
+    candidates = {w: model.with_head(model.head.with_weights(fusion_weight=w)) for w in grid}
+    scores = {w: zero_shot_map(m, sketches, photos) for w, m in candidates.items()}
+    return candidates[max(scores, key=scores.__getitem__)], scores
