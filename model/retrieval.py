@@ -70,7 +70,8 @@ class CategoryHead(nn.Linear):
 
 class RetrievalHead(nn.Module):
     """The IIAE's embedding ``z`` and the scaled features -> the retrieval embedding (not
-    normalised). Fitted parts not given start empty (to be loaded from a run)."""
+    normalised). Fitted parts not given are placeholders of their shape, to be loaded from a
+    run or fitted."""
 
     def __init__(
         self,
@@ -89,6 +90,15 @@ class RetrievalHead(nn.Module):
         if cfg.category_classes > 0 and category_head is None:
             category_head = CategoryHead(feature_dim, cfg.category_classes)
         self.category_head = category_head if cfg.category_classes > 0 else None
+        head = self.category_head
+        if head is not None and (head.in_features, head.out_features) != (
+            feature_dim,
+            cfg.category_classes,
+        ):
+            raise ValueError(
+                f"a category head of {head.out_features} classes on {head.in_features}-d "
+                f"features; this one reads {feature_dim}-d of {cfg.category_classes}"
+            )
 
     def with_weights(self, **weights: float) -> RetrievalHead:
         """A head over the same fitted parts with other ``fusion_weight`` /

@@ -17,7 +17,7 @@ from index_builder.training.category_head import (
 )
 from index_builder.training.features import FeatureSet
 from model.preprocess import Preprocessing
-from model.retrieval import RetrievalModel
+from model.retrieval import CategoryHead, RetrievalConfig, RetrievalHead, RetrievalModel
 from tests.test_fusion import check_onnx_export, small_model
 
 CLASSES = [f"c{i}" for i in range(4)]
@@ -74,6 +74,8 @@ def test_a_weight_needs_the_head_and_the_head_features_of_one_size() -> None:
         small_model(category_weight=0.3)
     with pytest.raises(ValueError, match="one size"):
         small_model(dim_y=10, category_classes=4)
+    with pytest.raises(ValueError, match="a category head of 4 classes"):
+        RetrievalHead(RetrievalConfig(category_classes=5), 4, 12, category_head=CategoryHead(12, 4))
 
 
 def test_the_fitted_head_names_new_sketches_and_photos_of_its_classes() -> None:
