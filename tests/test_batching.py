@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
@@ -37,6 +38,18 @@ class Worker:
         return [item if item == HOLD else 10 * item for item in items]
 
 
+@contextmanager
+def running(worker: Worker, max_batch: int, max_wait_s: float = 0.05) -> Iterator[MicroBatcher]:
+    """A started batcher over ``worker``; on exit the gate opens and the batcher stops."""
+    batcher = MicroBatcher(worker, max_batch=max_batch, max_wait_s=max_wait_s)
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        worker.gate.set()
+        batcher.stop()
+
+
 async def held(batcher: MicroBatcher, worker: Worker) -> asyncio.Task:
     """Submit HOLD and wait until the worker is inside its batch."""
     task = asyncio.create_task(batcher.submit(HOLD))
@@ -53,9 +66,7 @@ async def queued(batcher: MicroBatcher, items: list[object]) -> list[asyncio.Tas
 def test_a_failing_batch_fails_each_of_its_callers_and_the_others_succeed() -> None:
     async def scenario() -> None:
         worker = Worker()
-        batcher = MicroBatcher(worker, max_batch=4, max_wait_s=0.05)
-        batcher.start()
-        try:
+        with running(worker, max_batch=4) as batcher:
             hold = await held(batcher, worker)
             failing = await queued(batcher, [1, 2, POISON, 3])  # one batch of four
             later = await queued(batcher, [4, 5])  # the batch after it
@@ -68,9 +79,6 @@ def test_a_failing_batch_fails_each_of_its_callers_and_the_others_succeed() -> N
                 assert str(outcome) == "cannot process item 'poison'"
             assert await asyncio.gather(*later) == [40, 50]  # the worker lives on
             assert await batcher.submit(6) == 60
-        finally:
-            worker.gate.set()
-            batcher.stop()
 
     asyncio.run(scenario())
 
@@ -78,18 +86,13 @@ def test_a_failing_batch_fails_each_of_its_callers_and_the_others_succeed() -> N
 def test_each_caller_gets_its_own_result_from_a_shared_batch() -> None:
     async def scenario() -> None:
         worker = Worker()
-        batcher = MicroBatcher(worker, max_batch=8, max_wait_s=0.05)
-        batcher.start()
-        try:
+        with running(worker, max_batch=8) as batcher:
             hold = await held(batcher, worker)
             tasks = await queued(batcher, list(range(7)))
             worker.gate.set()
             await hold
             assert await asyncio.gather(*tasks) == [10 * i for i in range(7)]
             assert worker.batches[1] == list(range(7))  # one batch, not seven
-        finally:
-            worker.gate.set()
-            batcher.stop()
 
     asyncio.run(scenario())
 
@@ -110,9 +113,7 @@ def test_a_wrong_number_of_results_fails_the_batch_clearly() -> None:
 def test_a_caller_that_gave_up_leaves_the_others_their_results() -> None:
     async def scenario() -> None:
         worker = Worker()
-        batcher = MicroBatcher(worker, max_batch=4, max_wait_s=0.05)
-        batcher.start()
-        try:
+        with running(worker, max_batch=4) as batcher:
             hold = await held(batcher, worker)
             tasks = await queued(batcher, [1, 2, 3])
             tasks[1].cancel()  # a client that went away
@@ -122,9 +123,6 @@ def test_a_caller_that_gave_up_leaves_the_others_their_results() -> None:
             assert outcomes[0] == 10 and outcomes[2] == 30
             assert isinstance(outcomes[1], asyncio.CancelledError)
             assert await batcher.submit(4) == 40
-        finally:
-            worker.gate.set()
-            batcher.stop()
 
     asyncio.run(scenario())
 

@@ -52,46 +52,19 @@ def evaluate_run(
     gallery: Gallery = "extended",
     iiae_alone: bool = False,
     figure_cell_px: int = 160,
+    model: RetrievalModel | None = None,
 ) -> dict:
     """Metrics of a trained run on the unseen classes (the run's own test split by default).
 
     ``gallery="sake"`` searches Sketchy's own photos too, as SAKE and ZSE-SBIR do.
-    ``iiae_alone``: the run's r^x / r^y embedding alone (no fusion, no category head).
+    ``model``: this model instead of the run's (another retrieval head over it).
+    ``iiae_alone``: the r^x / r^y embedding alone (no fusion, no category head).
     ``figure_cell_px``: the side of one picture of ``figure_out``, in pixels.
     """
-    model, info = load_model(run_dir)
+    loaded, info = load_model(run_dir)
+    model = loaded if model is None else model
     if iiae_alone:
         model = model.with_head(model.head.with_weights(fusion_weight=0.0, category_weight=0.0))
-    return evaluate_model(
-        model,
-        info,
-        run_dir,
-        data,
-        test_classes,
-        json_out,
-        figure_out,
-        voc,
-        settings,
-        gallery,
-        figure_cell_px,
-    )
-
-
-def evaluate_model(
-    model: RetrievalModel,
-    info: dict,
-    run_dir: Path,
-    data: Path,
-    test_classes: str | Path | None = None,
-    json_out: Path | None = None,
-    figure_out: Path | None = None,
-    voc: bool = False,
-    settings: BuilderSettings | None = None,
-    gallery: Gallery = "extended",
-    figure_cell_px: int = 160,
-) -> dict:
-    """``evaluate_run`` of this model (``run_dir``'s, with its run info, or another head
-    over it)."""
     check_inputs(run_dir, info, data)
     if is_authors_features(data):
         if gallery != "extended":
