@@ -177,6 +177,24 @@ def test_evaluate_writes_metrics_and_a_figure(
 
 
 @pytest.mark.slow
+def test_evaluate_takes_another_head_over_the_run(run: Run) -> None:
+    """A model given to evaluate_run is the one scored: the run's with no fusion and no
+    category head scores as ``iiae_alone``, with the scaled features alone otherwise."""
+    from index_builder.training.evaluate import evaluate_run
+    from model.checkpoint import load_model
+
+    model, _ = load_model(run.out)
+
+    def at(fusion: float) -> dict:
+        head = model.head.with_weights(fusion_weight=fusion, category_weight=0.0)
+        return evaluate_run(run.out, run.data, model=model.with_head(head))
+
+    alone = at(0.0)
+    assert alone == evaluate_run(run.out, run.data, iiae_alone=True)
+    assert at(1.0)["map_all"] != alone["map_all"]
+
+
+@pytest.mark.slow
 def test_baselines_score_the_raw_features(
     run: Run, test_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
