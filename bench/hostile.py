@@ -571,7 +571,8 @@ def head_and_blank(server: Server) -> str:
 
 def server_errors(server: Server) -> int:
     text = httpx.get(server.url + "/metrics", timeout=30).text
-    return sum(int(float(m)) for m in re.findall(r'status="5\d\d"\} (\S+)', text))
+    pattern = r'^sbir_http_requests_total\{[^}]*status="5\d\d"\} (\S+)$'  # not *_created
+    return sum(int(float(m)) for m in re.findall(pattern, text, re.M))
 
 
 def aborted_uploads(server: Server, n: int = 5) -> str:

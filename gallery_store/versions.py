@@ -441,7 +441,8 @@ def commit_version(index_dir: Path, payload: Payload, keep: int = KEEP) -> str:
         prune(index_dir, keep)
     except OSError as err:
         note = f"{version} is served; the next build finishes this"
-        raise write_error(err, f"recording {version} in {SERVED}", index_dir, note=note) from err
+        what = f"recording {version} in {SERVED}, pruning"
+        raise write_error(err, what, index_dir, note=note) from err
     return version
 
 

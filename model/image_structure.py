@@ -26,7 +26,6 @@ _MAGIC = (
     (b"MM\x00*", "TIFF"),
     (b"II+\x00", "TIFF"),  # BigTIFF
     (b"MM\x00+", "TIFF"),
-    (b"BM", "BMP"),
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
     (b"\xff\x4f\xff\x51", "JPEG2000"),  # a bare codestream
     (b"\xff\x0a", "JPEG XL"),
@@ -44,7 +43,8 @@ _BMFF_BRANDS = {  # ISO-BMFF 'ftyp' major brands of still images
     b"mif1": "HEIF",
     b"msf1": "HEIF",
 }
-_PNM = re.compile(rb"P[1-6Ff][\s#]")
+_PNM = re.compile(rb"P[1-6Ff]\s+[#0-9]")  # a magic, then a comment or the width
+_BMP_HEADERS = frozenset({12, 16, 40, 52, 56, 64, 108, 124})  # DIB header sizes
 HEAD_BYTES = 32  # enough of a file for sniff_format
 
 
@@ -57,6 +57,8 @@ def sniff_format(head: bytes) -> str | None:
         return _BMFF_BRANDS.get(head[8:12])
     if _PNM.match(head):
         return "PPM"
+    if head[:2] == b"BM":  # two letters a text may start with: the header must fit too
+        return "BMP" if int.from_bytes(head[14:18], "little") in _BMP_HEADERS else None
     return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
 
 

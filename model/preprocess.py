@@ -195,7 +195,8 @@ def decode_image_bytes(
     except UnidentifiedImageError as err:
         what = f"a {fmt} image" if fmt else "unknown format"
         raise ImageError(f"{name}: not a readable image ({what})") from err
-    except (OSError, SyntaxError, ValueError, struct.error) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as err:
+        # what Pillow's readers raise on malformed files (one file must not end a build)
         raise ImageError(f"{name}: not a readable image ({_clean(err)})") from err
 
 

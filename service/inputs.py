@@ -27,7 +27,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from starlette.requests import Request
 
 from gallery_store.base import Where
-from model.image_structure import sniff_format
+from model.image_structure import HEAD_BYTES, sniff_format
 from model.preprocess import (
     DecodeLimits,
     ImageError,
@@ -252,7 +252,7 @@ def split_multipart(body: bytes, content_type: str) -> list[Part]:
     try:
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as err:
+    except (MultipartParseError, ValueError) as err:
         raise malformed_multipart(str(err)) from err
     if not parts:
         raise malformed_multipart("no part (is the boundary right?)")
@@ -562,7 +562,7 @@ def decode_image(data: bytes, limits: DecodeLimits | int) -> Image.Image:
         limits = DecodeLimits(limits)
     if not data:
         raise InputError(400, "empty_image", "the image is empty (0 bytes)")
-    fmt = sniff_format(data[:32])
+    fmt = sniff_format(data[:HEAD_BYTES])
     if fmt not in UPLOAD_FORMATS:
         raise InputError(415, "unsupported_image_type", "the image is not a PNG, JPEG or WebP file")
     try:

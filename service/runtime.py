@@ -113,12 +113,15 @@ class Runtime:
             if served is not None and served != seen:
                 seen = served
                 if not (self.engine.ready and self.engine.snapshot.version == served):
-                    pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the alias"
-                    log.info("%s moved to %s; reloading", pointer, served)
-                    with contextlib.suppress(ReloadError):
-                        await self.reload()
+                    await self._follow(served)
                 present = await asyncio.to_thread(self.engine.serving_present)
             self._mark_orphaned(present)
+
+    async def _follow(self, served: str) -> None:
+        pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the Qdrant alias"
+        log.info("%s moved to %s; reloading", pointer, served)
+        with contextlib.suppress(ReloadError):
+            await self.reload()
 
     def _mark_orphaned(self, present: bool) -> None:
         if present:

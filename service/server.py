@@ -6,7 +6,8 @@ them, from one address, get every other client a plain-text 503. ``guarded_proto
 uvicorn's h11 protocol
 
 - close a connection whose request head has not all arrived within ``header_timeout_s`` of
-  its opening or of the previous response (408 when part of a head came);
+  its opening or of the previous response (408 when part of a head came), or whose client
+  still sends a body ``header_timeout_s`` after it was answered (an early 413);
 - take at most ``max_client_connections`` connections from one address (429 past it) and
   ``max_connections`` in all (503 past it);
 - answer these, and malformed requests, in the API's JSON error format.
@@ -94,7 +95,7 @@ class GuardedH11Protocol(H11Protocol):
             retry = {"retry-after": "1"}
             self._answer_and_close(refusal.status, refusal.code, refusal.detail, retry)
             return
-        self._await_head()
+        self._time_the_client()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -110,21 +111,33 @@ class GuardedH11Protocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # the head arrived
-            self._stop_head_timer()
+        self._time_the_client()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._await_head()  # the next request's head: from now on
+        self._time_the_client()
 
     def send_400_response(self, msg: str) -> None:
         detail = "the request is not valid HTTP/1.1 (or its head is too large)"
         self._answer_and_close(400, "malformed_request", detail)
 
-    def _await_head(self) -> None:
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+    def _waits_on_the_client(self) -> bool:
+        """Whether only the client can move on: a request head to come, or the rest of a
+        body already answered (the app bounds a body it reads: SBIR_BODY_TIMEOUT_S)."""
+        if self.transport.is_closing() or self._draining:
+            return False
+        their, ours = self.conn.their_state, self.conn.our_state
+        return their is h11.IDLE or (their is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE))
+
+    def _time_the_client(self) -> None:
+        """Run the head timer while the connection waits on the client, from the moment it
+        starts waiting (data arriving meanwhile does not extend it)."""
+        if self._waits_on_the_client():
+            if self._head_timer is None:
+                delay = self.header_timeout_s
+                self._head_timer = self.loop.call_later(delay, self._head_timed_out)
+        else:
+            self._stop_head_timer()
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -133,10 +146,10 @@ class GuardedH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if not self._waits_on_the_client():
             return
-        if not self.conn.trailing_data[0]:  # nothing sent: an idle connection
-            self.transport.close()
+        if self.conn.their_state is not h11.IDLE or not self.conn.trailing_data[0]:
+            self.transport.close()  # idle, or the rest of a body answered already
             return
         detail = f"the request head did not arrive within {self.header_timeout_s:g} s"
         self._answer_and_close(408, "request_timeout", detail)

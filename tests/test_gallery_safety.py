@@ -913,6 +913,8 @@ def test_files_are_recognised_by_content_not_only_by_name(
     for name in names:
         (photos / "c0" / name).write_bytes(jpeg)
     (photos / "c0" / "notes").write_text("just text, no image")
+    (photos / "c0" / "TODO").write_text("P1 fix the scanner")  # not a PBM
+    (photos / "c0" / "cars").write_text("BMW, Audi and the rest")  # not a BMP
     (photos / "c0" / "notes.txt").write_bytes(jpeg)  # a sidecar name: never read
     (photos / "c0" / "sketch_jxl").write_bytes(b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\0" * 64)
     index = tmp_path / "index"

@@ -9,6 +9,7 @@ The payloads are ``bench.hostile``'s; each is at most the default 10 MiB upload 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -593,6 +594,21 @@ def test_idle_sockets_cannot_lock_other_clients_out(hostile: RunningService) -> 
     assert all(b'"too_many_connections"' in a and b"retry-after: 1" in a for a in refused)
     assert timed_out and all(b'"request_timeout"' in a for a in timed_out)  # half a head
     assert len(refused) + len(timed_out) + len(closed) == 200, {a[:20] for a in answers}
+
+
+def test_a_body_dripped_after_its_answer_is_cut_off(hostile: RunningService) -> None:
+    with raw_request(hostile) as sock:
+        sock.sendall(HEAD + b"Content-Length: 50000000\r\n\r\n")  # 413 from the head
+        assert read_response(sock, 10).startswith(b"HTTP/1.1 413 ")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.3 s, until the server hangs up
+            while time.monotonic() - started < HEADER_TIMEOUT_S + 10:
+                sock.sendall(b" ")
+                time.sleep(0.3)
+                with contextlib.suppress(BlockingIOError):  # nothing to read: still open
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        raise ConnectionResetError("closed by the server")
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
 
 
 def test_the_connection_limit_answers_in_json(

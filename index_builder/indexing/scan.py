@@ -152,10 +152,10 @@ class Walk:
 Hashed = tuple[str, int]  # sha256, bytes hashed
 
 
-def _try_hash(path: Path, sniff: bool = False) -> Hashed | OSError | Skipped | None:
+def _try_hash(path: Path, sniff: bool = False) -> Hashed | OSError | str | None:
     """The sha256 and size of a regular file; an OSError for anything else (never opens a
     FIFO). With ``sniff``, the file is an image only if its first bytes say so: None when
-    they name no image format, a Skipped when one this Pillow cannot decode."""
+    they name no image format, why it is skipped when one this Pillow cannot decode."""
     try:
         with open(path, "rb", opener=_open_regular) as handle:
             if sniff:
@@ -163,7 +163,7 @@ def _try_hash(path: Path, sniff: bool = False) -> Hashed | OSError | Skipped | N
                 if fmt is None:
                     return None
                 if fmt not in decodable_formats():
-                    return Skipped(path.name, None, _unsupported(fmt))
+                    return _unsupported(fmt)
                 handle.seek(0)
             return hash_stream(handle)
     except OSError as err:
@@ -217,8 +217,8 @@ def scan_photos(source: str | Path, workers: int = 4, progress: bool = False) ->
     for (path, _), result in zip(jobs, hashes, strict=True):
         if isinstance(result, OSError):
             unreadable.append(Skipped(path, None, _read_error(result), retry=True))
-        elif isinstance(result, Skipped):
-            unreadable.append(Skipped(path, None, result.error))
+        elif isinstance(result, str):
+            unreadable.append(Skipped(path, None, result))
         elif result is not None:
             files.append(PhotoFile(path, classes[path], *result))
     files.sort(key=lambda p: p.path)
