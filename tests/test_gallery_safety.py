@@ -20,6 +20,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -742,20 +743,31 @@ def _filtered_searches(service: RunningService, cls: str) -> list[httpx.Response
         ]
 
 
-def test_pruning_spares_the_version_a_service_still_serves(
-    service_assets: ServiceAssets, other_model: Path, photos: Path, tmp_path: Path
-) -> None:
-    model = service_assets.model_dir
-    index = tmp_path / "index"
-    assert _build(model, photos, index) == 0
-    env = service_env(service_assets, tmp_path, index_dir=index, watch_interval_s=0.3)
-    with run_service(env, tmp_path / "service.log") as service:
-        # a new model: its versions are refused by the service, which keeps serving v1
+@contextmanager
+def _service_refusing_a_new_model(
+    assets: ServiceAssets, other_model: Path, photos: Path, tmp: Path
+) -> Iterator[tuple[RunningService, Path]]:
+    """A service over v1 of a new index, after v2 was built by another model (which the
+    service refuses: it keeps serving v1)."""
+    index = tmp / "index"
+    assert _build(assets.model_dir, photos, index) == 0
+    env = service_env(assets, tmp, index_dir=index, watch_interval_s=0.3)
+    with run_service(env, tmp / "service.log") as service:
         assert _rebuild(index, "--model", str(other_model)) == 0
         stats = lambda: httpx.get(service.url + "/v1/index", timeout=10).json()  # noqa: E731
         _wait_for(
             lambda: (stats()["last_reload_error"] or {}).get("version") == "v000002", "refused"
         )
+        yield service, index
+
+
+def test_pruning_spares_the_version_a_service_still_serves(
+    service_assets: ServiceAssets, other_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    with _service_refusing_a_new_model(service_assets, other_model, photos, tmp_path) as (
+        service,
+        index,
+    ):
         shutil.copy(sorted(photos.rglob("*.png"))[0], photos / "c0" / "copy.png")
         assert _rebuild(index, "--keep", "1") == 0  # v3; v1 would go, but it is served
         assert version_names(index) == ["v000001", "v000003"]
@@ -772,12 +784,10 @@ def test_pruning_spares_the_version_a_service_still_serves(
 def test_a_version_removed_under_a_service_is_not_ready_never_a_500(
     service_assets: ServiceAssets, other_model: Path, photos: Path, tmp_path: Path
 ) -> None:
-    model = service_assets.model_dir
-    index = tmp_path / "index"
-    assert _build(model, photos, index) == 0
-    env = service_env(service_assets, tmp_path, index_dir=index, watch_interval_s=0.3)
-    with run_service(env, tmp_path / "service.log") as service:
-        assert _rebuild(index, "--model", str(other_model)) == 0
+    with _service_refusing_a_new_model(service_assets, other_model, photos, tmp_path) as (
+        service,
+        index,
+    ):
         shutil.rmtree(index / VERSIONS / "v000001")  # by hand, or by a builder of old
         ready = lambda: httpx.get(service.url + "/readyz", timeout=10)  # noqa: E731
         _wait_for(lambda: ready().status_code == 503, "not ready")
@@ -785,7 +795,7 @@ def test_a_version_removed_under_a_service_is_not_ready_never_a_500(
         for response in _filtered_searches(service, "c1"):  # from memory, still right
             assert response.status_code == 200, response.text
         # a version of the service's model becomes current: it falls back to that
-        assert _rebuild(index, "--model", str(model)) == 0
+        assert _rebuild(index, "--model", str(service_assets.model_dir)) == 0
         _wait_for(lambda: ready().status_code == 200, "ready again")
         assert ready().json()["index_version"] == "v000003"
         assert "Traceback" not in service.log()

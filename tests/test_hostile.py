@@ -222,9 +222,11 @@ def test_a_large_jpeg_within_the_budget_is_searched(hostile: RunningService) -> 
 # --- slow and vanishing clients --------------------------------------------------------------
 
 
-def raw_request(service: RunningService) -> socket.socket:
+def raw_request(service: RunningService, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the server from ``source`` (another loopback address is another
+    client to the server)."""
     port = int(service.url.rsplit(":", 1)[1])
-    return socket.create_connection(("127.0.0.1", port))
+    return socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
 
 
 def read_response(sock: socket.socket, limit_s: float) -> bytes:
@@ -548,12 +550,6 @@ def test_a_malformed_request_gets_a_json_400(hostile: RunningService) -> None:
     assert data.startswith(b"HTTP/1.1 400 ") and b'"malformed_request"' in data, data
 
 
-def connect_from(service: RunningService, address: str) -> socket.socket:
-    """A connection from another loopback address (another client, to the server)."""
-    port = int(service.url.rsplit(":", 1)[1])
-    return socket.create_connection(("127.0.0.1", port), source_address=(address, 0))
-
-
 def answer_of(sock: socket.socket, wait_s: float) -> bytes:
     """What the server sent before closing (b"" if it closed silently)."""
     sock.settimeout(wait_s)
@@ -573,7 +569,7 @@ def test_idle_sockets_cannot_lock_other_clients_out(hostile: RunningService) -> 
     socks = []
     try:
         for i in range(200):
-            sock = connect_from(hostile, "127.0.0.2")
+            sock = raw_request(hostile, "127.0.0.2")
             if i % 2:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             socks.append(sock)
@@ -617,7 +613,7 @@ def test_the_connection_limit_answers_in_json(
     tmp = tmp_path_factory.mktemp("connections")
     env = service_env(service_assets, tmp, max_connections=30, max_client_connections=10)
     with run_service(env, tmp / "service.log") as running:
-        socks = [connect_from(running, f"127.0.0.{3 + i // 10}") for i in range(30)]
+        socks = [raw_request(running, f"127.0.0.{3 + i // 10}") for i in range(30)]
         try:
             time.sleep(0.3)
             refused = httpx.get(running.url + "/healthz", timeout=10)  # read, not reset
