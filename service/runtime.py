@@ -131,9 +131,8 @@ class Runtime:
             version = self.engine.snapshot.version
             why = self.engine.last_reload_error or {}
             self.engine.orphaned = (
-                f"index version {version} was removed from the store; it is searched from "
-                f"memory, but no version this model can serve is current"
-                + (f" ({why['reason']})" if why.get("reason") else "")
+                f"index version {version} was removed from the store, and no version this "
+                "model can serve is current" + (f" ({why['reason']})" if why.get("reason") else "")
             )
             log.error("%s", self.engine.orphaned)
 

@@ -127,8 +127,8 @@ class SearchEngine:
         self._snapshot: Snapshot | None = None
         self._previous: Snapshot | None = None
         self._lock = threading.Lock()
-        # Why the version served here is gone from the store (None while it is there): it is
-        # searched from memory, but /readyz says not ready (a restart could not load it).
+        # Why the version served here is gone from the store (None while it is there): FAISS
+        # searches it from memory, but /readyz says not ready (a restart could not load it).
         self.orphaned: str | None = None
 
     @property
