@@ -388,14 +388,15 @@ class QdrantStore(VectorStore):
             self._write_version(version, x, manifest, report)
             self._switch(version)
         except Exception as err:
-            served: str | None = "unknown"
+            served: str | None = version  # unknown: keep the collection
+            now = "the served version is unknown"
             with contextlib.suppress(Exception):
                 served = self.served()
+                now = f"{served or 'no version'} is served"
             if served != version:  # never served: delete it (or the next build does)
                 with contextlib.suppress(Exception):
                     self.client.delete_collection(self.collection(version))
             what = f"writing version {version} (collection {self.collection(version)})"
-            now = f"{served or 'no version'} is served"
             raise write_error(err, what, self._where(), x.nbytes * 2, now) from err
         try:
             self.prune(keep)
