@@ -23,10 +23,12 @@ import os
 import platform
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,6 +125,111 @@ def multipart(image: bytes, k: str = "5") -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+# --- second round: structure Pillow walks in Python, metadata, multipart, encodings --------
+
+
+def small_jpeg(side: int = 256) -> bytes:
+    return encode(big_drawing(side), "JPEG", quality=90)
+
+
+def small_png(side: int = 256) -> bytes:
+    return encode(big_drawing(side), "PNG")
+
+
+def lone_surrogate_key() -> bytes:
+    """A JSON key that is a lone UTF-16 surrogate: valid JSON, not Unicode."""
+    return b'{"\\ud800": 1}'
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def insert_png_chunks(png: bytes, chunks: bytes) -> bytes:
+    """``chunks`` right after IHDR."""
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def exif_with_shorts(count: int, orientation: int = 6) -> bytes:
+    """An EXIF block (big-endian TIFF): Orientation, then a private tag of ``count`` SHORTs."""
+    entries = struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    data_at = 8 + 2 + 2 * 12 + 4
+    entries += struct.pack(">HHII", 0xC7A1, 3, count, data_at)
+    return b"MM\x00*" + struct.pack(">IH", 8, 2) + entries + b"\x00" * 4 + b"\x01\x00" * count
+
+
+def png_exif_bomb(limit: int = UPLOAD_LIMIT) -> bytes:
+    """A sketch PNG whose eXIf chunk holds Orientation and ~``limit`` bytes of SHORTs:
+    Pillow's ``exif_transpose`` decodes and re-encodes every one."""
+    exif = exif_with_shorts((limit - 4096) // 2)
+    return insert_png_chunks(small_png(), png_chunk(b"eXIf", exif))
+
+
+def webp_exif_bomb(limit: int = UPLOAD_LIMIT) -> bytes:
+    """The same EXIF in a WebP."""
+    return encode(big_drawing(256, "RGB"), "WEBP", exif=exif_with_shorts((limit - 4096) // 2))
+
+
+def png_empty_chunks(limit: int = UPLOAD_LIMIT) -> bytes:
+    """A sketch PNG with empty private chunks filling the upload: 873,000 of them in 10 MiB."""
+    return insert_png_chunks(small_png(), png_chunk(b"prVt", b"") * ((limit - 4096) // 12))
+
+
+def png_compressed_text(count: int = 64) -> bytes:
+    """``count`` zTXt chunks, each inflating to Pillow's 1 MiB text limit (~1 KiB each)."""
+    text = zlib.compress(b"x" * ((1 << 20) - 1), 9)
+    return insert_png_chunks(small_png(), png_chunk(b"zTXt", b"k\x00\x00" + text) * count)
+
+
+def before_first_scan(jpeg: bytes, filler: bytes) -> bytes:
+    sos = jpeg.index(b"\xff\xda")
+    return jpeg[:sos] + filler + jpeg[sos:]
+
+
+def jpeg_fill_bytes(limit: int = UPLOAD_LIMIT) -> bytes:
+    """0xFF fill bytes before the first scan's marker: Pillow reads them one at a time."""
+    return before_first_scan(small_jpeg(), b"\xff" * (limit - 65536))
+
+
+def jpeg_empty_segments(limit: int = UPLOAD_LIMIT) -> bytes:
+    """Empty APP15 segments before the first scan: 2.6 million in 10 MiB."""
+    return before_first_scan(small_jpeg(), b"\xff\xef\x00\x02" * ((limit - 65536) // 4))
+
+
+def jpeg_exif_segments(limit: int = UPLOAD_LIMIT) -> bytes:
+    """EXIF segments (64 KiB each, the most one holds): Pillow joins them and parses the
+    result while opening the file."""
+    exif = b"Exif\x00\x00" + exif_with_shorts(32_000)
+    segment = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+    jpeg = small_jpeg()
+    return jpeg[:2] + segment * ((limit - 65536) // len(segment)) + jpeg[2:]
+
+
+MULTIPART_BOUNDARY = "hostile-boundary-1234"
+
+
+def boundary_flood(limit: int = UPLOAD_LIMIT) -> tuple[bytes, str]:
+    """A multipart image part made of ``CRLF--boundary`` and one more byte, over and over:
+    the parser checks each near-delimiter in Python."""
+    b = MULTIPART_BOUNDARY
+    unit = f"\r\n--{b}Q".encode()
+    body, content_type = multipart(b"")
+    head, tail = body[: -len(f"\r\n--{b}--\r\n")], f"\r\n--{b}--\r\n".encode()
+    return head + unit * ((limit - len(body) - 1024) // len(unit)) + tail, content_type
+
+
+def blank_images() -> dict[str, bytes]:
+    """Sketches with nothing drawn: all white, one white pixel, fully transparent."""
+    return {
+        "white": encode(Image.new("L", (256, 256), 255), "PNG"),
+        "one white pixel": encode(Image.new("RGB", (1, 1), "white"), "PNG"),
+        "transparent": encode(Image.new("RGBA", (64, 64), (0, 0, 0, 0)), "PNG"),
+        "white JPEG": encode(Image.new("RGB", (300, 200), "white"), "JPEG"),
+        "white WebP": encode(Image.new("RGB", (300, 200), "white"), "WEBP"),
+    }
+
+
 @dataclass(frozen=True)
 class Attack:
     """``concurrency`` clients each sending ``body`` (``content_type``) to /v1/search."""
@@ -150,6 +257,23 @@ ATTACKS = [
     Attack("jpeg: 1,000-scan bomb 2000x2000", as_upload(lambda: jpeg_scan_bomb(2000, 1000)), 2, 1),
     Attack("webp: lossless 4000x4000", as_upload(big_webp)),
     Attack("png: 4000x4000", as_upload(big_png)),
+]
+SECOND_ROUND = [
+    Attack("json: a lone surrogate as a key", as_json(lone_surrogate_key), 2, 2),
+    Attack("png: eXIf, Orientation + 10 MB of SHORTs", as_upload(png_exif_bomb), 2, 1),
+    Attack("webp: EXIF, Orientation + 10 MB of SHORTs", as_upload(webp_exif_bomb), 2, 1),
+    Attack("jpeg: 10 MB of 0xFF fill before a marker", as_upload(jpeg_fill_bytes), 2, 1),
+    Attack(
+        "jpeg: 5 MB of 0xFF fill, two at once",
+        as_upload(lambda: jpeg_fill_bytes(UPLOAD_LIMIT // 2)),
+        2,
+        1,
+    ),
+    Attack("jpeg: 2.6 M empty APP15 segments", as_upload(jpeg_empty_segments), 2, 1),
+    Attack("jpeg: 10 MB of EXIF segments", as_upload(jpeg_exif_segments), 2, 1),
+    Attack("png: 873 k empty private chunks", as_upload(png_empty_chunks), 2, 1),
+    Attack("png: 64 zTXt chunks of 1 MiB text", as_upload(png_compressed_text), 2, 1),
+    Attack("multipart: 10 MB of CRLF--boundary+1 byte", boundary_flood, 2, 1),
 ]
 
 # --- a server --------------------------------------------------------------------------------
@@ -325,8 +449,7 @@ def stalled_body(server: Server, cap_s: float = 40.0) -> str:
 
 def dripped_headers(server: Server, cap_s: float = 20.0) -> str:
     """A header byte every second: how long until the server hangs up."""
-    host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
+    with connect(server, "127.0.0.2") as sock:
         started = time.monotonic()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         try:
@@ -335,12 +458,121 @@ def dripped_headers(server: Server, cap_s: float = 20.0) -> str:
                 sock.sendall(b"X")
         except OSError:
             return f"closed after {time.monotonic() - started:.1f} s"
-        return f"still open after {cap_s:g} s (uvicorn has no header timeout: nginx's job)"
+        return f"still open after {cap_s:g} s"
+
+
+def connect(server: Server, source: str | None = None) -> socket.socket:
+    """A connection to the server, from ``source`` (another loopback address: to the
+    server, another client than the ordinary one on 127.0.0.1)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), source_address=(source or "", 0))
+
+
+def ordinary_statuses(server: Server, seconds: float = 3.0) -> tuple[dict[str, int], float]:
+    """What the ordinary client gets for ``seconds`` (/healthz and a search in turn): its
+    statuses (with the kind of body) and its slowest answer in ms."""
+    statuses: dict[str, int] = {}
+    slowest, deadline = 0.0, time.monotonic() + seconds
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            for send in (
+                lambda: client.get("/healthz"),
+                lambda: client.post("/v1/search", json=ORDINARY),
+            ):
+                started = time.perf_counter()
+                try:
+                    r = send()
+                    kind = "json" if r.headers.get("content-type", "").endswith("json") else "text"
+                    key = f"{r.status_code} {kind}"
+                except httpx.HTTPError as err:
+                    key = type(err).__name__
+                slowest = max(slowest, time.perf_counter() - started)
+                statuses[key] = statuses.get(key, 0) + 1
+            time.sleep(0.05)
+    return statuses, slowest * 1000
+
+
+def idle_sockets(server: Server, n: int = 200, cap_s: float = 20.0) -> str:
+    """``n`` sockets from another address, half sending nothing and half half a request
+    head: what the ordinary client gets meanwhile, and how long the sockets stay open."""
+    socks = []
+    for i in range(n):
+        sock = connect(server, "127.0.0.2")
+        if i % 2:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    time.sleep(0.3)
+    statuses, slowest = ordinary_statuses(server)
+    started, open_socks, answers = time.monotonic(), list(socks), {}
+    while open_socks and time.monotonic() - started < cap_s:
+        for sock in list(open_socks):
+            sock.settimeout(0.01)
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "closed"
+            answers[status] = answers.get(status, 0) + 1
+            open_socks.remove(sock)
+        time.sleep(0.1)
+    took = time.monotonic() - started
+    for sock in socks:
+        sock.close()
+    got = ", ".join(f"{k}x{v}" for k, v in sorted(statuses.items()))
+    reaped = ", ".join(f"{k}x{v}" for k, v in sorted(answers.items())) or "none"
+    left = (
+        f"{len(open_socks)} still open after {cap_s:g} s"
+        if open_socks
+        else f"all closed within {took:.1f} s"
+    )
+    return (
+        f"{n} idle sockets from another address: the ordinary client got {got} "
+        f"(slowest {slowest:.0f} ms); the sockets got {reaped}, {left}"
+    )
+
+
+def invented_methods(server: Server, n: int = 10_000) -> str:
+    """``n`` requests, each with a method of its own: the size and scrape time of /metrics."""
+
+    def scrape() -> tuple[int, float]:
+        started = time.perf_counter()
+        size = len(httpx.get(server.url + "/metrics", timeout=60).content)
+        return size, (time.perf_counter() - started) * 1000
+
+    before, _ = scrape()
+    with connect(server) as sock:
+        sock.settimeout(30)
+        for i in range(n):
+            sock.sendall(f"X{i:06d} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    after, took = scrape()
+    sizes = f"{before / 1000:.0f} kB -> {after / 1000:.0f} kB"
+    return f"{n:,} invented methods: /metrics {sizes}, a scrape then {took:.0f} ms"
+
+
+def head_and_blank(server: Server) -> str:
+    """HEAD on the health endpoints, and blank sketches searched."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        heads = [f"HEAD {p} {client.head(p).status_code}" for p in ("/healthz", "/readyz")]
+        blank = []
+        for name, image in blank_images().items():
+            body, content_type = multipart(image)
+            r = client.post("/v1/search", content=body, headers={"Content-Type": content_type})
+            blank.append(f"{name} {r.status_code}")
+    return f"{', '.join(heads)}; blank sketches: {', '.join(blank)}"
 
 
 def server_errors(server: Server) -> int:
     text = httpx.get(server.url + "/metrics", timeout=30).text
-    return sum(int(float(m)) for m in re.findall(r'status="5\d\d"\} (\S+)', text))
+    pattern = r'^sbir_http_requests_total\{[^}]*status="5\d\d"\} (\S+)$'  # not *_created
+    return sum(int(float(m)) for m in re.findall(pattern, text, re.M))
 
 
 def aborted_uploads(server: Server, n: int = 5) -> str:
@@ -401,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python", action="append", default=[], help="its interpreter (one per --repo)"
     )
+    parser.add_argument(
+        "--round",
+        choices=("first", "second", "all"),
+        default="all",
+        help="the first round of attacks (issue 11), the second (issue 22), or both",
+    )
     args = parser.parse_args(argv)
     from bench.service_latency import make_model, synthesise_index
 
@@ -415,12 +653,18 @@ def main(argv: list[str] | None = None) -> int:
     for repo, python in zip(repos, pythons, strict=True):
         server = start_server(repo.resolve(), python, model, index, args.work)
         try:
-            outcomes = [run_attack(server, attack) for attack in ATTACKS]
-            extras = [
-                f"stalled body: {stalled_body(server)}",
-                f"dripped headers: {dripped_headers(server)}",
-                aborted_uploads(server),
-            ]
+            attacks = {"first": ATTACKS, "second": SECOND_ROUND, "all": ATTACKS + SECOND_ROUND}
+            outcomes = [run_attack(server, attack) for attack in attacks[args.round]]
+            extras = []
+            if args.round != "second":
+                extras += [
+                    f"stalled body: {stalled_body(server)}",
+                    f"dripped headers: {dripped_headers(server)}",
+                    aborted_uploads(server),
+                ]
+            if args.round != "first":
+                extras += [idle_sockets(server), invented_methods(server), head_and_blank(server)]
+            extras.append(f"server errors (5xx) counted in all: {server_errors(server)}")
         finally:
             server.stop()
         print(table(str(repo), outcomes, extras), flush=True)

@@ -14,6 +14,7 @@ one); ``gallery_store.stores.open_store`` picks one from the settings.
 from __future__ import annotations
 
 import json
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -42,6 +43,49 @@ class FingerprintMismatchError(ValueError):
 
 class IndexBusyError(RuntimeError):
     """Another build holds the store's build lock."""
+
+
+class VersionGoneError(IndexIntegrityError):
+    """The version being read was removed from the store (pruned) while in use."""
+
+
+class StoreWriteError(RuntimeError):
+    """A store could not be written (a full disk, permissions...): the message says what,
+    where, and for a full disk how much space there is."""
+
+
+def write_error(
+    err: BaseException, what: str, where: Path | str, needed: int = 0, note: str = ""
+) -> StoreWriteError:
+    """A StoreWriteError for ``err`` met while doing ``what`` in ``where`` (a local folder,
+    whose free space it tells, or a remote store's name); ``needed``: about how many bytes
+    it needed; ``note``: what stands now."""
+    if isinstance(err, OSError):
+        reason = err.strerror or type(err).__name__
+    else:  # FAISS and Qdrant raise their own errors, sometimes many lines long
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    text = f"{what} failed: {reason} (in {display_path(where)})"
+    space = _disk_space(where) if isinstance(where, Path) else None
+    if space is not None:
+        free, total = space
+        more = f", about {_megabytes(needed)} needed" if needed else ""
+        text += f"; {_megabytes(free)} free of {_megabytes(total)} there{more}"
+    return StoreWriteError(f"{text}; {note}" if note else text)
+
+
+def _disk_space(path: Path) -> tuple[int, int] | None:
+    """(free, total) bytes of the filesystem holding ``path`` (its nearest existing folder)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    return usage.free, usage.total
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 class ManifestItem(BaseModel):
@@ -197,6 +241,17 @@ class StoredVersion(ABC):
 
     def serve_on_gpu(self) -> None:  # noqa: B027  (engines without a GPU path keep the CPU)
         """Move the searcher to the GPU where the engine can (sets ``device``)."""
+
+    def hold(self) -> None:  # noqa: B027  (engines that cannot keep a version do nothing)
+        """Keep this version readable while it is served (pruning spares it where the
+        engine can tell); IndexIntegrityError when it is being removed."""
+
+    def release(self) -> None:  # noqa: B027
+        """The version is no longer served here (``hold`` undone)."""
+
+    @abstractmethod
+    def present(self) -> bool:
+        """Whether the version is still in the store (it may have been pruned)."""
 
 
 class VectorStore(ABC):

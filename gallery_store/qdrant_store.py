@@ -24,6 +24,7 @@ builder and a service share it only inside one process). One client per location
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import tempfile
@@ -47,6 +48,7 @@ from gallery_store.base import (
     Report,
     StoredVersion,
     VectorStore,
+    VersionGoneError,
     Where,
     ancestors,
     batches,
@@ -54,6 +56,7 @@ from gallery_store.base import (
     folder_of,
     from_json,
     to_json,
+    write_error,
 )
 from gallery_store.faiss_index import IndexInfo
 from gallery_store.photos import display_path
@@ -166,15 +169,33 @@ class QdrantVersion(StoredVersion):
     def vectors(self) -> np.ndarray:
         dim = self.manifest.model.embedding_dim
         out = np.zeros((self.manifest.count, dim), np.float32)
-        for point in _scroll(self.client, self.collection, with_vectors=True):
-            out[int(point.id)] = point.vector
+        with self._gone_as_error():
+            for point in _scroll(self.client, self.collection, with_vectors=True):
+                out[int(point.id)] = point.vector
         return out
 
     def vector(self, item_id: int) -> np.ndarray:
-        points = self.client.retrieve(self.collection, [item_id], with_vectors=True)
+        with self._gone_as_error():
+            points = self.client.retrieve(self.collection, [item_id], with_vectors=True)
         if not points:
             raise IndexIntegrityError(f"{self.collection}: no point {item_id}")
         return np.asarray(points[0].vector, dtype=np.float32)
+
+    def present(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    @contextmanager
+    def _gone_as_error(self) -> Iterator[None]:
+        """A failure on a collection that no longer exists (pruned by a build: Qdrant cannot
+        tell a builder who reads it) becomes VersionGoneError."""
+        try:
+            yield
+        except Exception as err:
+            if self.present():
+                raise
+            raise VersionGoneError(
+                f"{self.collection}: version {self.version} was removed"
+            ) from err
 
     def search(
         self, queries: np.ndarray, k: int, where: Where | None = None
@@ -187,7 +208,8 @@ class QdrantVersion(StoredVersion):
             qm.QueryRequest(query=row.tolist(), filter=flt, limit=max(k, 1), with_payload=False)
             for row in q
         ]
-        answers = self.client.query_batch_points(self.collection, requests=requests)
+        with self._gone_as_error():
+            answers = self.client.query_batch_points(self.collection, requests=requests)
         width = max((len(a.points) for a in answers), default=0)
         scores = np.full((len(q), width), -np.inf, np.float32)
         ids = np.full((len(q), width), -1, np.int64)
@@ -354,12 +376,45 @@ class QdrantStore(VectorStore):
                 self.client.delete_collection(self.collection(version))
 
     def commit(self, vectors: np.ndarray, manifest: Manifest, report: Report, keep: int) -> str:
+        """Write the next version's collection, move the alias to it, prune. A failure (a
+        full disk, a server away) raises StoreWriteError saying what and where; the new
+        collection is deleted and the alias stays (``remove_stale`` finishes any leftover)."""
         check_payload(vectors, manifest)
         versions = self._versions()
         number = max((int(v[1:]) for v in versions), default=0) + 1
         version = f"v{number:06d}"
-        name = self.collection(version)
         x = np.ascontiguousarray(vectors, dtype=np.float32)
+        try:
+            self._write_version(version, x, manifest, report)
+            self._switch(version)
+        except Exception as err:
+            served: str | None = version  # unknown: keep the collection
+            now = "the served version is unknown"
+            with contextlib.suppress(Exception):
+                served = self.served()
+                now = f"{served or 'no version'} is served"
+            if served != version:  # never served: delete it (or the next build does)
+                with contextlib.suppress(Exception):
+                    self.client.delete_collection(self.collection(version))
+            what = f"writing version {version} (collection {self.collection(version)})"
+            raise write_error(err, what, self._where(), x.nbytes * 2, now) from err
+        try:
+            self.prune(keep)
+        except Exception as err:
+            what = f"pruning after {version}"
+            raise write_error(err, what, self._where(), note=f"{version} is served") from err
+        return version
+
+    def _where(self) -> Path | str:
+        """The local-mode folder (its free space is told), or the server."""
+        path = self.settings.qdrant_path
+        return Path(path) if path is not None else self.location
+
+    def _write_version(
+        self, version: str, x: np.ndarray, manifest: Manifest, report: Report
+    ) -> None:
+        """The collection of ``version``: its points, then its metadata, marked complete."""
+        name = self.collection(version)
         dim = int(x.shape[1]) if x.ndim == 2 and x.shape[1] else manifest.model.embedding_dim
         self.client.create_collection(
             name,
@@ -390,9 +445,6 @@ class QdrantStore(VectorStore):
                 "report": to_json(report),
             },
         )
-        self._switch(version)
-        self.prune(keep)
-        return version
 
     def _switch(self, version: str) -> None:
         """Mark the served version, move the alias in one atomic operation, mark the new one."""

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -50,6 +51,7 @@ from gallery_store.base import (
     folder_of,
     from_json,
     to_json,
+    write_error,
 )
 from gallery_store.faiss_index import read_index, set_nprobe, use_gpu, write_index
 from gallery_store.photos import display_path, sha256_file
@@ -88,10 +90,45 @@ class LoadedIndex(StoredVersion):
         self.searcher = self.index
         self._classes: list[str | None] | None = None
         self._paths: list[str] | None = None
+        self._vectors: np.ndarray | None = None
+        self._lease: BinaryIO | None = None
 
     def vectors(self) -> np.ndarray:
-        """The (n, d) embeddings, memory-mapped."""
-        return np.load(self.path / VECTORS_FILE, mmap_mode="r")
+        """The (n, d) embeddings, memory-mapped (once: the mapping outlives the file)."""
+        if self._vectors is None:
+            self._vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r")
+        return self._vectors
+
+    def hold(self) -> None:
+        """Keep this version readable while it is served: a shared lock on its manifest,
+        which ``prune`` never deletes a version under (released by ``release`` or when the
+        process ends), and its vectors mapped. IndexIntegrityError when the version is being
+        removed or is gone."""
+        manifest = self.path / MANIFEST_FILE
+        try:
+            lease = open(manifest, "rb")  # noqa: SIM115 (held while served)
+        except OSError as err:
+            raise IndexIntegrityError(f"{self.path}: version {self.version} is gone") from err
+        try:
+            fcntl.flock(lease, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if not os.path.samestat(os.fstat(lease.fileno()), os.stat(manifest)):
+                raise FileNotFoundError(manifest)
+            self.vectors()
+        except (BlockingIOError, FileNotFoundError) as err:
+            lease.close()
+            raise IndexIntegrityError(
+                f"{self.path}: version {self.version} is being removed"
+            ) from err
+        self._lease = lease
+
+    def release(self) -> None:
+        """Let ``prune`` remove this version (the mapped vectors stay usable here)."""
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
+
+    def present(self) -> bool:
+        return (self.path / MANIFEST_FILE).is_file()
 
     def vector(self, item_id: int) -> np.ndarray:
         return np.array(self.vectors()[item_id], dtype=np.float32)
@@ -325,8 +362,10 @@ def is_index_dir(index_dir: Path) -> bool:
 
 
 def remove_stale(index_dir: Path) -> None:
-    """Delete staging folders and pointer temporaries that interrupted builds left (call with
-    the lock held)."""
+    """Delete what interrupted or failed builds left: staging folders, pointer temporaries,
+    and complete versions never served (a build stopped before it moved ``CURRENT``), which
+    would otherwise hold their disk space until a later build commits (call with the lock
+    held)."""
     versions = index_dir / VERSIONS
     if versions.is_dir():
         for stale in versions.glob(STAGING_PREFIX + "*"):
@@ -335,6 +374,15 @@ def remove_stale(index_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
     for tmp in index_dir.glob(f".{SERVED}.*.tmp"):
         tmp.unlink(missing_ok=True)
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return  # nothing is known to be safe to delete
+    served = _served_or_legacy(index_dir)
+    current = pointer.version if pointer else None
+    for name in version_names(index_dir):
+        if name not in served and name != current:
+            _remove_version(index_dir, name)
 
 
 def version_names(index_dir: Path) -> list[str]:
@@ -352,28 +400,62 @@ def next_version(index_dir: Path) -> str:
 
 
 def commit_version(index_dir: Path, payload: Payload, keep: int = KEEP) -> str:
-    """Write ``payload`` as the next version, point CURRENT at it, prune; call with the lock."""
+    """Write ``payload`` as the next version, point CURRENT at it, prune; call with the lock.
+
+    A failed write (a full disk, permissions) raises StoreWriteError saying what, where and
+    how much space there is, and leaves nothing behind: the staging folder, a pointer
+    temporary, and a version CURRENT never reached are removed."""
     versions = index_dir / VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
     version = next_version(index_dir)
     payload.manifest.version = version
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=versions))
+    needed = 2 * payload.vectors.nbytes + 300 * len(payload.manifest.items)  # about
+    staging: Path | None = None
     try:
+        versions.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=versions))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a service user
         checksums = _write_files(staging, payload)
         _fsync_dir(staging)
         staging.rename(versions / version)
         _fsync_dir(versions)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError | RuntimeError):
+            raise write_error(err, f"writing index version {version}", versions, needed) from err
         raise
-    # SERVED records what CURRENT points to, before it moves and after: a build killed in
-    # between leaves CURRENT's version unrecorded until the next commit records it first.
-    _mark_served(index_dir)
-    _write_pointer(index_dir, Pointer(version=version, checksums_sha256=checksums))
-    _mark_served(index_dir)
-    prune(index_dir, keep)
+    previous = _pointed_to(index_dir)
+    try:
+        # SERVED records what CURRENT points to, before it moves and after: a build killed in
+        # between leaves CURRENT's version unrecorded until the next commit records it first.
+        _mark_served(index_dir)
+        _write_pointer(index_dir, Pointer(version=version, checksums_sha256=checksums))
+    except OSError as err:
+        moved = _pointed_to(index_dir) == version
+        if not moved:
+            _remove_version(index_dir, version)
+        still = f"{version} is served" if moved else f"{_name(previous)} is still served"
+        raise write_error(err, f"switching {POINTER} to {version}", index_dir, note=still) from err
+    try:
+        _mark_served(index_dir)
+        prune(index_dir, keep)
+    except OSError as err:
+        note = f"{version} is served; the next build finishes this"
+        what = f"recording {version} in {SERVED}, pruning"
+        raise write_error(err, what, index_dir, note=note) from err
     return version
+
+
+def _pointed_to(index_dir: Path) -> str | None:
+    try:
+        pointer = read_pointer(index_dir)
+    except IndexIntegrityError:
+        return None
+    return pointer.version if pointer else None
+
+
+def _name(version: str | None) -> str:
+    return version or "no version"
 
 
 def _write_files(folder: Path, payload: Payload) -> str:
@@ -397,11 +479,16 @@ def _write_pointer(index_dir: Path, pointer: Pointer) -> None:
 
 
 def _replace_file(index_dir: Path, name: str, text: str) -> None:
-    """Write ``index_dir/name`` atomically (temporary file, fsync, rename, fsync the folder)."""
+    """Write ``index_dir/name`` atomically (temporary file, fsync, rename, fsync the folder);
+    a failure leaves no temporary behind."""
     tmp = index_dir / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, index_dir / name)
+    try:
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.replace(tmp, index_dir / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(index_dir)
 
 
@@ -445,14 +532,34 @@ def prune(index_dir: Path, keep: int = KEEP) -> list[str]:
     names = version_names(index_dir)
     kept = [n for n in names if n in served][-max(keep, 1) :]
     doomed = [n for n in names if n not in kept and (pointer is None or n != pointer.version)]
-    for name in doomed:  # renamed first, so a half-deleted folder never looks like a version
-        trash = index_dir / VERSIONS / f"{STAGING_PREFIX}prune-{name}"
-        (index_dir / VERSIONS / name).rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    if doomed:
+    removed = [name for name in doomed if _remove_version(index_dir, name)]
+    if removed:
         remaining = {n: served[n] for n in version_names(index_dir) if n in served}
         _replace_file(index_dir, SERVED, json.dumps(remaining, indent=1))
-    return doomed
+    return removed
+
+
+def _remove_version(index_dir: Path, name: str) -> bool:
+    """Delete a version unless a reader holds it (``LoadedIndex.hold``: a service serving
+    it, maybe an older one after a model change); whether it was deleted. Renamed first,
+    so a half-deleted folder never looks like a version."""
+    folder = index_dir / VERSIONS / name
+    try:
+        lease = open(folder / MANIFEST_FILE, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        lease = None  # an incomplete folder: nobody can read it
+    try:
+        if lease is not None:
+            fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        trash = index_dir / VERSIONS / f"{STAGING_PREFIX}prune-{name}"
+        folder.rename(trash)
+    except BlockingIOError:
+        return False  # served somewhere: a later build removes it
+    finally:
+        if lease is not None:
+            lease.close()
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def _fsync_file(path: Path) -> None:

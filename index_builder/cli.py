@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import types
 import typing
@@ -12,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from gallery_store.photos import printable
 from index_builder.indexing.engines import ENGINES
 from index_builder.training.config import BuilderSettings, TrainConfig, ignored_training_variables
 from index_builder.training.datasets.sketchy import GALLERIES
@@ -321,6 +324,7 @@ def _print_validation(info: dict) -> None:
 
 
 def _gallery(args: argparse.Namespace) -> None:
+    from gallery_store.base import write_error
     from gallery_store.settings import StoreSettings
     from gallery_store.stores import open_store
     from index_builder.indexing.rebuild import (
@@ -358,13 +362,32 @@ def _gallery(args: argparse.Namespace) -> None:
             result = build_new_index(args.model, args.photos, store, options)
         else:
             result = rebuild(store, args.photos, args.model, args.full, options)
-    except OSError as err:  # one not named in USER_ERRORS: a message, never a traceback
-        if isinstance(err, USER_ERRORS) or err.filename is None:
+    except OSError as err:  # a message, never a traceback: what failed where (and the space)
+        if err.strerror is None:  # raised with a message of ours
             raise
-        raise ValueError(f"{err.filename}: {err.strerror or err}") from err
+        where = Path(err.filename) if err.filename else Path(index_dir or ".")
+        raise write_error(err, args.command, where) from err
     finally:
         store.close()
-    print(result.summary())
+    emit(result.summary())
+
+
+def emit(text: str) -> None:
+    """Print the result of work already done; a reader that went away (``| head -1``)
+    does not undo it, so that ends quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_output()
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null: what is still buffered for a closed pipe would
+    raise again when Python flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # not a real file: nothing to flush
+            os.dup2(devnull, stream.fileno())
 
 
 def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
@@ -385,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run_command(args)
+    except BrokenPipeError:  # the output's reader went away mid-way: stop, without a traceback
+        _silence_output()
+        return 141  # as a process killed by SIGPIPE
     except ValidationError as err:
         print(f"error: invalid configuration: {err}", file=sys.stderr)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
     return 2

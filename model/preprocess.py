@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from pydantic import BaseModel
+
+from model.image_structure import (
+    DEFAULT_LIMITS,
+    ImageStructureError,
+    StructureLimits,
+    check_structure,
+)
 
 Strokes = Sequence[Sequence[Sequence[float]]]  # [[x0, x1, ...], [y0, y1, ...], ([t...])]
 # File suffixes read as images by the data sets and the gallery scan alike.
@@ -26,7 +36,13 @@ class ImageError(ValueError):
 
 
 class ImageTooLargeError(ImageError):
-    """An image declares more pixels than allowed (or is a decompression bomb)."""
+    """An image past a cost limit: ``code`` says which (``too_many_pixels``, also for a
+    decompression bomb; ``too_many_scans``; ``image_too_complex``: its container structure,
+    ``model.image_structure``)."""
+
+    def __init__(self, message: str, code: str = "too_many_pixels") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Preprocessing(BaseModel):
@@ -101,6 +117,28 @@ def _grey_to_8bit(img: Image.Image, rows: int = 256) -> Image.Image:
     return Image.fromarray(out, "L")
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding an image may cost, all checked before its pixels are decoded.
+
+    ``max_pixels``: the header's width x height (ImageTooLargeError past it);
+    ``max_whole_pixels``: a lower bound for formats decoded at full size (all but JPEG);
+    ``max_jpeg_scans``: a JPEG's start-of-scan markers (a progressive JPEG repeating a scan
+    thousands of times costs seconds to decode; real ones have a dozen or so);
+    ``structure``: the container's chunks, markers and metadata (``model.image_structure``).
+    ``draft_size`` makes a much larger image smaller while it is decoded (JPEG: libjpeg's DCT
+    scaling) or right after (others: ``Image.reduce``), never below ``draft_size`` on either
+    side. ``formats``: the formats accepted (default ``DECODED_FORMATS``).
+    """
+
+    max_pixels: int | None = None
+    max_jpeg_scans: int | None = None
+    draft_size: int | None = None
+    max_whole_pixels: int | None = None
+    structure: StructureLimits = DEFAULT_LIMITS
+    formats: tuple[str, ...] | None = None
+
+
 def load_image(
     source: str | Path | bytes,
     max_pixels: int | None = None,
@@ -108,67 +146,166 @@ def load_image(
     max_jpeg_scans: int | None = None,
     draft_size: int | None = None,
 ) -> Image.Image:
-    """Decode an image file or bytes to RGB on white, raising ImageError on any failure.
-
-    Bounds on the cost of decoding, all checked before the pixels are decoded:
-    ``max_pixels`` (the header's width x height; ImageTooLargeError past it),
-    ``max_jpeg_scans`` (a JPEG's start-of-scan markers, counted in its bytes:
-    a progressive JPEG repeating a scan thousands of times costs seconds to decode; real
-    ones have a dozen or so). ``draft_size`` makes a much larger image smaller while it
-    is decoded (JPEG: libjpeg's DCT scaling) or right after (others: ``Image.reduce``),
-    never below ``draft_size`` on either side.
-    """
+    """Decode an image file or bytes to RGB on white, raising ImageError on any failure
+    (the bounds: ``DecodeLimits``)."""
     name = "<upload>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            raise ImageError(f"{name}: cannot read the file ({err.strerror or err})") from err
+    limits = DecodeLimits(max_pixels, max_jpeg_scans, draft_size)
+    return decode_image_bytes(data, limits, name)[0]
+
+
+def decode_image_bytes(
+    data: bytes, limits: DecodeLimits, name: str = "<upload>"
+) -> tuple[Image.Image, tuple[int, int]]:
+    """An image's bytes -> (RGB on white, its (width, height) as shown: EXIF orientation
+    applied, before any draft reduction); ImageError naming ``name`` on any failure."""
     try:
-        data = source if isinstance(source, bytes) else None
-        if data is None and max_jpeg_scans is not None:
-            data = Path(source).read_bytes()  # the markers are counted in the bytes
-        handle = io.BytesIO(data) if data is not None else open(source, "rb")  # noqa: SIM115
-        with handle, Image.open(handle) as img:
-            _check_cost(img, name, data, max_pixels, max_jpeg_scans)
-            if draft_size is not None and img.format in JPEG_FORMATS:
-                img.draft(None, (draft_size, draft_size))  # mode unchanged, size >= draft_size
+        fmt = check_structure(data, limits.structure)
+        with Image.open(io.BytesIO(data), formats=_formats(limits.formats)) as img:
+            _check_cost(img, name, data, limits)
+            orientation = _orientation(img)
+            size = img.size
+            if limits.draft_size is not None and img.format in JPEG_FORMATS:
+                img.draft(None, (limits.draft_size, limits.draft_size))  # mode kept, size >= draft
             img.load()
-            out = _reduce(img, draft_size) if draft_size is not None else img
-            return to_rgb_on_white(ImageOps.exif_transpose(out))
+            if getattr(img, "tag_v2", None) is not None:  # TIFF: Pillow may have turned it
+                orientation = _orientation(img)
+            out = _reduce(img, limits.draft_size) if limits.draft_size is not None else img
+            turned = _transpose(out, orientation)
+            if orientation in (5, 6, 7, 8):
+                size = size[::-1]
+            return to_rgb_on_white(turned), size
     except ImageError:
         raise
+    except ImageStructureError as err:
+        raise ImageTooLargeError(f"{name}: {err}", "image_too_complex") from err
     except Image.DecompressionBombError as err:
         # Pillow's own refusal, before the header reached max_pixels; its message
         # quotes Pillow's limit, so name the caller's instead.
-        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        limit = limits.max_pixels if limits.max_pixels is not None else Image.MAX_IMAGE_PIXELS
         raise ImageTooLargeError(
             f"{name}: declares too many pixels (a decompression bomb); at most {limit} are accepted"
         ) from err
     except UnidentifiedImageError as err:
-        raise ImageError(f"{name}: not a readable image (unknown format)") from err
-    except (OSError, SyntaxError, ValueError) as err:
+        what = f"a {fmt} image" if fmt else "unknown format"
+        raise ImageError(f"{name}: not a readable image ({what})") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as err:
+        # what Pillow's readers raise on malformed files (one file must not end a build)
         raise ImageError(f"{name}: not a readable image ({_clean(err)})") from err
 
 
+# What ``load_image`` decodes: raster formats Pillow reads itself (never EPS or PDF, which
+# need Ghostscript, nor the rarer formats no photo comes in).
+DECODED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "HEIF")
 JPEG_FORMATS = ("JPEG", "MPO")  # Pillow opens multi-picture JPEGs as MPO
 JPEG_SOS = b"\xff\xda"  # start of scan; entropy-coded 0xFF bytes are stuffed (0xFF00)
-_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+ORIENTATION = 0x0112  # the EXIF tag
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_XMP_ORIENTATION = r'tiff:Orientation(="|>)([0-9])'
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|<_io\.\w+ name=[^<>]*>")
 
 
-def _check_cost(
-    img: Image.Image,
-    name: str,
-    data: bytes | None,
-    max_pixels: int | None,
-    max_jpeg_scans: int | None,
-) -> None:
+def decodable_formats() -> frozenset[str]:
+    """The formats of ``DECODED_FORMATS`` this Pillow has a decoder for."""
+    return frozenset(_formats(None))
+
+
+@cache
+def _formats(wanted: tuple[str, ...] | None) -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in wanted or DECODED_FORMATS if f in Image.OPEN)
+
+
+def _check_cost(img: Image.Image, name: str, data: bytes, limits: DecodeLimits) -> None:
     """Refuse an opened (not yet decoded) image past the pixel or JPEG-scan limit."""
-    if max_pixels is not None and img.width * img.height > max_pixels:
+    limit = limits.max_pixels
+    if limits.max_whole_pixels is not None and img.format not in JPEG_FORMATS:
+        limit = min(limit or limits.max_whole_pixels, limits.max_whole_pixels)
+    if limit is not None and img.width * img.height > limit:
+        kind = ""
+        if limits.max_whole_pixels is not None:  # the limit depends on the format: name it
+            kind = " for a JPEG" if img.format in JPEG_FORMATS else f" for {img.format}"
         raise ImageTooLargeError(
-            f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} are accepted"
+            f"{name}: {img.width}x{img.height} pixels; at most {limit} are accepted{kind}"
         )
-    if max_jpeg_scans is not None and data is not None and img.format in JPEG_FORMATS:
+    scans_limit = limits.max_jpeg_scans
+    if scans_limit is not None and img.format in JPEG_FORMATS:
         scans = data.count(JPEG_SOS)
-        if scans > max_jpeg_scans:
+        if scans > scans_limit:
             raise ImageTooLargeError(
-                f"{name}: a JPEG of {scans} scans; at most {max_jpeg_scans} are accepted"
+                f"{name}: a JPEG of {scans} scans; at most {scans_limit} are accepted",
+                "too_many_scans",
             )
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 to 8; 1 when none) as Pillow's ``exif_transpose`` reads it:
+    a TIFF's own directory, else the EXIF block (or PNG's hex 'Raw profile type exif'), else
+    the XMP. Only the first directory's entry table is read, so a huge EXIF costs nothing
+    (Pillow's ``exif_transpose`` re-encodes every tag)."""
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        value = tags.get(ORIENTATION)
+        return value if isinstance(value, int) else 1
+    exif = img.info.get("exif")
+    raw = img.info.get("Raw profile type exif")
+    if exif is None and isinstance(raw, str):
+        try:
+            exif = bytes.fromhex("".join(raw.split("\n")[3:]))
+        except ValueError:
+            exif = None
+    value = exif_orientation(exif) if isinstance(exif, bytes | bytearray) else None
+    if value is not None:
+        return value
+    xmp = img.info.get("XML:com.adobe.xmp")
+    pattern: str | bytes = _XMP_ORIENTATION
+    if not xmp and (xmp := img.info.get("xmp")):
+        pattern = _XMP_ORIENTATION.encode()
+    match = re.search(pattern, xmp) if isinstance(xmp, str | bytes) else None  # type: ignore[arg-type]
+    return int(match[2]) if match else 1
+
+
+def exif_orientation(exif: bytes) -> int | None:
+    """The Orientation entry of an EXIF block's first directory (0 when it is not a single
+    number), None when there is none; the block's other entries are never decoded."""
+    data = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    order = {b"II*\x00": "little", b"MM\x00*": "big"}.get(bytes(data[:4]))
+    if order is None:
+        return None
+    start = int.from_bytes(data[4:8], order)
+    count = int.from_bytes(data[start : start + 2], order)
+    table = bytes(data[start + 2 : start + 2 + 12 * count])
+    tag = ORIENTATION.to_bytes(2, order)  # type: ignore[arg-type]
+    at = table.find(tag)
+    while at >= 0 and at % 12:
+        at = table.find(tag, at + 1)
+    if at < 0 or len(table) < at + 12:
+        return None
+    kind = int.from_bytes(table[at + 2 : at + 4], order)  # type: ignore[arg-type]
+    values = int.from_bytes(table[at + 4 : at + 8], order)  # type: ignore[arg-type]
+    width = {1: 1, 3: 2, 4: 4, 6: 1, 8: 2, 9: 4}.get(kind)
+    if values != 1 or width is None:
+        return 0
+    return int.from_bytes(table[at + 8 : at + 8 + width], order, signed=kind in (6, 8, 9))  # type: ignore[arg-type]
+
+
+def _transpose(img: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def _reduce(img: Image.Image, size: int) -> Image.Image:
@@ -187,7 +324,13 @@ REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"
 
 def _clean(err: BaseException) -> str:
     """An exception's message without object reprs such as ``<_io.BytesIO object at 0x..>``."""
-    return _REPR.sub("the data", str(err)).strip() or type(err).__name__
+    return clean_message(str(err)) or type(err).__name__
+
+
+def clean_message(text: str) -> str:
+    """``text`` without object reprs (``<_io.BytesIO object at 0x..>``, ``<_io.BufferedReader
+    name='/photos/x.jpg'>``): they name the data or a file, not the fault."""
+    return _REPR.sub("the data", text).strip()
 
 
 def to_input_array(img: Image.Image, prep: Preprocessing) -> np.ndarray:

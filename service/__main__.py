@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.server import guarded_protocol, raise_file_limit
 from service.settings import ServiceSettings
 
 
@@ -39,14 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_file_limit(settings.max_connections)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings),  # connection limits and a request-head timeout
         log_level=args.log_level,
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=10,
-        limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_s,
         server_header=False,
     )

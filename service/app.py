@@ -23,9 +23,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from gallery_store.base import VersionGoneError
 from gallery_store.photos import display_path
 from service.batching import BatcherClosed
-from service.inputs import InputError, SearchJson, check_k, read_search_request
+from service.inputs import InputError, SearchJson, check_k, read_search_request, shown
 from service.metrics import MetricsMiddleware
 from service.runtime import Busy, PhotoUnavailable, Runtime
 from service.schemas import (
@@ -44,6 +45,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 API_VERSION = "1"
+MAX_DETAIL = 500  # characters of an error's detail
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
 # A canonical decimal (no sign, no leading zeros, no '1.0'): one id, one URL.
 PHOTO_ID = Annotated[
@@ -222,8 +224,8 @@ async def healthz() -> Health:
 async def readyz(rt: RuntimeDep) -> Readiness | JSONResponse:
     """200 when the model and the index are loaded and uploads are taken, else 503 and why."""
     engine = rt.engine
-    if not engine.ready:
-        body = Readiness(status="not ready", detail=engine.problem)
+    if not engine.ready or engine.orphaned:
+        body = Readiness(status="not ready", detail=engine.problem or engine.orphaned)
         return JSONResponse(body.model_dump(), status_code=503)
     if rt.saturated:
         detail = f"the decode threads are saturated ({rt.waiting} sketches wait); uploads get 503"
@@ -288,6 +290,11 @@ async def home(request: Request) -> Response:
 def error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The JSON error response. The detail is cut to ``MAX_DETAIL`` characters and made
+    encodable (a lone surrogate from a client would fail the response, and the request)."""
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 3] + "..."
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -302,10 +309,12 @@ async def on_http_error(request: Request, err: Exception) -> JSONResponse:
         err.status_code, "http_error"
     )
     detail = str(err.detail)
+    method = shown(request.method, 20, quote=False)
+    path = shown(request.url.path, 100, quote=False)
     if detail == "Not Found":
-        detail = f"no such endpoint: {request.method} {request.url.path}"
+        detail = f"no such endpoint: {method} {path}"
     elif detail == "Method Not Allowed":
-        detail = f"{request.url.path} does not take {request.method}"
+        detail = f"{path} does not take {method}"
     return error(err.status_code, code, detail, err.headers)
 
 
@@ -336,6 +345,13 @@ async def on_shutdown(_: Request, err: Exception) -> JSONResponse:
     return error(503, "shutting_down", str(err), {"Retry-After": "1"})
 
 
+async def on_version_gone(_: Request, err: Exception) -> JSONResponse:
+    """The version searched was pruned from the store (Qdrant): the watcher switches to the
+    current one within its interval."""
+    detail = "the index version served was removed from the store; retry shortly"
+    return error(503, "not_ready", detail, {"Retry-After": "2"})
+
+
 async def on_unknown_photo(_: Request, err: Exception) -> JSONResponse:
     code = "photo_unavailable" if isinstance(err, PhotoUnavailable) else "unknown_photo"
     return error(404, code, str(err))
@@ -361,6 +377,7 @@ HANDLERS = {
     UnknownPhoto: on_unknown_photo,
     PhotoUnavailable: on_unknown_photo,
     ReloadError: on_reload_error,
+    VersionGoneError: on_version_gone,
     Exception: on_unexpected,
 }
 
@@ -400,7 +417,15 @@ def add_routes(app: FastAPI, settings: ServiceSettings) -> None:
     images = {
         "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}
     }
-    route = app.add_api_route
+
+    def route(path: str, endpoint: Any, methods: list[str], **options: Any) -> None:
+        """A route; every GET route takes HEAD too (health checkers use it), outside the
+        OpenAPI document (one operation a path and method there)."""
+        app.add_api_route(path, endpoint, methods=methods, **options)
+        if "GET" in methods:
+            options["include_in_schema"] = False
+            app.add_api_route(path, endpoint, methods=["HEAD"], **options)
+
     route(
         "/v1/search",
         search,

@@ -17,32 +17,33 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 from starlette.requests import Request
-from starlette.types import Message
 
 from gallery_store.base import Where
+from model.image_structure import HEAD_BYTES, sniff_format
 from model.preprocess import (
+    DecodeLimits,
     ImageError,
     ImageTooLargeError,
     Preprocessing,
     Strokes,
-    load_image,
+    decode_image_bytes,
     render_strokes,
     to_input_array,
 )
 from service.settings import ServiceSettings
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
-MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_PARTS = 20  # multipart parts: the image and a few fields
+INK_CONTRAST = 16  # a sketch whose every channel spans fewer grey levels is blank
 FILTER_FIELDS = ("classes", "path_prefix", "offset", "min_score")
 JSON_FIELDS = frozenset({"image_base64", "strokes", "k", *FILTER_FIELDS})
 MAX_CLASSES, MAX_NAME = 1000, 1024  # classes in a filter; characters of a class or a folder
@@ -50,6 +51,9 @@ FORM_NUMBER = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,9})?")  # a plain decimal: no 
 
 NUMBER = (int, float)  # exact types: bool is an int subclass, and is not a coordinate
 FORM_INT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: not '1_0', ' 5', '+5' or '٥'
+# A surrogate escape or a surrogate's (invalid) UTF-8 bytes, which json.loads lets through.
+SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+SHOWN = 40  # characters of a client's string a message repeats
 # Runs blocking work (parsing, decoding) off the event loop, or refuses it when busy.
 Offload = Callable[..., Awaitable[Any]]
 
@@ -115,16 +119,18 @@ async def read_search_request(
     request: Request, settings: ServiceSettings, offload: Offload
 ) -> SketchRequest:
     """Parse and validate a search request of any of the three forms (JSON off the loop)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
     if media == MULTIPART:
-        return await parse_multipart(request, await read_body(request, settings), settings)
+        body = await read_body(request, settings)
+        return await offload(parse_multipart, body, content_type, settings)
     if media == JSON or media.endswith("+json"):
         return await offload(parse_json, await read_body(request, settings), settings)
-    shown = media[:60] or "none"
     raise InputError(
         415,
         "unsupported_media_type",
-        f"Content-Type {shown!r} is not accepted: send {MULTIPART} with an 'image' file, or {JSON}",
+        f"Content-Type {shown(media) if media else 'none'} is not accepted: send {MULTIPART} "
+        f"with an 'image' file, or {JSON}",
     )
 
 
@@ -156,40 +162,113 @@ def too_large(size: int, limit: int, at_least: bool = False) -> InputError:
     )
 
 
-async def parse_multipart(
-    request: Request, body: bytes, settings: ServiceSettings
-) -> SketchRequest:
-    """The ``image`` file and ``k`` field of a multipart body already read."""
+@dataclass
+class Part:
+    """One part of a multipart body: its headers' name and filename, and its bytes."""
 
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
+    name: str | None = None
+    filename: str | None = None
+    data: bytearray = field(default_factory=bytearray)
 
-    try:
-        form = await Request(request.scope, replay).form(
-            max_files=4, max_fields=16, max_part_size=settings.max_upload_bytes
+
+def parse_multipart(body: bytes, content_type: str, settings: ServiceSettings) -> SketchRequest:
+    """The ``image`` part and the fields of a multipart body already read (blocking: run
+    it off the event loop). The parts are counted before parsing: a body repeating the
+    boundary makes the parser step through every near-delimiter in Python."""
+    parts = split_multipart(body, content_type)
+    images = [p for p in parts if p.name == "image"]
+    if not images:
+        raise InputError(
+            422, "missing_image", "the multipart field 'image' (the sketch file) is missing"
         )
-    except (MultiPartException, HTTPException, ValueError) as err:
-        detail = getattr(err, "detail", None) or getattr(err, "message", None) or str(err)
-        raise InputError(400, "malformed_multipart", f"malformed multipart body: {detail}") from err
-    try:
-        image, k = form.get("image"), form.get("k")
-        if image is None:
+    if len(images) > 1:
+        raise invalid("image", "given more than once")
+    fields: dict[str, list[str]] = {name: [] for name in ("k", *FILTER_FIELDS)}
+    for part in parts:
+        if part.name not in fields:
+            continue
+        if part.filename is not None:
             raise InputError(
-                422, "missing_image", "the multipart field 'image' (the sketch file) is missing"
+                422,
+                "invalid_k" if part.name == "k" else "invalid_request",
+                f"{part.name} must be a plain form field, not a file",
             )
-        data = await image.read() if isinstance(image, UploadFile) else image.encode()
-        if isinstance(k, UploadFile):
-            raise InputError(422, "invalid_k", "k must be a plain form field, not a file")
-        fields = {name: form.getlist(name) for name in FILTER_FIELDS}
-        for name, values in fields.items():
-            if any(isinstance(v, UploadFile) for v in values):
-                raise invalid(name, "must be a plain form field, not a file")
-            if name != "classes" and len(values) > 1:
-                raise invalid(name, "given more than once")
-        texts = {name: [str(v) for v in values] for name, values in fields.items()}
-        return SketchRequest(k=parse_k(k, settings), image=data, **form_filters(texts, settings))
-    finally:
-        await form.close()
+        fields[part.name].append(field_text(part))
+    for name, values in fields.items():
+        if name != "classes" and len(values) > 1:
+            raise invalid(name, "given more than once")
+    k = fields.pop("k")
+    return SketchRequest(
+        k=parse_k(k[0] if k else None, settings),
+        image=bytes(images[0].data),
+        **form_filters(fields, settings),
+    )
+
+
+def split_multipart(body: bytes, content_type: str) -> list[Part]:
+    """The parts of a multipart/form-data body (python-multipart's parser), at most
+    ``MAX_PARTS``; 400 ``malformed_multipart`` naming the fault."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary", b"")
+    if not boundary:
+        raise malformed_multipart("no boundary in the Content-Type header")
+    delimiters = body.count(b"\r\n--" + boundary) + body.startswith(b"--" + boundary)
+    if delimiters > MAX_PARTS + 1:
+        raise malformed_multipart(
+            f"more than {MAX_PARTS} parts (the boundary occurs {delimiters} times)"
+        )
+    parts: list[Part] = []
+    header: list[bytes] = [b"", b""]
+
+    def begin() -> None:
+        parts.append(Part())
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            _, params = parse_options_header(header[1])
+            part = parts[-1]
+            part.name = params[b"name"].decode("utf-8", "replace") if b"name" in params else None
+            if b"filename" in params:
+                part.filename = params[b"filename"].decode("utf-8", "replace")
+        header[:] = [b"", b""]
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].data += data[start:end]
+
+    callbacks = {
+        "on_part_begin": begin,
+        "on_header_field": header_field,
+        "on_header_value": header_value,
+        "on_header_end": header_end,
+        "on_part_data": part_data,
+    }
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        parser.write(body)
+        parser.finalize()
+    except (MultipartParseError, ValueError) as err:
+        raise malformed_multipart(str(err)) from err
+    if not parts:
+        raise malformed_multipart("no part (is the boundary right?)")
+    return parts
+
+
+def field_text(part: Part) -> str:
+    """A form field's value, which must be UTF-8 text."""
+    try:
+        return part.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid(part.name or "field", "must be UTF-8 text") from None
+
+
+def malformed_multipart(reason: str) -> InputError:
+    return InputError(400, "malformed_multipart", f"malformed multipart body: {reason}")
 
 
 def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
@@ -202,7 +281,7 @@ def parse_json(body: bytes, settings: ServiceSettings) -> SketchRequest:
     unknown = next((key for key in data if key not in JSON_FIELDS), None)
     if unknown is not None:
         raise invalid(
-            unknown[:40],
+            shown(unknown),
             "unknown field (the fields are image_base64, strokes, k, "
             "classes, path_prefix, offset and min_score)",
         )
@@ -250,12 +329,12 @@ def form_filters(fields: dict[str, list[str]], settings: ServiceSettings) -> dic
     if fields["offset"] and fields["offset"][0] != "":
         if not FORM_INT.fullmatch(fields["offset"][0]):
             raise invalid(
-                "offset", f"must be a non-negative integer, not {fields['offset'][0][:20]!r}"
+                "offset", f"must be a non-negative integer, not {shown(fields['offset'][0])}"
             )
         offset = int(fields["offset"][0])
     if fields["min_score"] and fields["min_score"][0] != "":
         if not FORM_NUMBER.fullmatch(fields["min_score"][0]):
-            raise invalid("min_score", f"must be a number, not {fields['min_score'][0][:20]!r}")
+            raise invalid("min_score", f"must be a number, not {shown(fields['min_score'][0])}")
         min_score = float(fields["min_score"][0])
     return check_filters(classes, prefix, offset, min_score, settings)
 
@@ -279,7 +358,7 @@ def check_filters(
         raise InputError(
             422,
             "invalid_offset",
-            f"offset must be between 0 and {settings.max_offset}, not {offset}",
+            f"offset must be between 0 and {settings.max_offset}, not {shown_int(offset)}",
         )
     if min_score is not None and not math.isfinite(min_score):
         raise invalid("min_score", "must be a finite number")
@@ -309,9 +388,16 @@ def check_value_count(body: bytes, settings: ServiceSettings) -> None:
 
 
 def load_json(body: bytes) -> Any:
-    """``json.loads``; 400 naming the fault of a body that is not JSON."""
+    """``json.loads``; 400 naming the fault of a body that is not JSON, or not Unicode: a
+    lone UTF-16 surrogate (an unpaired ``\\ud800`` escape, or its bytes) cannot be encoded
+    again, so no message or result may hold it."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
+        if SURROGATE.search(body):  # rare: confirm on what was parsed
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return data
+    except UnicodeEncodeError:
+        reason = "a string in it holds a lone UTF-16 surrogate, which is not Unicode text"
     except json.JSONDecodeError as err:
         reason = f"{err.msg} at character {err.pos}"
     except UnicodeDecodeError:
@@ -346,8 +432,7 @@ def parse_k(text: Any, settings: ServiceSettings) -> int:
     if text is None or text == "":
         return settings.default_k
     if not FORM_INT.fullmatch(str(text)):
-        shown = str(text)[:20]
-        raise InputError(422, "invalid_k", f"k must be an integer, not {shown!r}")
+        raise InputError(422, "invalid_k", f"k must be an integer, not {shown(str(text))}")
     return check_k(int(text), settings)
 
 
@@ -355,8 +440,24 @@ def check_k(k: int | None, settings: ServiceSettings) -> int:
     if k is None:
         return settings.default_k
     if not 1 <= k <= settings.max_k:
-        raise InputError(422, "invalid_k", f"k must be between 1 and {settings.max_k}, not {k}")
+        raise InputError(
+            422, "invalid_k", f"k must be between 1 and {settings.max_k}, not {shown_int(k)}"
+        )
     return k
+
+
+def shown(text: str, limit: int = SHOWN, quote: bool = True) -> str:
+    """A client's string for a message: at most ``limit`` characters, quoted, everything
+    outside printable ASCII escaped (so it is short, and always encodes)."""
+    cut = text[:limit]
+    escaped = json.dumps(cut)[1:-1] + ("..." if len(cut) < len(text) else "")
+    return f"'{escaped}'" if quote else escaped
+
+
+def shown_int(value: int) -> str:
+    """A client's integer for a message: its first digits when it is long."""
+    digits = str(value)  # at most 4300 digits: json.loads refuses longer ones
+    return digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
 
 
 def decode_base64(text: str) -> bytes:
@@ -435,30 +536,23 @@ def invalid_strokes(detail: str) -> InputError:
     return InputError(422, "invalid_strokes", detail)
 
 
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What decoding an upload may cost: pixels declared, JPEG scans, and the size the
-    model needs (larger images are decoded smaller, never below it)."""
-
-    max_pixels: int
-    max_jpeg_scans: int | None = None
-    draft_size: int | None = None
-
-
 def to_query_array(req: SketchRequest, prep: Preprocessing, limits: DecodeLimits) -> np.ndarray:
     """The encoder input (3, S, S) of a parsed sketch (blocking: run it in a thread)."""
     if req.strokes is not None:
         img = render_strokes(req.strokes)  # the defaults `prepare` renders training sketches with
     else:
         img = decode_image(req.image or b"", limits)
+        check_ink(img)
     return to_input_array(img, prep)
 
 
-def sniff_format(data: bytes) -> str | None:
-    """'PNG', 'JPEG' or 'WEBP' by the file's first bytes; None for anything else."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((fmt for fmt, magics in MAGIC.items() if data.startswith(magics)), None)
+def check_ink(img: Image.Image) -> None:
+    """422 ``empty_drawing`` for a sketch with nothing drawn: every colour channel spans
+    fewer than ``INK_CONTRAST`` levels (all white, one pixel, fully transparent)."""
+    if all(hi - lo < INK_CONTRAST for lo, hi in img.getextrema()):  # type: ignore[union-attr]
+        raise InputError(
+            422, "empty_drawing", "the sketch is blank: nothing is drawn on it (one colour)"
+        )
 
 
 def decode_image(data: bytes, limits: DecodeLimits | int) -> Image.Image:
@@ -468,20 +562,14 @@ def decode_image(data: bytes, limits: DecodeLimits | int) -> Image.Image:
         limits = DecodeLimits(limits)
     if not data:
         raise InputError(400, "empty_image", "the image is empty (0 bytes)")
-    fmt = sniff_format(data)
-    if fmt is None:
+    fmt = sniff_format(data[:HEAD_BYTES])
+    if fmt not in UPLOAD_FORMATS:
         raise InputError(415, "unsupported_image_type", "the image is not a PNG, JPEG or WebP file")
     try:
-        return load_image(
-            data,
-            limits.max_pixels,
-            max_jpeg_scans=limits.max_jpeg_scans,
-            draft_size=limits.draft_size,
-        )
+        return decode_image_bytes(data, replace(limits, formats=(fmt,)))[0]
     except ImageTooLargeError as err:
         reason = str(err).removeprefix("<upload>: ")
-        code = "too_many_scans" if " scans; " in reason else "too_many_pixels"
-        raise InputError(413, code, f"the {fmt} image: {reason}") from err
+        raise InputError(413, err.code, f"the {fmt} image: {reason}") from err
     except ImageError as err:
         reason = str(err).removeprefix("<upload>: ")
     except Exception:  # Pillow's decoders raise more than OSError; their words stay here

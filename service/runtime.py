@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import faiss
 
 from gallery_store.photos import MAX_PIXELS
+from model.preprocess import DecodeLimits
 from service.batching import MicroBatcher, Pending
-from service.inputs import DecodeLimits, SketchRequest, to_query_array
+from service.inputs import SketchRequest, to_query_array
 from service.metrics import Metrics
 from service.search import Hits, Query, ReloadError, ReloadResult, SearchEngine
 from service.settings import ServiceSettings
@@ -96,24 +97,44 @@ class Runtime:
             await self.reload()
 
     async def _watch(self) -> None:
-        """Reload when the store serves another version than the one served here."""
+        """Reload when the store serves another version than the one served here, or when
+        the one served here was removed from the store (``engine.orphaned`` while it is)."""
         seen: str | None = None
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
             try:
                 served = await asyncio.to_thread(self.engine.served)
+                present = await asyncio.to_thread(self.engine.serving_present)
             except Exception as err:  # a damaged CURRENT, a Qdrant server away: try again
                 log.warning("cannot read the served index version: %s", err)
                 continue
-            if served is None or served == seen:
-                continue
-            seen = served
-            if self.engine.ready and self.engine.snapshot.version == served:
-                continue
-            pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the Qdrant alias"
-            log.info("%s moved to %s; reloading", pointer, served)
-            with contextlib.suppress(ReloadError):
-                await self.reload()
+            if not present and self.engine.orphaned is None:
+                seen = None  # try the store's version again, whatever failed before
+            if served is not None and served != seen:
+                seen = served
+                if not (self.engine.ready and self.engine.snapshot.version == served):
+                    await self._follow(served)
+                present = await asyncio.to_thread(self.engine.serving_present)
+            self._mark_orphaned(present)
+
+    async def _follow(self, served: str) -> None:
+        pointer = "CURRENT" if self.engine.store.engine == "faiss" else "the Qdrant alias"
+        log.info("%s moved to %s; reloading", pointer, served)
+        with contextlib.suppress(ReloadError):
+            await self.reload()
+
+    def _mark_orphaned(self, present: bool) -> None:
+        if present:
+            self.engine.orphaned = None
+            return
+        if self.engine.orphaned is None:
+            version = self.engine.snapshot.version
+            why = self.engine.last_reload_error or {}
+            self.engine.orphaned = (
+                f"index version {version} was removed from the store, and no version this "
+                "model can serve is current" + (f" ({why['reason']})" if why.get("reason") else "")
+            )
+            log.error("%s", self.engine.orphaned)
 
     @property
     def saturated(self) -> bool:

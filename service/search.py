@@ -127,6 +127,9 @@ class SearchEngine:
         self._snapshot: Snapshot | None = None
         self._previous: Snapshot | None = None
         self._lock = threading.Lock()
+        # Why the version served here is gone from the store (None while it is there): FAISS
+        # searches it from memory, but /readyz says not ready (a restart could not load it).
+        self.orphaned: str | None = None
 
     @property
     def store(self) -> VectorStore:
@@ -191,14 +194,18 @@ class SearchEngine:
         return ReloadResult(True, loaded.version, current.version if current else None)
 
     def _activate(self, loaded: StoredVersion) -> None:
+        loaded.hold()  # pruning spares it while it is served here
         if self.settings.faiss_gpu:
             loaded.serve_on_gpu()
         classes = Counter(
             display_path(item.cls) for item in loaded.manifest.items if item.cls is not None
         )
+        dropped = self._previous
         self._previous = self._snapshot  # old photo URLs resolve for one more version
         self._snapshot = Snapshot(loaded, time.time(), dict(sorted(classes.items())))
-        self.problem = self.last_reload_error = None
+        self.problem = self.last_reload_error = self.orphaned = None
+        if dropped is not None and dropped.index is not loaded:
+            dropped.index.release()
         index = loaded.manifest.index
         log.info(
             "serving index %s: %d photos (%s, %s)",
@@ -207,6 +214,11 @@ class SearchEngine:
             index.factory if index else "?",
             loaded.device,
         )
+
+    def serving_present(self) -> bool:
+        """Whether the version served is still in the store (True while none is loaded)."""
+        snap = self._snapshot
+        return snap is None or snap.index.present()
 
     def search_batch(self, batch: Sequence[Pending[Query]]) -> list[Hits]:
         """Encode a batch of sketches in one call, search them in one call (the batcher's

@@ -58,8 +58,17 @@ class ServiceSettings(StoreSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body not all arrived by then gets a 408"
     )
-    max_connections: int | None = Field(
-        200, ge=1, description="open connections (and requests) at most; more get a 503"
+    max_connections: int = Field(
+        1000, ge=1, description="open connections at most; a new one past it gets a 503"
+    )
+    max_client_connections: int = Field(
+        100,
+        ge=1,
+        description="open connections from one address; more get a 429 (behind a proxy, "
+        "at least as many as it opens)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request head not all arrived by then: the connection closes"
     )
     keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection's life")
     public_base_url: str = Field(

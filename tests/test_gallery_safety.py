@@ -14,16 +14,22 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from conftest import ServiceAssets
+from conftest import HOUSE, RunningService, ServiceAssets, run_service, service_env
 from PIL import Image
 
-from gallery_store.base import Report, SkippedItem
+from gallery_store.base import Report, SkippedItem, StoreWriteError
 from gallery_store.photos import display_path, sha256_file
 from gallery_store.versions import (
     POINTER,
@@ -36,7 +42,13 @@ from gallery_store.versions import (
 from index_builder.cli import main
 from index_builder.indexing import scan as scan_module
 from index_builder.indexing.embed import Decoded, Failure, decode_photo
-from index_builder.indexing.rebuild import BuildOptions, GuardError, plan_build, rebuild
+from index_builder.indexing.rebuild import (
+    BuildOptions,
+    GuardError,
+    build_new_index,
+    plan_build,
+    rebuild,
+)
 from index_builder.indexing.scan import PhotoFile, Scan, scan_photos
 from model.encoder import OnnxEncoder
 from model.preprocess import Preprocessing, load_image, to_rgb_on_white
@@ -464,23 +476,25 @@ def test_read_errors_are_retried_and_decode_failures_remembered(tmp_path: Path) 
 # --- 6. bounded memory ----------------------------------------------------------------------
 
 
-def test_huge_files_and_headers_are_refused_before_reading(tmp_path: Path) -> None:
+def test_huge_files_and_headers_are_refused_before_decoding(tmp_path: Path) -> None:
     prep = Preprocessing(image_size=32)
-    header = _encode(Image.new("L", (8_000, 8_000)))[:64]  # IHDR declares 64 MP
     bomb = tmp_path / "bomb.png"
-    with open(bomb, "wb") as f:
-        f.write(header)
-        f.truncate(3 * 2**30)  # 3 GB, sparse: costs nothing unless read
-    result = decode_photo(bomb, "0" * 64, prep, max_pixels=10_000_000)
+    bomb.write_bytes(_encode(Image.new("L", (8_000, 8_000)))[:64])  # IHDR declares 64 MP
+    result = decode_photo(bomb, sha256_file(bomb), prep, max_pixels=10_000_000)
     assert isinstance(result, Failure) and not result.retry
     assert result.error == "8000x8000 pixels; at most 10000000 are accepted for PNG"
     small = _encode(Image.new("L", (8, 8)))
     padded = tmp_path / "padded.png"
     with open(padded, "wb") as f:
         f.write(small)
-        f.truncate(3 * 2**30)
-    result = decode_photo(padded, "0" * 64, prep)
-    assert isinstance(result, Failure) and result.error.startswith(f"{3 * 2**30} bytes; at most")
+        f.truncate(3 * 2**30)  # 3 GB, sparse: costs nothing unless read
+    # refused unread; the size the scan hashed says it is the same file
+    result = decode_photo(padded, "0" * 64, prep, size=3 * 2**30)
+    assert isinstance(result, Failure) and not result.retry
+    assert result.error.startswith(f"{3 * 2**30} bytes; at most")
+    # it grew after the scan: not the bytes scanned, so tried again next time
+    result = decode_photo(padded, "0" * 64, prep, size=len(small))
+    assert isinstance(result, Failure) and result.retry and "changed" in result.error
 
 
 def test_the_stored_size_is_the_photos_not_the_drafts(tmp_path: Path) -> None:
@@ -525,15 +539,16 @@ def test_pruning_keeps_the_last_served_version_and_removes_orphans(
     (index / f".{POINTER}.4242.tmp").write_text("{}")
     shutil.copy(sorted(photos.rglob("*.png"))[1], photos / "c0" / "copy2.png")
     assert _rebuild(index, "--keep", "2") == 0
-    assert load_current(index).version == "v000004"
-    assert version_names(index) == ["v000002", "v000004"]  # v2 was served, v3 never was
-    assert sorted(json.loads((index / SERVED).read_text())) == ["v000002", "v000004"]
+    # the never-served v3 went first (it held disk space), so the new version is v3 again
+    assert load_current(index).version == "v000003"
+    assert version_names(index) == ["v000002", "v000003"]
+    assert sorted(json.loads((index / SERVED).read_text())) == ["v000002", "v000003"]
     assert not list(index.glob(".CURRENT.*"))
-    # killed after moving CURRENT to v4 but before recording it: the next commit records it
+    # killed after moving CURRENT to v3 but before recording it: the next commit records it
     (index / SERVED).write_text(json.dumps({"v000002": ""}))
     shutil.copy(sorted(photos.rglob("*.png"))[2], photos / "c0" / "copy3.png")
     assert _rebuild(index, "--keep", "2") == 0
-    assert version_names(index) == ["v000004", "v000005"]
+    assert version_names(index) == ["v000003", "v000004"]
 
 
 # --- 9. clear CLI errors --------------------------------------------------------------------
@@ -667,3 +682,295 @@ def test_the_summary_counts_skips_beyond_the_first_twenty(
     out = capsys.readouterr().out
     assert out.count("  skipped c0/bad") == 20 and "... and 5 more skipped" in out
     assert len(load_current(index).report.skipped) == 25
+
+
+# --- 10. second round: bytes read once, live readers, full disks, counting, names -----------
+
+
+def test_a_photo_cut_short_while_a_build_reads_it_is_tried_again(
+    model: Path, photos: Path, tmp_path: Path
+) -> None:
+    """``cp -r backup/. gallery/`` during a rebuild: the scan hashed the good photo, the
+    decoder finds it empty or cut short. That is not the scanned photo's failure."""
+    victim = sorted(photos.rglob("*.png"))[0]
+    good = victim.read_bytes()
+    scan = scan_photos(photos, 2)
+    photo = next(p for p in scan.files if scan.absolute(p) == victim)
+    prep = Preprocessing(image_size=32)
+    for cut in (b"", good[:8], good[:40], good[: len(good) // 2]):
+        victim.write_bytes(cut)
+        result = decode_photo(victim, photo.sha256, prep, size=photo.size)
+        assert isinstance(result, Failure) and result.retry, (len(cut), result)
+        assert "changed" in result.error
+    # the builder's own embed step after its own scan, then the next rebuild
+    index = tmp_path / "index"
+    assert _build(model, photos, index) == 0  # scans the cut file: a real decode failure
+    skipped = load_current(index).report.skipped
+    assert [s.path for s in skipped] == [photo.path] and not skipped[0].retry
+    assert skipped[0].sha256 != photo.sha256  # remembered under the cut bytes' hash
+    victim.write_bytes(good)  # restored
+    assert _rebuild(index) == 0
+    loaded = load_current(index)
+    assert photo.path in {it.path for it in loaded.manifest.items} and not loaded.report.skipped
+
+
+@pytest.fixture(scope="module")
+def other_model(service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's run exported again at another opset: another model fingerprint."""
+    out = tmp_path_factory.mktemp("other-model") / "model"
+    run = service_assets.model_dir.parent / "run"
+    assert main(["export-onnx", "--run", str(run), "--out", str(out), "--opset", "18"]) == 0
+    assert (
+        OnnxEncoder(out, "photo").fingerprint
+        != OnnxEncoder(service_assets.model_dir, "photo").fingerprint
+    )
+    return out
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        time.sleep(0.2)
+
+
+def _filtered_searches(service: RunningService, cls: str) -> list[httpx.Response]:
+    with service.client() as client:
+        return [
+            client.post("/v1/search", json={"strokes": HOUSE, "k": 3, "classes": [cls]}),
+            client.post("/v1/search", json={"strokes": HOUSE, "k": 3}),
+            client.get("/v1/photos/0/similar", params={"k": 3}),
+        ]
+
+
+@contextmanager
+def _service_refusing_a_new_model(
+    assets: ServiceAssets, other_model: Path, photos: Path, tmp: Path
+) -> Iterator[tuple[RunningService, Path]]:
+    """A service over v1 of a new index, after v2 was built by another model (which the
+    service refuses: it keeps serving v1)."""
+    index = tmp / "index"
+    assert _build(assets.model_dir, photos, index) == 0
+    env = service_env(assets, tmp, index_dir=index, watch_interval_s=0.3)
+    with run_service(env, tmp / "service.log") as service:
+        assert _rebuild(index, "--model", str(other_model)) == 0
+        stats = lambda: httpx.get(service.url + "/v1/index", timeout=10).json()  # noqa: E731
+        _wait_for(
+            lambda: (stats()["last_reload_error"] or {}).get("version") == "v000002", "refused"
+        )
+        yield service, index
+
+
+def test_pruning_spares_the_version_a_service_still_serves(
+    service_assets: ServiceAssets, other_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    with _service_refusing_a_new_model(service_assets, other_model, photos, tmp_path) as (
+        service,
+        index,
+    ):
+        shutil.copy(sorted(photos.rglob("*.png"))[0], photos / "c0" / "copy.png")
+        assert _rebuild(index, "--keep", "1") == 0  # v3; v1 would go, but it is served
+        assert version_names(index) == ["v000001", "v000003"]
+        for response in _filtered_searches(service, "c0"):
+            assert response.status_code == 200, response.text
+            assert response.json()["index_version"] == "v000001"
+        assert httpx.get(service.url + "/readyz", timeout=10).status_code == 200
+    # nobody serves v1 now: the next build removes it
+    shutil.copy(sorted(photos.rglob("*.png"))[1], photos / "c0" / "copy2.png")
+    assert _rebuild(index, "--keep", "1") == 0
+    assert version_names(index) == ["v000004"]
+
+
+def test_a_version_removed_under_a_service_is_not_ready_never_a_500(
+    service_assets: ServiceAssets, other_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    with _service_refusing_a_new_model(service_assets, other_model, photos, tmp_path) as (
+        service,
+        index,
+    ):
+        shutil.rmtree(index / VERSIONS / "v000001")  # by hand, or by a builder of old
+        ready = lambda: httpx.get(service.url + "/readyz", timeout=10)  # noqa: E731
+        _wait_for(lambda: ready().status_code == 503, "not ready")
+        assert "v000001 was removed" in ready().json()["detail"]
+        for response in _filtered_searches(service, "c1"):  # from memory, still right
+            assert response.status_code == 200, response.text
+        # a version of the service's model becomes current: it falls back to that
+        assert _rebuild(index, "--model", str(service_assets.model_dir)) == 0
+        _wait_for(lambda: ready().status_code == 200, "ready again")
+        assert ready().json()["index_version"] == "v000003"
+        assert "Traceback" not in service.log()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, to run out of space for real (root only)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file taking all of ``disk``'s free space but ``leave`` bytes."""
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def _assert_nothing_half_written(index: Path) -> None:
+    assert not list((index / VERSIONS).glob(".staging-*"))
+    assert not list(index.glob(".*.tmp"))
+    served = json.loads((index / SERVED).read_text())
+    assert version_names(index) == sorted(served), "a version never served is left"
+    load_current(index)  # verified against its checksums
+
+
+def test_a_full_disk_is_one_clear_line_and_leaves_nothing_behind(
+    model: Path, photos: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = small_disk / "index"
+    assert _build(model, photos, index) == 0
+    size = sum(f.stat().st_size for f in (index / VERSIONS / "v000001").iterdir())
+    good = sorted(photos.rglob("*.png"))
+    # every amount of space from none to more than a version needs: each write fails in turn
+    for step, leave in enumerate([0, 4096, size // 4, size // 2, size - 4096, size, 2 * size]):
+        _fill(small_disk, leave)
+        shutil.copy(good[step % len(good)], photos / "c1" / f"new{step}.png")
+        before = load_current(index).version
+        capsys.readouterr()
+        code = _rebuild(index)
+        err = capsys.readouterr().err
+        if code != 0:
+            assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+            assert "No space left on device" in err and "free of" in err, err
+            assert load_current(index).version == before
+        assert "Traceback" not in err
+        _assert_nothing_half_written(index)
+    (small_disk / "filler").unlink()
+    assert _rebuild(index) == 0
+    assert load_current(index).manifest.count == len(list(photos.rglob("*.png")))
+    _assert_nothing_half_written(index)
+
+
+def test_a_full_disk_under_qdrant_local_mode_is_one_clear_line(
+    model: Path, photos: Path, small_disk: Path
+) -> None:
+    from gallery_store.qdrant_store import QdrantStore
+    from gallery_store.settings import StoreSettings
+
+    store = QdrantStore(StoreSettings(store="qdrant", qdrant_path=small_disk / "qdrant"))
+    collections = lambda: sorted(c.name for c in store.client.get_collections().collections)  # noqa: E731
+    try:
+        build_new_index(model, photos, store, OPTIONS)
+        failures = 0
+        for leave in (0, 4096, 16384, 65536):
+            _fill(small_disk, leave)
+            shutil.copy(sorted(photos.rglob("*.png"))[0], photos / "c1" / f"more{leave}.png")
+            served, before = store.served(), collections()
+            try:
+                rebuild(store, options=OPTIONS)
+            except StoreWriteError as err:
+                failures += 1
+                message = str(err)
+                assert "\n" not in message and "writing version v0000" in message, message
+                assert "free of" in message and f"{served} is served" in message, message
+                assert store.served() == served and collections() == before
+        assert failures
+        (small_disk / "filler").unlink()
+        rebuild(store, options=OPTIONS)
+        assert store.load_current().manifest.count == len(list(photos.rglob("*.png")))
+    finally:
+        store.close()
+
+
+def test_the_shrink_guard_counts_photos_not_contents(
+    model: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = sorted(photos.rglob("*.png"))[0]
+    gallery = tmp_path / "copies"
+    (gallery / "c").mkdir(parents=True)
+    for i in range(100):
+        shutil.copy(one, gallery / "c" / f"p{i:03d}.png")
+    index = tmp_path / "index"
+    assert _build(model, gallery, index) == 0
+    for path in sorted(gallery.rglob("*.png"))[1:]:
+        path.unlink()
+    capsys.readouterr()
+    assert _rebuild(index) == 2
+    assert "99 of the 100 photos served by v000001 would be dropped (99%" in capsys.readouterr().err
+    assert _rebuild(index, "--allow-shrink") == 0
+    # moving or renaming photos drops none
+    (gallery / "c").rename(gallery / "d")
+    assert _rebuild(index) == 0
+
+
+def test_files_are_recognised_by_content_not_only_by_name(
+    model: Path, photos: Path, tmp_path: Path
+) -> None:
+    jpeg = _encode(Image.open(sorted(photos.rglob("*.png"))[0]).convert("RGB"), "JPEG")
+    names = ["saved.jfif", "pic.jpe", "IMG_0001", "space.jpg ", "photo.jpeg.bak", "UPPER.JPG"]
+    for name in names:
+        (photos / "c0" / name).write_bytes(jpeg)
+    (photos / "c0" / "notes").write_text("just text, no image")
+    (photos / "c0" / "TODO").write_text("P1 fix the scanner")  # not a PBM
+    (photos / "c0" / "cars").write_text("BMW, Audi and the rest")  # not a BMP
+    (photos / "c0" / "notes.txt").write_bytes(jpeg)  # a sidecar name: never read
+    (photos / "c0" / "sketch_jxl").write_bytes(b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\0" * 64)
+    index = tmp_path / "index"
+    assert _build(model, photos, index) == 0
+    loaded = load_current(index)
+    indexed = {it.path for it in loaded.manifest.items}
+    assert {f"c0/{name}" for name in names} <= indexed
+    assert [(s.path, s.error) for s in loaded.report.skipped] == [
+        ("c0/sketch_jxl", "unsupported format (JPEG XL); convert it to JPEG or PNG to index it")
+    ]
+    assert "c0/notes" not in indexed and "c0/notes.txt" not in indexed
+
+
+def test_identical_bad_files_odd_names_and_a_closed_output(
+    model: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = b"\xff\xd8\xff\xe0 this is not really a JPEG"
+    for i in range(60):
+        (photos / "c0" / f"bad{i:03d}.jpg").write_bytes(bad)
+    for name in ("0new\nline.jpg", "0esc\x1b[31mred.jpg", "0bidi\u202egpj.jpg"):
+        (photos / "c0" / name).write_bytes(bad)  # listed first
+    index = tmp_path / "index"
+    assert _build(model, photos, index) == 0
+    out = capsys.readouterr().out
+    for line in out.splitlines():
+        assert line.startswith((str(index), "  ")), line  # no name splits a line
+    assert "skipped c0/0new\\nline.jpg: " in out and "0esc\\x1b[31mred.jpg" in out
+    assert "0bidi\\u202egpj.jpg" in out
+    skipped = load_current(index).report.skipped
+    assert len(skipped) == 63 and len({s.error for s in skipped}) == 1
+    for s in skipped:  # no file named in the message: it is carried to every copy
+        assert "bad0" not in s.error and "<_io" not in s.error and str(tmp_path) not in s.error
+    (photos / "c0" / "bad999.jpg").write_bytes(bad)
+    assert _rebuild(index) == 0
+    carried = next(s for s in load_current(index).report.skipped if s.path == "c0/bad999.jpg")
+    assert carried.error == skipped[0].error
+    # `rebuild | head -1` where the reader is gone before the summary: quiet, and done
+    shutil.copy(sorted(photos.rglob("*.png"))[0], photos / "c0" / "late.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "index_builder", "rebuild", "--index", str(index), *QUIET],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert "c0/late.png" in {it.path for it in load_current(index).manifest.items}

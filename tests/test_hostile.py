@@ -8,6 +8,8 @@ The payloads are ``bench.hostile``'s; each is at most the default 10 MiB upload 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
 import re
@@ -26,14 +28,25 @@ from conftest import ADMIN_TOKEN, HOUSE, RunningService, ServiceAssets, run_serv
 from PIL import Image
 
 from bench.hostile import (
+    MULTIPART_BOUNDARY,
     big_png,
     big_webp,
+    blank_images,
+    boundary_flood,
     deep_nesting,
+    jpeg_empty_segments,
+    jpeg_exif_segments,
+    jpeg_fill_bytes,
     jpeg_scan_bomb,
     many_points,
     multipart,
+    png_compressed_text,
+    png_empty_chunks,
+    png_exif_bomb,
+    small_png,
     string_coordinates,
     unknown_keys,
+    webp_exif_bomb,
 )
 from gallery_store.versions import (
     INDEX_FILE,
@@ -48,6 +61,8 @@ pytestmark = pytest.mark.slow
 ORDINARY = {"strokes": HOUSE, "k": 3}
 LIVENESS_S = 5.0  # generous: 2 loaded cores; the attacks used to stall others 10-30 s
 BODY_TIMEOUT_S = 3
+HEADER_TIMEOUT_S = 2
+MAX_CLIENT_CONNECTIONS = 40
 MAX_PIXELS, MAX_SCANS, MAX_POINTS = 4_194_304, 64, 20_000  # the defaults
 
 
@@ -63,6 +78,8 @@ def hostile(
         tmp,
         index_dir=tmp / "index",
         body_timeout_s=BODY_TIMEOUT_S,
+        header_timeout_s=HEADER_TIMEOUT_S,
+        max_client_connections=MAX_CLIENT_CONNECTIONS,
         decode_workers=2,
     )
     with run_service(env, tmp / "service.log") as running:
@@ -81,6 +98,7 @@ class Liveness:
 
 
 SERVER_ERRORS = r'sbir_http_requests_total\{[^}]*status="5\d\d"\}'
+JSON_TYPE = "application/json"
 
 
 def under_attack(
@@ -204,9 +222,11 @@ def test_a_large_jpeg_within_the_budget_is_searched(hostile: RunningService) -> 
 # --- slow and vanishing clients --------------------------------------------------------------
 
 
-def raw_request(service: RunningService) -> socket.socket:
+def raw_request(service: RunningService, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the server from ``source`` (another loopback address is another
+    client to the server)."""
     port = int(service.url.rsplit(":", 1)[1])
-    return socket.create_connection(("127.0.0.1", port))
+    return socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
 
 
 def read_response(sock: socket.socket, limit_s: float) -> bytes:
@@ -377,3 +397,231 @@ def test_a_saturated_decode_pool_gets_a_quick_503(
         assert metric(running, "sbir_busy_rejections_total") == statuses.count(503)
         time.sleep(1.1)  # /readyz says busy for a second after a refusal, then ready again
         assert httpx.get(running.url + "/readyz", timeout=10).status_code == 200
+
+
+# --- second round: structure, metadata, multipart, strings, connections ----------------------
+
+
+def jpeg_fill_bytes_5mb() -> bytes:
+    return jpeg_fill_bytes(5 << 20)
+
+
+STRUCTURE_ATTACKS = {
+    "png_exif_bomb": (png_exif_bomb, 200, None),  # read for its orientation only: searched
+    "webp_exif_bomb": (webp_exif_bomb, 200, None),
+    "jpeg_fill_bytes": (jpeg_fill_bytes, 413, "fill or stray bytes"),
+    "jpeg_fill_bytes_5mb": (jpeg_fill_bytes_5mb, 413, "fill or stray bytes"),
+    "jpeg_empty_segments": (jpeg_empty_segments, 413, "JPEG markers"),
+    "jpeg_exif_segments": (jpeg_exif_segments, 413, "bytes of EXIF"),
+    "png_empty_chunks": (png_empty_chunks, 413, "PNG chunks"),
+    "png_compressed_text": (png_compressed_text, 413, "compressed text"),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURE_ATTACKS))
+def test_costly_structure_is_bounded_before_decoding(hostile: RunningService, name: str) -> None:
+    make, status, mentions = STRUCTURE_ATTACKS[name]
+    body, content_type = multipart(make())
+    responses, live = under_attack(hostile, lambda _: post_raw(hostile, body, content_type), 2)
+    for r in responses:
+        assert r.status_code == status, r.text[:300]
+        if mentions is not None:
+            assert r.json()["error"] == "image_too_complex", r.text[:300]
+            assert mentions in r.json()["detail"] and "at most" in r.json()["detail"]
+    assert live.ok, live
+
+
+def test_a_multipart_boundary_flood_is_refused_off_the_event_loop(
+    hostile: RunningService,
+) -> None:
+    body, content_type = boundary_flood()
+    responses, live = under_attack(hostile, lambda _: post_raw(hostile, body, content_type), 2)
+    for r in responses:
+        assert r.status_code == 400 and r.json()["error"] == "malformed_multipart", r.text
+        assert "parts" in r.json()["detail"]
+    assert live.ok, live
+
+
+def test_an_image_part_without_a_filename_is_the_image(hostile: RunningService) -> None:
+    b = MULTIPART_BOUNDARY
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="image"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
+    body += small_png() + f"\r\n--{b}--\r\n".encode()
+    response = post_raw(hostile, body, f"multipart/form-data; boundary={b}")
+    assert response.status_code == 200, response.text
+
+
+NOT_UNICODE = {
+    "a key": b'{"\\ud800": 1}',
+    "a low surrogate key": b'{"\\udfff": 1, "strokes": []}',
+    "a class": b'{"strokes": [[[1, 2], [3, 4]]], "classes": ["\\udc80"]}',
+    "a folder, as raw bytes": b'{"strokes": [[[1, 2], [3, 4]]], "path_prefix": "\xed\xa0\x80"}',
+    "an image": b'{"image_base64": "\\ud83d"}',
+}
+
+
+@pytest.mark.parametrize("where", list(NOT_UNICODE))
+def test_strings_that_are_not_unicode_get_a_4xx(hostile: RunningService, where: str) -> None:
+    errors = metric(hostile, SERVER_ERRORS)
+    response = post_raw(hostile, NOT_UNICODE[where], "application/json")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "malformed_json" and "surrogate" in response.json()["detail"]
+    assert metric(hostile, SERVER_ERRORS) == errors
+
+
+def test_a_valid_surrogate_pair_is_text(hostile: RunningService) -> None:
+    response = post_raw(hostile, b'{"\\ud83d\\ude00": 1}', "application/json")
+    assert response.status_code == 422, response.text  # an unknown field, shown escaped
+    assert "\\ud83d\\ude00" in response.json()["detail"]
+
+
+def test_messages_repeat_a_short_escaped_prefix_of_what_was_sent(
+    hostile: RunningService,
+) -> None:
+    huge = "9" * 4000
+    cases = [
+        post_raw(hostile, b'{"strokes": [[[1], [1]]], "k": ' + huge.encode() + b"}", JSON_TYPE),
+        post_raw(
+            hostile, b'{"strokes": [[[1], [1]]], "offset": ' + huge.encode() + b"}", JSON_TYPE
+        ),
+        post_raw(hostile, json.dumps({"x\u202e" * 500: 1}).encode(), JSON_TYPE),
+        httpx.get(f"{hostile.url}/v1/photos/0/similar?k={huge}", timeout=30),
+        httpx.get(f"{hostile.url}/{'a' * 3000}", timeout=30),
+        httpx.request("FOO" * 30, f"{hostile.url}/healthz", timeout=30),
+    ]
+    for response in cases:
+        assert 400 <= response.status_code < 500, response.text[:200]
+        detail = response.json()["detail"]
+        assert len(detail) < 300 and huge not in detail and "\u202e" not in detail, detail
+
+
+def test_blank_sketches_are_refused(hostile: RunningService) -> None:
+    for name, image in blank_images().items():
+        body, content_type = multipart(image)
+        response = post_raw(hostile, body, content_type)
+        assert response.status_code == 422, (name, response.text)
+        assert response.json()["error"] == "empty_drawing", (name, response.text)
+    b64 = base64.b64encode(blank_images()["white"]).decode()
+    response = httpx.post(hostile.url + "/v1/search", json={"image_base64": b64}, timeout=30)
+    assert response.status_code == 422 and response.json()["error"] == "empty_drawing"
+
+
+def test_head_works_wherever_get_does(hostile: RunningService) -> None:
+    with hostile.client() as client:
+        photo = client.post("/v1/search", json=ORDINARY).json()["results"][0]
+        paths = [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/index",
+            "/",
+            photo["url"],
+            photo["thumbnail_url"],
+            f"/v1/photos/{photo['id']}/similar",
+        ]
+        for path in paths:
+            get, head = client.get(path), client.head(path)
+            assert head.status_code == get.status_code == 200, (path, head.status_code)
+            assert (
+                head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+            )
+        refused = client.head("/v1/search")
+        assert refused.status_code == 405 and refused.headers["content-type"] == "application/json"
+        operations = client.get("/openapi.json").json()["paths"]
+        assert not [p for p, ops in operations.items() if "head" in ops]
+
+
+def test_invented_methods_are_one_metrics_label(hostile: RunningService) -> None:
+    before = len(httpx.get(hostile.url + "/metrics", timeout=30).content)
+    with raw_request(hostile) as sock:  # one keep-alive connection, 2,000 requests
+        for i in range(2000):
+            sock.sendall(f"M{i:05d}X /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            read_response(sock, 10)
+    text = httpx.get(hostile.url + "/metrics", timeout=30).text
+    assert len(text.encode()) - before < 10_000
+    assert 'method="other",route="/healthz",status="405"' in text and "M00001X" not in text
+
+
+def test_a_malformed_request_gets_a_json_400(hostile: RunningService) -> None:
+    with raw_request(hostile) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = read_response(sock, 5)
+    assert data.startswith(b"HTTP/1.1 400 ") and b'"malformed_request"' in data, data
+
+
+def answer_of(sock: socket.socket, wait_s: float) -> bytes:
+    """What the server sent before closing (b"" if it closed silently)."""
+    sock.settimeout(wait_s)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except TimeoutError:
+        return data or b"(still open)"
+    except ConnectionResetError:
+        return data or b"(reset)"
+    return data
+
+
+def test_idle_sockets_cannot_lock_other_clients_out(hostile: RunningService) -> None:
+    """200 sockets from one address, half sending nothing, half half a request head."""
+    socks = []
+    try:
+        for i in range(200):
+            sock = raw_request(hostile, "127.0.0.2")
+            if i % 2:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        started = time.monotonic()
+        with hostile.client() as client:  # another address
+            for _ in range(3):
+                assert client.get("/healthz").status_code == 200
+                assert client.post("/v1/search", json=ORDINARY).status_code == 200
+        assert time.monotonic() - started < LIVENESS_S
+        answers = [answer_of(sock, HEADER_TIMEOUT_S + 4) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 429 ")]
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408 ")]
+    closed = [a for a in answers if a == b""]
+    assert len(refused) == 200 - MAX_CLIENT_CONNECTIONS, [a[:40] for a in answers][:5]
+    assert all(b'"too_many_connections"' in a and b"retry-after: 1" in a for a in refused)
+    assert timed_out and all(b'"request_timeout"' in a for a in timed_out)  # half a head
+    assert len(refused) + len(timed_out) + len(closed) == 200, {a[:20] for a in answers}
+
+
+def test_a_body_dripped_after_its_answer_is_cut_off(hostile: RunningService) -> None:
+    with raw_request(hostile) as sock:
+        sock.sendall(HEAD + b"Content-Length: 50000000\r\n\r\n")  # 413 from the head
+        assert read_response(sock, 10).startswith(b"HTTP/1.1 413 ")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.3 s, until the server hangs up
+            while time.monotonic() - started < HEADER_TIMEOUT_S + 10:
+                sock.sendall(b" ")
+                time.sleep(0.3)
+                with contextlib.suppress(BlockingIOError):  # nothing to read: still open
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        raise ConnectionResetError("closed by the server")
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
+
+
+def test_the_connection_limit_answers_in_json(
+    service_assets: ServiceAssets, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("connections")
+    env = service_env(service_assets, tmp, max_connections=30, max_client_connections=10)
+    with run_service(env, tmp / "service.log") as running:
+        socks = [raw_request(running, f"127.0.0.{3 + i // 10}") for i in range(30)]
+        try:
+            time.sleep(0.3)
+            refused = httpx.get(running.url + "/healthz", timeout=10)  # read, not reset
+        finally:
+            for sock in socks:
+                sock.close()
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == "too_many_connections", refused.text
+        assert "30 connections" in refused.json()["detail"]
+        time.sleep(0.5)
+        assert httpx.get(running.url + "/healthz", timeout=10).status_code == 200

@@ -2,12 +2,14 @@
 
 Worker threads read, check and decode files into input arrays (Pillow and hashlib release the
 GIL) while the encoder runs the previous batch; up to ``PREFETCH`` batches are decoded ahead.
-A file that cannot be decoded, or whose bytes no longer match the hash it was scanned with,
-is skipped and reported, never fatal; read errors and changed files are marked ``retry`` (the
-next rebuild tries them again), decode failures are not (the same bytes fail the same way).
+Each file is read once and decoded from those bytes, after checking that they are the bytes
+the scan hashed. A file that cannot be decoded, or whose bytes no longer match, is skipped and
+reported, never fatal; read errors and changed files are marked ``retry`` (the next rebuild
+tries them again), decode failures are not (the same bytes fail the same way).
 
-Memory: a file's header is read first; a file declaring too many pixels, or larger than
-``MAX_FILE_BYTES``, is refused before its bytes are read. JPEGs (up to ``MAX_PIXELS``) are
+Memory: a file larger than ``MAX_FILE_BYTES`` is refused before its bytes are read; the
+header of the rest is checked before any pixel is decoded (``model.preprocess``: pixels,
+JPEG scans, the container's structure). JPEGs (up to ``MAX_PIXELS``) are
 decoded in draft mode, by libjpeg's DCT scaling, to no less than the encoder's input size, so
 a 100 MP JPEG costs ~11 MB; other formats are decoded whole, so their limit is lower
 (``MAX_DECODE_PIXELS``). Measured peaks (``bench/gallery_decode_memory.py``): at most ~8 bytes
@@ -19,22 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from gallery_store.photos import MAX_PIXELS
 from index_builder.indexing.scan import PhotoFile, Skipped
 from model.encoder import OnnxEncoder
-from model.preprocess import JPEG_FORMATS, ImageError, Preprocessing, load_image
+from model.preprocess import DecodeLimits, ImageError, Preprocessing, decode_image_bytes
 from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
 MAX_DECODE_PIXELS = 32_000_000  # larger images of other formats are refused (decoded whole)
@@ -51,8 +52,7 @@ def default_workers() -> int:
 
 
 PREFETCH = 2
-ORIENTATION = 0x0112  # the EXIF tag
-_BYTES_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")  # Pillow names the buffer
+CHANGED = "the file changed while the index was being built"
 
 
 @dataclass
@@ -89,60 +89,38 @@ def decode_photo(
     max_bytes: int = MAX_FILE_BYTES,
     max_decode_pixels: int = MAX_DECODE_PIXELS,
     edges: EdgeConfig | None = None,
+    size: int | None = None,
 ) -> Decoded | Failure:
-    """Read, check and preprocess one photo (with its pseudo-sketch where ``edges`` says, as
-    ``OnnxEncoder.input_array``); a Failure when it is unusable."""
+    """Read one photo once, check that those bytes are the ones scanned (``sha256``, and
+    ``size`` when known), and preprocess them (with the pseudo-sketch where ``edges`` says,
+    as ``OnnxEncoder.input_array``); a Failure when it is unusable. A failure is about the
+    scanned bytes, so it is remembered, unless they could not be read or had changed
+    (``retry``)."""
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
-            limits = (max_pixels, max_decode_pixels, max_bytes)
-            size = _check_header(handle, info, *limits)
-            if isinstance(size, Failure):
-                return size
-            handle.seek(0)
-            data = handle.read()
+            if not stat.S_ISREG(info.st_mode):
+                return Failure(CHANGED, retry=True)
+            if info.st_size > max_bytes:  # refused unread; the same size is the same failure
+                same = info.st_size == size if size is not None else _digest(handle) == sha256
+                too_big = f"{info.st_size} bytes; at most {max_bytes} are accepted"
+                return Failure(too_big if same else CHANGED, retry=not same)
+            data = handle.read(max_bytes + 1)
     except OSError as err:
         return Failure(f"cannot read the file ({err.strerror or err})", retry=True)
-    if hashlib.sha256(data).hexdigest() != sha256:
-        return Failure("the file changed while the index was being built", retry=True)
+    if len(data) > max_bytes or hashlib.sha256(data).hexdigest() != sha256:
+        return Failure(CHANGED, retry=True)
+    limits = DecodeLimits(max_pixels, MAX_JPEG_SCANS, prep.image_size, max_decode_pixels)
     try:
-        img = load_image(
-            data, max_pixels, max_jpeg_scans=MAX_JPEG_SCANS, draft_size=prep.image_size
-        )
+        img, shown = decode_image_bytes(data, limits, "<photo>")
     except ImageError as err:
-        return Failure(_BYTES_REPR.sub("the file", str(err).removeprefix("<upload>: ")))
-    return Decoded(encoder_input_array(img, prep, edges), size)  # the photo's size, not the draft's
+        return Failure(str(err).removeprefix("<photo>: "))
+    return Decoded(encoder_input_array(img, prep, edges), shown)  # the photo's size, not a draft's
 
 
-def _check_header(
-    handle: object,
-    info: os.stat_result,
-    max_pixels: int,
-    max_decode_pixels: int,
-    max_bytes: int,
-) -> Failure | tuple[int, int]:
-    """A Failure for a file that is not regular, too large, or declares too many pixels in
-    its header (JPEGs up to ``max_pixels``, others ``max_decode_pixels``); else the photo's
-    (width, height) as shown (EXIF orientation applied)."""
-    if not stat.S_ISREG(info.st_mode):
-        return Failure("not a regular file")
-    try:
-        with Image.open(handle) as img:  # reads the header only
-            (width, height), fmt = img.size, img.format
-            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-    except Image.DecompressionBombError as err:
-        return Failure(f"a decompression bomb ({err})")
-    except (OSError, SyntaxError, ValueError) as err:
-        if type(err) is OSError and err.errno is not None:
-            raise  # a read error, not a format error
-        return Failure(f"not a readable image ({err})")
-    limit = max_pixels if fmt in JPEG_FORMATS else min(max_pixels, max_decode_pixels)
-    if width * height > limit:
-        kind = "for a JPEG" if fmt in JPEG_FORMATS else f"for {fmt or 'this format'}"
-        return Failure(f"{width}x{height} pixels; at most {limit} are accepted {kind}")
-    if info.st_size > max_bytes:
-        return Failure(f"{info.st_size} bytes; at most {max_bytes} are accepted")
-    return (height, width) if turned else (width, height)
+def _digest(handle: BinaryIO) -> str:
+    handle.seek(0)
+    return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_batching(batch_size: int, workers: int) -> None:
@@ -202,7 +180,8 @@ def _decoded_batches(
         if start is not None:
             batch = photos[start : start + batch_size]
             futures = [
-                pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges) for p in batch
+                pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges, size=p.size)
+                for p in batch
             ]
             pending.append((batch, futures))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,11 +41,12 @@ from gallery_store.base import (
     VectorStore,
 )
 from gallery_store.faiss_store import FaissStore
-from gallery_store.photos import display_path
+from gallery_store.photos import printable
 from index_builder.indexing.embed import Embedded, default_workers
 from index_builder.indexing.engines import EmbedFn, Engine, check_engine, embedder
 from index_builder.indexing.scan import PhotoFile, Scan, Skipped, scan_photos
 from model.encoder import OnnxEncoder
+from model.preprocess import clean_message
 
 LoadedIndex = StoredVersion  # what the planning below reads: any engine's version
 
@@ -127,7 +129,7 @@ class BuildResult:
                 f"{r.removed} removed, {r.unchanged} unchanged; {r.embedded} embedded, "
                 f"{r.reused} reused, {len(r.skipped)} skipped",
                 index,
-                *(f"  skipped {display_path(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
+                *(f"  skipped {printable(s.path)}: {s.error}" for s in r.skipped[:SHOWN_SKIPS]),
                 *(
                     [
                         f"  ... and {more} more skipped (all in "
@@ -208,22 +210,23 @@ def rebuild(
             return BuildResult(index_dir, None, bases[0].report, bases[0].manifest)
         reference = previous or _newest_served(index_dir)
         expected = [*plan.reuse, *(p.path for p in plan.to_embed)]
-        check_guards(scan, _hashes(scan, expected), reference, options, "would be")
+        check_guards(scan, _contents(scan, expected), reference, options, "would be")
         job = _Job(index_dir, encoder, scan, plan, bases, previous, reference, reason)
         return _build(job, {"scan": time.perf_counter() - started}, options, embed)
 
 
 def check_guards(
     scan: Scan,
-    kept: set[str],
+    kept: Counter[str],
     reference: LoadedIndex | None,
     options: BuildOptions,
     tense: str = "would be",
 ) -> None:
     """Raise GuardError for an empty gallery, unreadable folders, or a drop of more than
-    ``options.max_shrink`` of ``reference``'s photos; ``kept``: the sha256 of the photos the
-    new version holds."""
-    where = display_path(scan.source)
+    ``options.max_shrink`` of ``reference``'s photos; ``kept``: how many photos of each
+    sha256 the new version holds. Photos are counted, not contents: 99 of 100 copies of one
+    photo gone are 99 photos dropped (a renamed or moved photo is none)."""
+    where = printable(scan.source)
     if not kept and not options.allow_empty:
         raise GuardError(
             f"{where}: no photo {tense} indexed ({len(scan.files)} image files found, "
@@ -231,7 +234,7 @@ def check_guards(
             "--allow-empty to write an empty index anyway"
         )
     if scan.unreadable_folders and not options.allow_shrink:
-        folders = ", ".join(display_path(f) for f in scan.unreadable_folders[:5])
+        folders = ", ".join(printable(f) for f in scan.unreadable_folders[:5])
         more = len(scan.unreadable_folders) - 5
         raise GuardError(
             f"{where}: {len(scan.unreadable_folders)} folders cannot be read ({folders}"
@@ -240,21 +243,22 @@ def check_guards(
         )
     if reference is None or options.allow_shrink:
         return
-    before = {it.sha256 for it in reference.manifest.items}
-    dropped = len(before - kept)
-    if before and dropped > options.max_shrink * len(before):
+    before = Counter(it.sha256 for it in reference.manifest.items)
+    dropped, served = (before - kept).total(), before.total()
+    if served and dropped > options.max_shrink * served:
         raise GuardError(
-            f"{where}: {dropped} of the {len(before)} photos served by {reference.version} "
-            f"{tense} dropped ({dropped / len(before):.0%}, more than the {options.max_shrink:.0%} "
+            f"{where}: {dropped} of the {served} photos served by {reference.version} "
+            f"{tense} dropped ({dropped / served:.0%}, more than the {options.max_shrink:.0%} "
             f"allowed; {len(scan.files)} image files found, {len(scan.unreadable)} skipped). "
             "Check that the photos are all there (a mounted disk, permissions, the right "
             "--photos), or pass --allow-shrink to accept the smaller gallery"
         )
 
 
-def _hashes(scan: Scan, paths: list[str] | set[str]) -> set[str]:
+def _contents(scan: Scan, paths: list[str]) -> Counter[str]:
+    """How many of the photos at ``paths`` have each sha256."""
     wanted = set(paths)
-    return {p.sha256 for p in scan.files if p.path in wanted}
+    return Counter(p.sha256 for p in scan.files if p.path in wanted)
 
 
 def _defaults(
@@ -343,13 +347,14 @@ def _remembered(skipped: SkippedItem) -> bool:
 
 def plan_build(scan: Scan, bases: list[LoadedIndex]) -> Plan:
     """Sort the scanned photos into reuse / keep skipped / embed, by content hash; the first
-    base holding a hash gives its vector."""
+    base holding a hash gives its vector. A remembered failure is carried to every file of
+    those bytes, so its message names no file (older reports' messages are cleaned)."""
     plan = Plan()
     rows: dict[str, tuple[int, int]] = {}
     skipped: dict[str, str] = {}
     for b, base in reversed(list(enumerate(bases))):  # earlier bases win
         rows |= {it.sha256: (b, it.id) for it in base.manifest.items}
-        skipped |= {s.sha256: s.error for s in base.report.skipped if _remembered(s)}  # type: ignore[misc]
+        skipped |= {s.sha256: clean_message(s.error) for s in base.report.skipped if _remembered(s)}  # type: ignore[misc]
     for photo in scan.files:
         if photo.sha256 in rows:
             plan.reuse[photo.path] = rows[photo.sha256]
@@ -404,7 +409,7 @@ def _build(
     )
     t1 = time.perf_counter()
     vectors, items = assemble(scan, plan, embedded, job.bases)
-    check_guards(scan, {it.sha256 for it in items}, job.reference, options, "would be")
+    check_guards(scan, Counter(it.sha256 for it in items), job.reference, options, "would be")
     seconds |= {"embed": t1 - t0}
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -30,8 +30,9 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 from tqdm import tqdm
 
-from gallery_store.photos import display_path, sha256_file
-from model.preprocess import IMAGE_SUFFIXES
+from gallery_store.photos import display_path, hash_stream
+from model.image_structure import HEAD_BYTES, sniff_format
+from model.preprocess import IMAGE_SUFFIXES, decodable_formats
 
 # Other image formats people keep photos in: indexed where this Pillow decodes them (AVIF in
 # Pillow >= 11.2), else reported as skipped, never ignored without a word.
@@ -78,9 +79,16 @@ PSEUDO_FS = {
     "rpc_pipefs",
     "nsfs",
 }
-_DECODABLE = {s for s in OTHER_IMAGE_SUFFIXES if s in Image.registered_extensions()}
+# Suffixes of the formats decoded (.jfif, .jpe, .pgm, ... too), AVIF where Pillow has it.
+_DECODABLE = {s for s, f in Image.registered_extensions().items() if f in decodable_formats()}
 PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES | _DECODABLE)
 UNSUPPORTED_SUFFIXES = {s: f for s, f in OTHER_IMAGE_SUFFIXES.items() if s not in _DECODABLE}
+# Files never read to see whether they are images: sidecars and documents beside photos.
+NOT_IMAGE_SUFFIXES = frozenset(
+    {".txt", ".md", ".json", ".xml", ".xmp", ".csv", ".tsv", ".html", ".htm", ".pdf", ".db"}
+    | {".ini", ".log", ".yaml", ".yml", ".py", ".sh", ".zip", ".gz", ".tar", ".mp4", ".mov"}
+    | {".avi", ".mkv", ".mp3", ".wav", ".aae", ".thm", ".lnk", ".url", ".dat", ".ds_store"}
+)
 _SPECIAL = {
     stat.S_IFIFO: "a FIFO",
     stat.S_IFSOCK: "a socket",
@@ -91,11 +99,13 @@ _SPECIAL = {
 
 @dataclass(frozen=True)
 class PhotoFile:
-    """One gallery photo: path relative to the photos root (POSIX), class, content hash."""
+    """One gallery photo: path relative to the photos root (POSIX), class, content hash, and
+    the number of bytes hashed (None when unknown)."""
 
     path: str
     cls: str | None
     sha256: str
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,23 +140,48 @@ class Scan:
 
 @dataclass
 class Walk:
-    """What a folder walk found: image path -> class, and what it skipped."""
+    """What a folder walk found: image path -> class, files whose name says nothing (no or
+    another suffix: images if their content says so) -> class, and what it skipped."""
 
     found: dict[str, str | None] = field(default_factory=dict)
+    unnamed: dict[str, str | None] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     unreadable_folders: list[str] = field(default_factory=list)
 
 
-def _try_hash(path: Path) -> str | OSError:
-    """The sha256 of a regular file; an OSError for anything else (never opens a FIFO)."""
+Hashed = tuple[str, int]  # sha256, bytes hashed
+
+
+def _try_hash(path: Path, sniff: bool = False) -> Hashed | OSError | str | None:
+    """The sha256 and size of a regular file; an OSError for anything else (never opens a
+    FIFO). With ``sniff``, the file is an image only if its first bytes say so: None when
+    they name no image format, why it is skipped when one this Pillow cannot decode."""
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            kind = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
-            return OSError(0, f"{kind}, not a photo" if kind != "not a regular file" else kind)
-        return sha256_file(path)
+        with open(path, "rb", opener=_open_regular) as handle:
+            if sniff:
+                fmt = sniff_format(handle.read(HEAD_BYTES))
+                if fmt is None:
+                    return None
+                if fmt not in decodable_formats():
+                    return _unsupported(fmt)
+                handle.seek(0)
+            return hash_stream(handle)
     except OSError as err:
         return err
+
+
+def _open_regular(path: str, flags: int) -> int:
+    """``os.open`` that refuses, without opening it, anything but a regular file (a FIFO
+    would block the open)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
+        raise OSError(0, f"{kind}, not a photo" if kind != "not a regular file" else kind)
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _unsupported(fmt: str) -> str:
+    return f"unsupported format ({fmt}); convert it to JPEG or PNG to index it"
 
 
 def scan_photos(source: str | Path, workers: int = 4, progress: bool = False) -> Scan:
@@ -165,23 +200,28 @@ def scan_photos(source: str | Path, workers: int = 4, progress: bool = False) ->
             f"{display_path(source)}: photos folder or list file does not "
             "exist (is the disk mounted?)"
         )
-    paths = sorted(listed)
+    named, unnamed = sorted(listed), sorted(walk.unnamed)
+    classes = listed | walk.unnamed
+    jobs = [(p, False) for p in named] + [(p, True) for p in unnamed]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         hashes = list(
             tqdm(
-                pool.map(lambda p: _try_hash(root / p), paths),
-                total=len(paths),
+                pool.map(lambda job: _try_hash(root / job[0], job[1]), jobs),
+                total=len(jobs),
                 desc="hash photos",
                 unit="file",
                 disable=not progress,
             )
         )
     files, unreadable = [], list(walk.skipped)
-    for path, digest in zip(paths, hashes, strict=True):
-        if isinstance(digest, OSError):
-            unreadable.append(Skipped(path, None, _read_error(digest), retry=True))
-        else:
-            files.append(PhotoFile(path, listed[path], digest))
+    for (path, _), result in zip(jobs, hashes, strict=True):
+        if isinstance(result, OSError):
+            unreadable.append(Skipped(path, None, _read_error(result), retry=True))
+        elif isinstance(result, str):
+            unreadable.append(Skipped(path, None, result))
+        elif result is not None:
+            files.append(PhotoFile(path, classes[path], *result))
+    files.sort(key=lambda p: p.path)
     unreadable.sort(key=lambda s: s.path)
     return Scan(root, source, files, unreadable, walk.unreadable_folders)
 
@@ -266,14 +306,10 @@ def _add_file(path: PurePosixPath, walk: Walk) -> None:
     if suffix in PHOTO_SUFFIXES:
         walk.found[path.as_posix()] = class_of(path)
     elif suffix in UNSUPPORTED_SUFFIXES:
-        fmt = UNSUPPORTED_SUFFIXES[suffix]
-        walk.skipped.append(
-            Skipped(
-                path.as_posix(),
-                None,
-                f"unsupported format ({fmt}); convert it to JPEG or PNG to index it",
-            )
-        )
+        why = _unsupported(UNSUPPORTED_SUFFIXES[suffix])
+        walk.skipped.append(Skipped(path.as_posix(), None, why))
+    elif suffix not in NOT_IMAGE_SUFFIXES:
+        walk.unnamed[path.as_posix()] = class_of(path)  # 'IMG_0001', 'photo.jpg ', 'x.jfif2'
 
 
 @cache
