@@ -27,8 +27,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -412,8 +412,9 @@ def commit_version(index_dir: Path, payload: Payload, keep: int = KEEP) -> str:
     staging: Path | None = None
     try:
         versions.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=versions))
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a service user
+        # mkdir follows the umask; mkdtemp's 0700 would hide the version from a service user
+        staging = versions / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+        staging.mkdir()
         checksums = _write_files(staging, payload)
         _fsync_dir(staging)
         staging.rename(versions / version)

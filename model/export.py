@@ -8,8 +8,8 @@ Read the result with ``model.encoder``.
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -157,7 +157,7 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     model = encoders["sketch"].model
     embedding_dim = model.embedding_dim
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = _new_sibling_dir(out_dir, ".tmp")
     try:
         for domain in DOMAINS:
             export_module(
@@ -221,12 +221,20 @@ def _check_target(out_dir: Path) -> None:
         raise ValueError(f"{out_dir}: not empty and not a model directory; choose another --out")
 
 
+def _new_sibling_dir(out_dir: Path, suffix: str) -> Path:
+    """A new empty folder beside ``out_dir``. Made by mkdir, so its mode follows the umask:
+    tempfile.mkdtemp's 0700 would hide the export from a service running as another user."""
+    path = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(8)}{suffix}"
+    path.mkdir()
+    return path
+
+
 def _install(tmp: Path, out_dir: Path) -> None:
     """Move the finished export into place, replacing an earlier one."""
     if not out_dir.exists():
         tmp.rename(out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    old = _new_sibling_dir(out_dir, ".old")
     out_dir.rename(old / out_dir.name)
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)

@@ -191,12 +191,18 @@ def service_env(assets: ServiceAssets, tmp: Path, **settings: object) -> dict[st
 
 @contextmanager
 def run_service(
-    env: dict[str, str], log_file: Path, ready: bool = True, timeout: float = 120.0
+    env: dict[str, str],
+    log_file: Path,
+    ready: bool = True,
+    timeout: float = 120.0,
+    as_user: list[str] | None = None,
 ) -> Iterator[RunningService]:
     """``python -m service`` on a free 127.0.0.1 port, until it answers /healthz (and
-    /readyz when ``ready``); terminated on exit."""
+    /readyz when ``ready``); terminated on exit. ``as_user``: a command prefix that runs it as
+    another user (``setpriv --reuid ...``)."""
     port = free_port()
     cmd = [
+        *(as_user or []),
         sys.executable,
         "-m",
         "service",

