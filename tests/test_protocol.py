@@ -1,0 +1,92 @@
+"""The shared evaluation protocol (bench/protocol.py): sealed classes, development folds,
+held-out sketches, the development data set and the log of sealed-set looks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bench import protocol
+from index_builder.training.prepare import PHOTO_MAP, read_photo_table
+
+# the 205 classes `prepare` writes are the curated photo map's (all have drawings)
+CLASSES = sorted(read_photo_table(PHOTO_MAP))
+# sha256 of the sealed class names, one a line: pinned without naming them
+SEALED_SHA256 = "99f7e45ba243616329424e00586beb531ba6de0e0400d9c99e4926f5382ceb67"
+
+
+def test_sealed_and_folds_partition_the_classes() -> None:
+    sealed = protocol.sealed_classes(CLASSES)
+    folds = protocol.dev_folds(CLASSES)
+    assert len(sealed) == 41 and [len(f) for f in folds] == [41] * 4
+    assert all(f == sorted(f) for f in [sealed, *folds])
+    every = [c for part in [sealed, *folds] for c in part]
+    assert sorted(every) == CLASSES, "not a partition"
+    assert protocol.dev_classes(CLASSES) == sorted(c for f in folds for c in f)
+    digest = hashlib.sha256("".join(f"{c}\n" for c in sealed).encode()).hexdigest()
+    assert digest == SEALED_SHA256, "the sealed set moved"
+    assert folds[0][:3] == ["anvil", "apple", "axe"]  # fold 0 as the research measured it
+
+
+def test_sealed_classes_are_the_smallest_hashes() -> None:
+    def rank(c: str) -> str:
+        return hashlib.sha256(f"sketch-search sealed v1:{c}".encode()).hexdigest()
+
+    sealed = set(protocol.sealed_classes(CLASSES))
+    assert max(map(rank, sealed)) < min(rank(c) for c in CLASSES if c not in sealed)
+
+
+def test_another_class_list_is_refused() -> None:
+    with pytest.raises(protocol.ProtocolError, match="204 classes"):
+        protocol.sealed_classes(CLASSES[1:])
+    with pytest.raises(protocol.ProtocolError):
+        protocol.dev_folds([*CLASSES[1:], "unicorn"])
+
+
+def test_heldout_key_ids() -> None:
+    assert protocol.is_heldout("0") and not protocol.is_heldout("1")
+    share = sum(protocol.is_heldout(str(5_000_000_000_000_000 + i)) for i in range(5000)) / 5000
+    assert 0.18 < share < 0.22
+    assert protocol.sketch_key_id("data/sketch/cat/4601524584218624.png") == "4601524584218624"
+
+
+def _prepared(root: Path) -> None:
+    """A prepared layout of the 205 classes: keys 0..4 as sketches, one picture each."""
+    for c in CLASSES:
+        (root / "sketch" / c).mkdir(parents=True)
+        (root / "photo" / c).mkdir(parents=True)
+        for key in range(5):
+            (root / "sketch" / c / f"{key}.png").write_bytes(b"png")
+        (root / "photo" / c / "p.png").write_bytes(b"png")
+
+
+def test_write_dev_data(tmp_path: Path) -> None:
+    _prepared(tmp_path / "data")
+    dev = protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")
+    sealed = set(protocol.sealed_classes(CLASSES))
+    assert sorted(p.name for p in (tmp_path / "dev" / "sketch").iterdir()) == dev.classes
+    assert not sealed & set(dev.classes) and len(dev.classes) == 164
+    kept = sorted(p.name for p in (tmp_path / "dev" / "sketch" / dev.classes[0]).iterdir())
+    assert kept == ["1.png", "2.png", "3.png", "4.png"]  # key 0 is held out
+    assert (dev.sketches, dev.heldout_left_out, dev.photos) == (164 * 4, 164, 164)
+    link = tmp_path / "dev" / "photo" / dev.classes[0] / "p.png"
+    assert link.is_symlink() and link.read_bytes() == b"png"
+    again = protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")  # rebuilt in place
+    assert again == dev
+    (tmp_path / "dev" / "photo" / dev.classes[0] / "real.png").write_bytes(b"x")
+    with pytest.raises(protocol.ProtocolError, match="other than links"):
+        protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")
+
+
+def test_sealed_looks_are_logged(tmp_path: Path) -> None:
+    assert protocol.sealed_look_count() == 0  # the committed log: no look yet
+    log = tmp_path / "looks.md"
+    log.write_text(protocol.SEALED_LOOKS.read_text())
+    sealed = protocol.look_at_sealed(CLASSES, "recommended recipe, final check", log)
+    assert sealed == protocol.sealed_classes(CLASSES)
+    assert protocol.sealed_look_count(log) == 1
+    assert "recommended recipe, final check" in log.read_text()
+    with pytest.raises(ValueError, match="one line"):
+        protocol.look_at_sealed(CLASSES, "a | b", log)
