@@ -11,31 +11,33 @@ held-out sketches of trained categories.
   and dealt into 4 folds of 41 (fold i = permuted[i::4], sorted). Per fold a run trains on the
   other 123 (holding validation classes out inside the run) and is tested on the fold.
 - Held-out sketches: a sketch whose Quick, Draw! ``key_id`` hashes to 0 modulo 5
-  (``sha256("sketch-search heldout v1:" + key_id)``) is never used for training, early
-  stopping or any head; it queries "held-out sketches of trained categories". ``prepare``
-  writes each sketch as ``sketch/<class>/<key_id>.png``, so the key_id is the file's stem.
+  (``sha256("sketch-search heldout v1:" + key_id)``; the training code's rule,
+  ``index_builder.training.heldout``, at the recommended recipe's share 0.2) is never used for
+  training, early stopping or any head; it queries "held-out sketches of trained categories".
+  ``prepare`` writes each sketch as ``sketch/<class>/<key_id>.png``, so the key_id is the
+  file's stem.
 
-``write_dev_data`` turns a prepared data set into the development data set a run may train
-on: the 164 development classes, their pictures, and their sketches less the held-out ones
-(links, not copies).
+The sealed classes are also committed as ``bench/splits/sealed.txt`` (``write_sealed_split``;
+class names only), the demo model's test classes.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import os
-from dataclasses import dataclass
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from index_builder.training import heldout
+
 SEALED_SALT = "sketch-search sealed v1:"
-HELDOUT_SALT = "sketch-search heldout v1:"
 N_CLASSES = 205
 N_SEALED = 41
 N_FOLDS = 4
-HELDOUT_MODULUS = 5
+HELDOUT_SHARE = 0.2
+SEALED_SPLIT = Path(__file__).with_name("splits") / "sealed.txt"
 # sha256 of the 205 class names, sorted, one a line: the sealed set is a function of the
 # class list, so a changed photo map (or a copy of the data lacking categories) must fail
 # loudly instead of quietly drawing another sealed set.
@@ -87,67 +89,18 @@ def dev_folds(classes: list[str]) -> list[list[str]]:
 
 def is_heldout(key_id: str) -> bool:
     """Whether a Quick, Draw! sketch is held out of every fit (a query of trained categories)."""
-    digest = hashlib.sha256(f"{HELDOUT_SALT}{key_id}".encode()).hexdigest()
-    return int(digest, 16) % HELDOUT_MODULUS == 0
+    return heldout.is_heldout(key_id, HELDOUT_SHARE)
 
 
-def sketch_key_id(path: str | Path) -> str:
-    """The key_id of a sketch ``prepare`` wrote (its file's stem)."""
-    return Path(path).stem
-
-
-@dataclass(frozen=True)
-class DevData:
-    """What ``write_dev_data`` linked: the folder, its classes and sketch counts."""
-
-    root: Path
-    classes: list[str]
-    sketches: int
-    heldout_left_out: int
-    photos: int
-
-
-def write_dev_data(prepared: Path, out: Path) -> DevData:
-    """Link ``prepared``'s development classes into ``out`` (``sketch/<class>/``,
-    ``photo/<class>/``), leaving out the sealed classes and every held-out sketch; rebuilt
-    from scratch each call (links only), so it always matches this module."""
-    prepared, out = Path(prepared).resolve(), Path(out)
-    classes = sorted(p.name for p in (prepared / "sketch").iterdir() if p.is_dir())
-    dev = dev_classes(classes)
-    if out.exists():
-        _remove_links(out)
-    sketches = left_out = photos = 0
-    for cls in dev:
-        for domain in ("sketch", "photo"):
-            folder = out / domain / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for src in sorted((prepared / domain / cls).iterdir()):
-                if domain == "sketch" and is_heldout(sketch_key_id(src)):
-                    left_out += 1
-                    continue
-                os.symlink(src, folder / src.name)
-                sketches += domain == "sketch"
-                photos += domain == "photo"
-    return DevData(out, dev, sketches, left_out, photos)
-
-
-def _remove_links(out: Path) -> None:
-    """Empty a folder ``write_dev_data`` wrote; refuse one holding anything but links."""
-    files = [p for p in out.rglob("*") if not p.is_dir()]
-    if any(not p.is_symlink() for p in files):
-        raise ProtocolError(f"{out}: holds files other than links; not a dev data folder")
-    for p in files:
-        p.unlink()
-    for d in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
-        d.rmdir()
-
-
-def heldout_sketches(prepared: Path, classes: list[str]) -> dict[str, list[Path]]:
-    """Class -> its held-out sketches in ``prepared`` (sorted paths)."""
-    return {
-        c: sorted(p for p in (Path(prepared) / "sketch" / c).iterdir() if is_heldout(p.stem))
-        for c in classes
-    }
+def write_sealed_split(classes: list[str], out: Path = SEALED_SPLIT) -> Path:
+    """The sealed classes as a class list ``train --test-classes`` reads (class names only,
+    no data): the demo's test set."""
+    header = (
+        "# The sealed test set of bench/protocol.py (written by write_sealed_split): 41 of the\n"
+        "# 205 classes, never trained on or chosen by; the demo model's unseen test classes.\n"
+    )
+    out.write_text(header + "".join(f"{c}\n" for c in sealed_classes(classes)))
+    return out
 
 
 def sealed_look_count(log: Path = SEALED_LOOKS) -> int:
@@ -163,5 +116,25 @@ def look_at_sealed(classes: list[str], what: str, log: Path = SEALED_LOOKS) -> l
         raise ValueError("say in one line, without '|', what is evaluated on the sealed set")
     today = datetime.date.today().isoformat()
     with log.open("a") as f:
-        f.write(f"| {today} | {what.strip()} |\n")
+        f.write(f"| {today} | {current_commit()} | {what.strip()} |\n")
     return sealed
+
+
+def current_commit() -> str:
+    """The checkout's commit (``+`` where files differ from it): what code a look scored."""
+    root = Path(__file__).parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")

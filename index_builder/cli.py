@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also with photos read with their pseudo-sketches",
     )
+    p.add_argument(
+        "--holdout-sketches",
+        type=float,
+        default=recipe().holdout_sketches,
+        help="share of the training classes' sketches left out of the statistics, as a run "
+        f"holds them out (default: the {DEFAULT_RECIPE} recipe's, {recipe().holdout_sketches})",
+    )
     p.add_argument("--json", type=Path)
 
     p = sub.add_parser("export-onnx", help="export a run's sketch and photo encoders to ONNX")
@@ -282,9 +289,20 @@ def run_command(args: argparse.Namespace) -> int:
             args.gallery,
             figure_cell_px=args.figure_cell,
         )
-        print(format_table({result["model"]: result}))
+        rows = {f"unseen test classes: {result['model']}": result}
+        held = result.get("heldout")
+        if held is not None:
+            rows[held["queries"]] = held
+        print(format_table(rows))
         print(
-            f"{result['n_queries']} queries, {result['n_gallery']} photos; {result['convention']}"
+            f"unseen: {result['n_queries']} queries, {result['n_gallery']} photos; "
+            + (
+                f"held-out: {held['n_queries']} queries, {held['n_gallery']} photos of the "
+                "run's classes; "
+                if held
+                else ""
+            )
+            + result["convention"]
         )
     elif args.command == "baselines":
         _baselines(args, settings)
@@ -397,7 +415,14 @@ def _baselines(args: argparse.Namespace, settings: BuilderSettings) -> None:
 
     data, train, test = data_split(args.data, args.train_classes, args.test_classes)
     rows = evaluate_baselines(
-        data, train, test, args.backbone, settings, args.pseudo_sketch, whiten=input_scaling()
+        data,
+        train,
+        test,
+        args.backbone,
+        settings,
+        args.pseudo_sketch,
+        whiten=input_scaling(),
+        holdout_sketches=args.holdout_sketches,
     )
     print(format_table(rows))
     if args.json:

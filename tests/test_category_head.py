@@ -13,6 +13,7 @@ from torch import nn
 from index_builder.training.category_head import (
     CATEGORY_GRID,
     choose_category_weight,
+    cross_fit_halves,
     fit_category_head,
 )
 from index_builder.training.features import FeatureSet
@@ -126,3 +127,34 @@ def test_the_encoders_with_the_head_export_to_onnx(tmp_path: Path) -> None:
     model = model_with(0.3)
     assert model.embedding_dim == 20
     check_onnx_export(model, tmp_path)
+
+
+def test_the_share_grid_has_both_ends() -> None:
+    assert CATEGORY_GRID[0] == 0.0 and CATEGORY_GRID[-1] == 1.0
+    assert list(CATEGORY_GRID) == sorted(CATEGORY_GRID)
+
+
+def test_cross_fitting_holds_out_sketches_and_pictures_alike() -> None:
+    """xfit-ph: each half's head never saw the held half's sketches nor its pictures; every
+    class keeps sketches and (where it has two) pictures in both fits."""
+
+    def named(labels: list[str], kind: str) -> FeatureSet:
+        feats = np.zeros((len(labels), 1, 3), dtype=np.float32)
+        paths = [f"{kind}/{c}/{i}.png" for i, c in enumerate(labels)]
+        return FeatureSet(feats, labels, paths, "test", Preprocessing())
+
+    sketches = named([CLASSES[i % 4] for i in range(12)], "sketch")
+    photos = named([CLASSES[0]] + [c for c in CLASSES[1:] for _ in range(3)], "photo")
+    halves = cross_fit_halves(sketches, photos)
+    assert len(halves) == 2
+    seen_photos: list[str] = []
+    for held, kept, kept_photos in halves:
+        assert not set(held.paths) & set(kept.paths)
+        assert sorted(held.paths + kept.paths) == sorted(sketches.paths)
+        assert set(held.labels) == set(kept.labels) == set(CLASSES)
+        seen_photos += kept_photos.paths
+        assert len(kept_photos.paths) < len(photos.paths)  # some pictures held out
+    # each picture is fitted on by exactly one half's head: never by the half scoring it
+    assert sorted(seen_photos) == sorted(photos.paths)
+    single = [p for p, c in zip(photos.paths, photos.labels, strict=True) if c == CLASSES[0]]
+    assert single[0] in halves[1][2].paths and single[0] not in halves[0][2].paths

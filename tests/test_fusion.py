@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from index_builder.training.features import FeatureSet
-from index_builder.training.train import choose_fusion_weight
+from index_builder.training.train import FUSION_GRID, choose_fusion_weight
 from model.export import build_encoders, export_module
 from model.iiae import IIAEConfig
 from model.preprocess import Preprocessing
@@ -121,7 +121,8 @@ def test_the_weight_is_chosen_by_validation_map() -> None:
     chosen, scores = choose_fusion_weight(
         model, _feature_set(sketches, labels), _feature_set(photos, labels)
     )
-    assert list(scores) == [0.0, 0.25, 0.5, 0.75]
+    assert list(scores) == list(FUSION_GRID)
+    assert FUSION_GRID[0] == 0.0 and FUSION_GRID[-1] == 1.0  # the IIAE alone, the features alone
     best = max(scores.values())
     assert chosen.head.cfg.fusion_weight == min(w for w, v in scores.items() if v == best) > 0
     assert best > scores[0.0] and model.head.cfg.fusion_weight == 0.0

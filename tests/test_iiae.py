@@ -14,7 +14,13 @@ from index_builder.training.config import TrainConfig
 from index_builder.training.features import FeatureSet
 from index_builder.training.recipes import RECIPES, recipe
 from index_builder.training.run import build_model
-from index_builder.training.train import ClassPairSampler, PairBatch, fit, make_optimizer
+from index_builder.training.train import (
+    ClassPairSampler,
+    PairBatch,
+    contrastive_loss,
+    fit,
+    make_optimizer,
+)
 from model.iiae import (
     IIAE,
     LOGVAR_MAX,
@@ -645,3 +651,40 @@ def test_paper_model_round_trips_through_a_run_dir(tmp_path: Path) -> None:
     x, z = torch.randn(4, 12), torch.randn(4, 64)
     torch.testing.assert_close(loaded.embed_sketch(x), model.embed_sketch(x))
     torch.testing.assert_close(loaded.iiae.dec_x(z, z), model.iiae.dec_x(z, z))
+
+
+def test_the_contrastive_term_rewards_matched_pairs() -> None:
+    """InfoNCE of the r^x / r^y means: a scalar, near 0 where each sketch lies on its own
+    photo and far from the others, log(batch) at random, large where pairs are crossed."""
+    torch.manual_seed(0)
+    anchors = nn.functional.normalize(torch.randn(16, 8), dim=-1) * 3
+    matched = contrastive_loss(anchors, anchors + 0.01 * torch.randn(16, 8), 0.1)
+    crossed = contrastive_loss(anchors, anchors.roll(1, dims=0), 0.1)
+    at_random = contrastive_loss(torch.randn(512, 8), torch.randn(512, 8), 1e6)
+    assert matched.shape == () and 0 <= matched < 0.05
+    assert crossed > 5.0
+    assert at_random == pytest.approx(math.log(512), rel=1e-3)
+
+
+def test_the_contrastive_weight_joins_the_objective() -> None:
+    """fit adds w x InfoNCE to the total it minimises (its term is logged), none at w 0."""
+    totals: dict[float, list[dict[str, float]]] = {}
+    for w in (0.0, 2.0):
+        model = RetrievalModel.plain(_paper_model(10, 14))
+        torch.manual_seed(0)
+        opt = make_optimizer(model, TrainConfig())
+        seen: list[dict[str, float]] = []
+        fit(
+            model,
+            _toy_sampler(0),
+            opt,
+            2,
+            on_step=lambda s, t, seen=seen: seen.append(t),
+            progress=False,
+            contrastive=w,
+        )
+        totals[w] = seen
+    assert "contrastive" not in totals[0.0][0] and totals[2.0][0]["contrastive"] > 0
+    first = totals[2.0][0]
+    others = first["total"] - 2.0 * first["contrastive"]
+    assert others == pytest.approx(totals[0.0][0]["total"], rel=1e-5)

@@ -1,5 +1,5 @@
-"""The shared evaluation protocol (bench/protocol.py): sealed classes, development folds,
-held-out sketches, the development data set and the log of sealed-set looks."""
+"""The shared evaluation protocol (bench/protocol.py): sealed classes and their committed
+split file, development folds, held-out sketches and the log of sealed-set looks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from bench import protocol
+from index_builder.training.datasets.splits import read_class_list
+from index_builder.training.heldout import is_heldout, sketch_key_id
 from index_builder.training.prepare import PHOTO_MAP, read_photo_table
+from index_builder.training.recipes import recipe
 
 # the 205 classes `prepare` writes are the curated photo map's (all have drawings)
 CLASSES = sorted(read_photo_table(PHOTO_MAP))
@@ -49,35 +52,20 @@ def test_heldout_key_ids() -> None:
     assert protocol.is_heldout("0") and not protocol.is_heldout("1")
     share = sum(protocol.is_heldout(str(5_000_000_000_000_000 + i)) for i in range(5000)) / 5000
     assert 0.18 < share < 0.22
-    assert protocol.sketch_key_id("data/sketch/cat/4601524584218624.png") == "4601524584218624"
+    assert sketch_key_id("data/sketch/cat/4601524584218624.png") == "4601524584218624"
 
 
-def _prepared(root: Path) -> None:
-    """A prepared layout of the 205 classes: keys 0..4 as sketches, one picture each."""
-    for c in CLASSES:
-        (root / "sketch" / c).mkdir(parents=True)
-        (root / "photo" / c).mkdir(parents=True)
-        for key in range(5):
-            (root / "sketch" / c / f"{key}.png").write_bytes(b"png")
-        (root / "photo" / c / "p.png").write_bytes(b"png")
+def test_sealed_split_file_is_the_protocols(tmp_path: Path) -> None:
+    committed = read_class_list(protocol.SEALED_SPLIT)
+    assert committed == protocol.sealed_classes(CLASSES)
+    written = protocol.write_sealed_split(CLASSES, tmp_path / "sealed.txt")
+    assert written.read_text() == protocol.SEALED_SPLIT.read_text()
 
 
-def test_write_dev_data(tmp_path: Path) -> None:
-    _prepared(tmp_path / "data")
-    dev = protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")
-    sealed = set(protocol.sealed_classes(CLASSES))
-    assert sorted(p.name for p in (tmp_path / "dev" / "sketch").iterdir()) == dev.classes
-    assert not sealed & set(dev.classes) and len(dev.classes) == 164
-    kept = sorted(p.name for p in (tmp_path / "dev" / "sketch" / dev.classes[0]).iterdir())
-    assert kept == ["1.png", "2.png", "3.png", "4.png"]  # key 0 is held out
-    assert (dev.sketches, dev.heldout_left_out, dev.photos) == (164 * 4, 164, 164)
-    link = tmp_path / "dev" / "photo" / dev.classes[0] / "p.png"
-    assert link.is_symlink() and link.read_bytes() == b"png"
-    again = protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")  # rebuilt in place
-    assert again == dev
-    (tmp_path / "dev" / "photo" / dev.classes[0] / "real.png").write_bytes(b"x")
-    with pytest.raises(protocol.ProtocolError, match="other than links"):
-        protocol.write_dev_data(tmp_path / "data", tmp_path / "dev")
+def test_heldout_rule_is_the_training_codes() -> None:
+    keys = [str(4_000_000_000_000_000 + i) for i in range(2000)]
+    assert [protocol.is_heldout(k) for k in keys] == [is_heldout(k, 0.2) for k in keys]
+    assert recipe("recommended").holdout_sketches == protocol.HELDOUT_SHARE
 
 
 def test_sealed_looks_are_logged(tmp_path: Path) -> None:

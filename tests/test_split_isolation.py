@@ -1,4 +1,5 @@
-"""Nothing of the test classes reaches training or the baselines' statistics.
+"""Nothing of the test classes, nor the held-out sketches of training classes, reaches training
+or the baselines' statistics.
 
 Training (the recommended recipe: validation classes, fusion and category head chosen on
 them) runs through the CLI on stand-in images twice, the test classes' images changed in
@@ -11,6 +12,7 @@ test classes.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,10 +21,12 @@ import pytest
 from standins import make_folder_layout, write_images
 
 from index_builder.cli import main
-from index_builder.training.config import BuilderSettings
-from index_builder.training.evaluate import baseline_embeddings, evaluate_baselines
+from index_builder.training.config import BuilderSettings, TrainConfig
+from index_builder.training.evaluate import baseline_embeddings, evaluate_baselines, evaluate_run
 from index_builder.training.features import FeatureSet
+from index_builder.training.heldout import is_heldout
 from index_builder.training.metrics import l2_normalize
+from index_builder.training.recipes import recipe
 from model.preprocess import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("feature_cache")
@@ -64,10 +68,46 @@ def test_changing_test_class_images_leaves_the_model_byte_identical(
     first = train(data, test_file, tmp_path / "first")
     redraw(data, TEST, seed=1)
     assert train(data, test_file, tmp_path / "second") == first
-    # the control: one training sketch changed changes the model
-    sketch = data / "sketch" / TRAIN[0] / "sketch_000.png"
-    shutil.copy(data / "sketch" / TRAIN[1] / "sketch_000.png", sketch)
+    # the control: one training sketch changed changes the model (sketch_001: not held out)
+    sketch = data / "sketch" / TRAIN[0] / "sketch_001.png"
+    shutil.copy(data / "sketch" / TRAIN[1] / "sketch_001.png", sketch)
     assert train(data, test_file, tmp_path / "third") != first
+
+
+@pytest.mark.slow
+def test_held_out_sketches_of_training_classes_never_reach_training(
+    data: Path, tmp_path: Path
+) -> None:
+    """The recommended recipe holds a share of each training class's sketches out (by their
+    key_id): redrawing those leaves the model byte for byte the same, and ``evaluate``
+    scores them as held-out sketches of trained categories."""
+    share = recipe("recommended").holdout_sketches
+    held = [p for p in sorted((data / "sketch" / TRAIN[0]).iterdir()) if is_heldout(p.stem, share)]
+    kept = [p for p in sorted((data / "sketch" / TRAIN[0]).iterdir()) if p not in held]
+    assert held and kept, "the stand-ins must have both"
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("\n".join(TEST) + "\n")
+    first = train(data, test_file, tmp_path / "first")
+    for cls in TRAIN:  # every held-out sketch of every training class redrawn
+        for path in (data / "sketch" / cls).iterdir():
+            if is_heldout(path.stem, share):
+                shutil.copy(data / "sketch" / TEST[0] / "sketch_001.png", path)
+    assert train(data, test_file, tmp_path / "second") == first
+    info = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert info["holdout_sketches"] == share and info["heldout_sketch_count"] > 0
+    result = evaluate_run(tmp_path / "second", data)
+    fitted = len(info["train_classes"])
+    assert result["heldout"]["n_queries"] == fitted * len(held)
+    shutil.copy(data / "sketch" / TEST[0] / "sketch_001.png", kept[0])  # the control
+    assert train(data, test_file, tmp_path / "third") != first
+
+
+def test_the_held_out_share_is_one_in_n() -> None:
+    assert TrainConfig(holdout_sketches=0.25).holdout_sketches == 0.25
+    for bad in (0.3, 1.0, -0.2):
+        with pytest.raises(ValueError, match="1/n"):
+            TrainConfig(holdout_sketches=bad)
+    assert recipe("paper").holdout_sketches == 0.0
 
 
 @pytest.mark.slow

@@ -5,8 +5,12 @@ training, whose posteriors join the retrieval embedding (``RetrievalConfig.categ
 The zero-shot embedding ranks a trained category's pictures low among many others; the
 head's posteriors (a sketch's and a picture's, compared by cosine) find them again. Its
 share is chosen as in generalised zero-shot retrieval: the harmonic mean of mAP@all on
-training-category sketches the head did not see (two-fold cross-fitting) and on the
-validation categories' sketches, both against the pictures of both.
+training-category sketches the head did not see and on the validation categories' sketches,
+both against the pictures of both. The cross-fitting is two-fold over sketches and pictures
+alike (alternating halves within each class): a half's head never saw the held half's
+sketches nor its pictures, as the deployed head never saw a new gallery picture of a trained
+category. (Fitted on every picture, the head's posterior of a fitted picture is peaked on its
+class whatever the share, so the seen score stayed high at large shares and noise chose them.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from index_builder.training.features import FeatureSet
 from index_builder.training.metrics import retrieval_metrics
 from model.retrieval import CategoryHead, RetrievalConfig, RetrievalHead, RetrievalModel
 
-CATEGORY_GRID = tuple(round(0.1 * i, 1) for i in range(10))  # 1 would drop the embedding
+# Both ends: 0 is the embedding alone, 1 the posteriors alone.
+CATEGORY_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 def fit_category_head(
@@ -74,15 +79,10 @@ def choose_category_weight(
     a single sketch and none can be held out: that head at weight 0, and ``{}``."""
     (sk_fit, ph_fit), (sk_val, ph_val) = fit, val
     gallery = ph_fit.concat(ph_val)
-    halves = _alternate_halves(sk_fit.labels)
     scores: dict[float, dict[str, list[float]]] = {c: {"seen": [], "unseen": []} for c in grid}
-    for half in (0, 1):
-        held = [i for i, h in enumerate(halves) if h == half]
-        kept = [i for i, h in enumerate(halves) if h != half]
-        if not held or not kept:  # classes of a single sketch: nothing to hold out or fit on
-            continue
-        head = fit_category_head(model, sk_fit.rows(kept), ph_fit, classes)
-        blocks = (("seen", sk_fit.rows(held)), ("unseen", sk_val))
+    for held, kept_sketches, kept_photos in cross_fit_halves(sk_fit, ph_fit):
+        head = fit_category_head(model, kept_sketches, kept_photos, classes)
+        blocks = (("seen", held), ("unseen", sk_val))
         for c in grid:
             candidate = model.with_head(_with_category_head(model, head, c))
             zy = embed(candidate, gallery.clean, "photo")
@@ -99,6 +99,26 @@ def choose_category_weight(
         row["harmonic"] = 2 * row["seen"] * row["unseen"] / total if total > 0 else 0.0
     best = max(table, key=lambda c: table[c]["harmonic"])
     return model.with_head(_with_category_head(model, head, best)), table
+
+
+def cross_fit_halves(
+    sketches: FeatureSet, photos: FeatureSet
+) -> list[tuple[FeatureSet, FeatureSet, FeatureSet]]:
+    """The two-fold cross-fitting of the share rule: for each half, (its sketches, held out
+    to score; the other half's sketches and the other half's pictures, to fit a head on).
+    Halves alternate within each class, for sketches and pictures alike; a class's single
+    picture is in half 0. Halves with nothing to hold out or fit on are left out."""
+    sketch_halves = _alternate_halves(sketches.labels)
+    photo_halves = _alternate_halves(photos.labels)
+    out = []
+    for half in (0, 1):
+        held = [i for i, h in enumerate(sketch_halves) if h == half]
+        kept = [i for i, h in enumerate(sketch_halves) if h != half]
+        if not held or not kept:  # classes of a single sketch: nothing to hold out or fit on
+            continue
+        kept_photos = [i for i, h in enumerate(photo_halves) if h != half]
+        out.append((sketches.rows(held), sketches.rows(kept), photos.rows(kept_photos)))
+    return out
 
 
 def _with_category_head(model: RetrievalModel, head: CategoryHead, weight: float) -> RetrievalHead:

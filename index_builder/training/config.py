@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -81,9 +81,26 @@ class TrainConfig(BaseModel):
         description="add the known-category head after training, its share chosen on "
         "held-out sketches of training classes and on the validation classes",
     )
+    holdout_sketches: float = Field(
+        0.0,
+        description="share (0 or 1/n) of each training category's sketches never fitted on "
+        "(by a hash of the key_id): queries of held-out sketches of trained categories",
+    )
+    w_contrastive: float = Field(
+        0.0, description="weight of InfoNCE between the r^x and r^y means of a batch's pairs"
+    )
+    contrastive_temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature")
     eval_every: int = 200
     checkpoint_every: int = 500
     log_every: int = 50
+
+    @field_validator("holdout_sketches")
+    @classmethod
+    def _share_one_in_n(cls, share: float) -> float:
+        from index_builder.training.heldout import heldout_modulus
+
+        heldout_modulus(share)
+        return share
 
     def architecture(self, dim_x: int, dim_y: int, num_classes: int) -> ModelConfig:
         """The shape of the model these settings train on ``dim_x``/``dim_y``-d features of

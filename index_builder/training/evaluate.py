@@ -15,6 +15,7 @@ from index_builder.training.datasets.sketchy import Gallery
 from index_builder.training.datasets.splits import match_classes, resolve_split
 from index_builder.training.embedding import embed
 from index_builder.training.features import FeatureSet
+from index_builder.training.heldout import split_heldout
 from index_builder.training.metrics import l2_normalize, retrieval_metrics, top_k
 from index_builder.training.report_figure import save_retrieval_figure
 from index_builder.training.sources import (
@@ -98,6 +99,9 @@ def evaluate_run(
         "convention": CONVENTION,
         **score(zx, sk, zy, ph, voc),
     }
+    heldout_share = info["config"].get("holdout_sketches", 0.0)
+    if heldout_share > 0 and not iiae_alone:
+        result["heldout"] = heldout_metrics(model, info, data, test, settings, gallery)
     if figure_out is not None:
         save_query_figure(figure_out, zx, sk, zy, ph, cell_px=figure_cell_px)
         result["figure"] = str(figure_out)
@@ -105,6 +109,33 @@ def evaluate_run(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def heldout_metrics(
+    model: RetrievalModel,
+    info: dict,
+    data: Path,
+    test: list[str],
+    settings: BuilderSettings | None,
+    gallery: Gallery = "extended",
+) -> dict:
+    """The run's held-out sketches of its fitted (trained) categories, which no fit saw,
+    against the pictures of every class of the run (fitted, validation and test): how new
+    sketches of trained categories fare."""
+    fitted = info["train_classes"]
+    classes = sorted({*fitted, *info.get("val_classes", []), *test})
+    sk, ph = feature_sets(
+        data,
+        classes,
+        info["backbone"],
+        info["config"].get("backbone_weights"),
+        settings=settings,
+        gallery=gallery,
+        pseudo_sketch=model.scaling.cfg.pseudo_sketch,
+    )
+    _, held = split_heldout(sk.subset(set(fitted)), info["config"]["holdout_sketches"])
+    zx, zy = embed(model, held.clean, "sketch"), embed(model, ph.clean, "photo")
+    return {"queries": "held-out sketches of trained categories", **score(zx, held, zy, ph)}
 
 
 def check_inputs(run_dir: Path, info: dict, data: Path) -> None:
@@ -150,18 +181,43 @@ def baseline_embeddings(
     sk, ph = test
     if train is None:
         return l2_normalize(sk.clean), l2_normalize(_sketch_like(ph.clean, sk.clean))
+    if whiten is not None:
+        free = TrainingFree(train, whiten)
+        return free.sketch(sk.clean), free.photo(ph.clean)
     out = []
     for fit_on, feats in ((train[0], sk), (train[1], ph)):
         ref = fit_on.clean
-        if whiten is None:
-            out.append((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6))
-            continue
-        blocks = ref.shape[1] // sk.clean.shape[1]
-        scale = Standardize(ref.shape[1], *whiten, blocks=blocks)
-        with torch.no_grad():
-            scale.fit(torch.from_numpy(ref))
-            out.append(scale(torch.from_numpy(np.asarray(feats.clean))).numpy())
+        out.append((feats.clean - ref.mean(0)) / (ref.std(0) + 1e-6))
     return l2_normalize(out[0]), l2_normalize(_sketch_like(out[1], out[0]))
+
+
+class TrainingFree:
+    """The best training-free embedding: backbone features rooted and whitened per domain
+    (``whiten`` = (power, shrinkage), as the recommended recipe's inputs) with statistics of
+    ``train``'s sketches and photos; a photo of [photo; pseudo-sketch] halves is their mean."""
+
+    def __init__(self, train: tuple[FeatureSet, FeatureSet], whiten: tuple[float, float]):
+        self.dim = train[0].clean.shape[1]
+        self.scales = []
+        for fit_on in train:
+            ref = fit_on.clean
+            scale = Standardize(ref.shape[1], *whiten, blocks=ref.shape[1] // self.dim)
+            with torch.no_grad():
+                scale.fit(torch.from_numpy(ref))
+            self.scales.append(scale)
+
+    def _scaled(self, domain: int, feats: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.scales[domain](torch.from_numpy(np.asarray(feats))).numpy()
+
+    def sketch(self, x: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings of (N, D) sketch features."""
+        return l2_normalize(self._scaled(0, x))
+
+    def photo(self, y: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings of (N, D) or (N, 2 D) photo features."""
+        scaled = self._scaled(1, y)
+        return l2_normalize(_sketch_like(scaled, scaled[:, : self.dim]))
 
 
 def _sketch_like(photo: np.ndarray, sketch: np.ndarray) -> np.ndarray:
@@ -201,14 +257,20 @@ def evaluate_baselines(
     settings: BuilderSettings | None = None,
     with_pseudo_sketch: bool = False,
     whiten: tuple[float, float] | None = None,
+    holdout_sketches: float = 0.0,
 ) -> dict[str, dict]:
     """Raw and standardised pooled-feature baselines on the test classes, the standardised
     one with each photo's pseudo-sketch beside it (``with_pseudo_sketch``), and with
-    ``whiten`` = (power, shrinkage) that one rooted and whitened instead of z-scored."""
+    ``whiten`` = (power, shrinkage) that one rooted and whitened instead of z-scored. The
+    statistics leave the training classes' held-out sketches out (``holdout_sketches``, as a
+    run of that share does)."""
     results = {}
     for pseudo in (False, True) if with_pseudo_sketch else (False,):
         test = feature_sets(data, test_classes, backbone, settings=settings, pseudo_sketch=pseudo)
-        train = feature_sets(data, train_classes, backbone, settings=settings, pseudo_sketch=pseudo)
+        train_sk, train_ph = feature_sets(
+            data, train_classes, backbone, settings=settings, pseudo_sketch=pseudo
+        )
+        train = split_heldout(train_sk, holdout_sketches)[0], train_ph
         suffix = " + photo pseudo-sketches" if pseudo else ""
         for name, fit_on in (("raw", None), ("standardized", train)):
             zx, zy = baseline_embeddings(fit_on, test)

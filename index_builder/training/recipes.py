@@ -32,6 +32,7 @@ RECIPES: dict[str, TrainConfig] = {
         batch_classes=64,
         choose_fusion=True,
         category_head=True,
+        holdout_sketches=0.2,
     ),
 }
 

@@ -13,8 +13,10 @@ import torch
 from index_builder.training.category_head import choose_category_weight
 from index_builder.training.config import BuilderSettings, TrainConfig
 from index_builder.training.datasets.authors_features import is_authors_features
+from index_builder.training.datasets.base import DatasetError
 from index_builder.training.evaluate import validation_check
 from index_builder.training.features import FeatureSet, default_device
+from index_builder.training.heldout import split_heldout
 from index_builder.training.sources import data_split, feature_sets
 from index_builder.training.train import (
     ClassPairSampler,
@@ -163,6 +165,14 @@ def train_run(
         settings,
         pseudo_sketch=cfg.pseudo_sketch,
     )
+    # Held-out sketches leave here, before any fit (scaling, IIAE, early stopping, fusion,
+    # category head) can see them.
+    sk, heldout = split_heldout(sk, cfg.holdout_sketches)
+    if emptied := sorted(set(train) - set(sk.labels)):
+        raise DatasetError(
+            f"{data}: holding out a share {cfg.holdout_sketches} of the sketches leaves none of "
+            f"{', '.join(map(repr, emptied))}; pass --holdout-sketches 0 or add sketches"
+        )
     sk_fit, ph_fit = sk.subset(set(fit_classes)), ph.subset(set(fit_classes))
     val = (sk.subset(set(val_classes)), ph.subset(set(val_classes))) if val_classes else None
     device = default_device()
@@ -172,7 +182,17 @@ def train_run(
     steps = cfg.steps or int(cfg.epochs * sampler.steps_per_epoch())
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = _Checkpointer(run_dir, cfg, model, opt, sampler, val)
-    fit(model, sampler, opt, steps, ckpt.restore(), ckpt, progress)
+    fit(
+        model,
+        sampler,
+        opt,
+        steps,
+        ckpt.restore(),
+        ckpt,
+        progress,
+        cfg.w_contrastive,
+        cfg.contrastive_temperature,
+    )
     ckpt.save(steps)
     if ckpt.best_state is not None:
         model.load_state_dict(ckpt.best_state)
@@ -199,6 +219,8 @@ def train_run(
         "train_classes": fit_classes,
         "val_classes": val_classes,
         "test_classes": test,
+        "holdout_sketches": cfg.holdout_sketches,
+        "heldout_sketch_count": len(heldout.labels),
         "steps": steps,
         "selected_step": ckpt.best_step if val else steps,
         "val_history": ckpt.history,
