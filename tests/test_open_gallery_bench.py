@@ -1,5 +1,5 @@
 """The open-gallery bench's own logic: its metrics on hand-made rankings, the query sets and
-the weights it evaluates the model at (bench/open_gallery.py)."""
+the ablation bench's rows (bench/open_gallery.py, bench/ablation.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.open_gallery import Gallery, harmonic, open_scores, queries_of, row_settings, weights
+from bench.ablation import ROWS, row_functions
+from bench.open_gallery import Gallery, harmonic, open_scores, queries_of
 from bench.protocol import is_heldout
 from bench.stamp_labels import StampLabel
+from index_builder.training.evaluate import TrainingFree
 from index_builder.training.features import FeatureSet
-from model.iiae import IIAE, IIAEConfig
 from model.preprocess import Preprocessing
+from tests.test_fusion import small_model
 
 
 def label(*cats: str, glyph: bool = False) -> StampLabel:
@@ -72,22 +74,21 @@ def test_queries_of_split_unseen_and_heldout() -> None:
     assert heldout.paths == [p for p in expected if p.split("/")[-1][:-4] in held]
 
 
-def test_weights_are_restored_and_rows_name_the_ablations() -> None:
-    model = IIAE(
-        IIAEConfig(
-            input_dim_x=8,
-            input_dim_y=8,
-            category_classes=3,
-            fusion_weight=0.75,
-            category_weight=0.2,
-        )
+def test_the_ablation_rows_are_the_models_parts_at_their_weights() -> None:
+    """bench.ablation's rows: the run's own weights, the parts alone; the model as it was."""
+    model = small_model(category_classes=3, fusion_weight=0.75, category_weight=0.2).eval()
+    sketches = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
+    train = FeatureSet(
+        sketches[:, None], ["a"] * 5, [f"{i}.png" for i in range(5)], "t", Preprocessing()
     )
-    rows = row_settings(model)
-    assert rows["recipe"] == (0.75, 0.2) and rows["scaled features (training-free)"] == (1.0, 0.0)
-    assert rows["scaled features + category head (no IIAE)"] == (1.0, 0.2)
-    with weights(model, 1.0, 0.0):
-        assert model.cfg.embedding_dim == 64 + 8
-        model.eval()
-        with torch.no_grad():
-            assert model.embed_sketch(torch.randn(2, 8)).shape == (2, 72)
-    assert (model.cfg.fusion_weight, model.cfg.category_weight) == (0.75, 0.2)
+    free = TrainingFree((train, train), (0.5, 30.0))
+    rows = row_functions(model, free)
+    assert list(rows) == list(ROWS)
+    with torch.no_grad():
+        own = model.embed_sketch(torch.from_numpy(sketches)).numpy()
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    np.testing.assert_allclose(rows["recipe"][0](sketches), own, rtol=1e-5, atol=1e-6)
+    assert rows["IIAE alone"][0](sketches).shape == (5, model.iiae.cfg.latent_dim)
+    assert rows["recipe without head"][0](sketches).shape == (5, model.iiae.cfg.latent_dim + 12)
+    np.testing.assert_allclose(rows[ROWS[0]][0](sketches), free.sketch(sketches))
+    assert (model.head.cfg.fusion_weight, model.head.cfg.category_weight) == (0.75, 0.2)
