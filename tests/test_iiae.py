@@ -620,20 +620,26 @@ def test_runs_saved_before_the_new_fields_load_as_before(tmp_path: Path) -> None
 
 
 def test_the_committed_demo_model_loads_as_its_run_json_says() -> None:
-    """models/demo: the flat record maps onto scaling, IIAE and head, and every tensor of its
-    file is read."""
+    """models/demo: run.json's scaling, IIAE and head records are the loaded model's, the
+    recommended recipe's (held-out sketches out, sealed test classes), and every tensor of
+    its file is read."""
     from safetensors.torch import load_file
 
+    from bench.protocol import SEALED_SPLIT
+    from index_builder.training.datasets.splits import read_class_list
     from model.checkpoint import load_model
 
     demo = Path(__file__).parent.parent / "models" / "demo"
     model, info = load_model(demo)
-    flat = info["iiae"]
-    assert model.scaling.cfg.pseudo_sketch and model.scaling.cfg.power == flat["input_power"]
-    assert model.scaling.cfg.shrinkage == flat["whiten_shrinkage"] == 30.0
-    assert model.head.cfg.fusion_weight == flat["fusion_weight"] == 0.75
-    assert model.head.cfg.category_weight == flat["category_weight"] == 0.2
-    assert model.embedding_dim == 64 + 1280 + 144
+    assert model.scaling.cfg.model_dump() == info["scaling"]
+    assert model.iiae.cfg.model_dump(mode="json") == info["iiae"]
+    assert model.head.cfg.model_dump() == info["retrieval"]
+    assert model.scaling.cfg.pseudo_sketch and model.scaling.cfg.power == 0.5
+    assert model.scaling.cfg.shrinkage == 30.0
+    assert info["config"]["holdout_sketches"] == 0.2 and info["heldout_sketch_count"] > 0
+    assert info["test_classes"] == read_class_list(SEALED_SPLIT)
+    n_fitted = len(info["train_classes"])
+    assert model.embedding_dim == 64 + 1280 + n_fitted == 64 + 1280 + 144
     assert model.iiae.cfg.decoder_hidden_dims == (128, 512)
     on_disk = load_file(str(demo / "model.safetensors"))
     state = model.file_state()

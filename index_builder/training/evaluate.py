@@ -100,7 +100,7 @@ def evaluate_run(
         **score(zx, sk, zy, ph, voc),
     }
     heldout_share = info["config"].get("holdout_sketches", 0.0)
-    if heldout_share > 0 and not iiae_alone:
+    if heldout_share > 0:
         result["heldout"] = heldout_metrics(model, info, data, test, settings, gallery)
     if figure_out is not None:
         save_query_figure(figure_out, zx, sk, zy, ph, cell_px=figure_cell_px)
@@ -208,7 +208,7 @@ class TrainingFree:
 
     def _scaled(self, domain: int, feats: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.scales[domain](torch.from_numpy(np.asarray(feats))).numpy()
+            return self.scales[domain](torch.from_numpy(np.array(feats, dtype=np.float32))).numpy()
 
     def sketch(self, x: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of (N, D) sketch features."""
