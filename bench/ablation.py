@@ -51,7 +51,8 @@ from index_builder.training.sources import data_classes, feature_sets
 from model.checkpoint import load_model
 from model.retrieval import RetrievalModel
 
-# Variants of the recommended recipe trained per fold: overrides of its values.
+# Variants of the recommended recipe trained per fold: overrides of its values ("recipe" is
+# the recommended recipe as it is: the contrastive term was measured and not adopted).
 VARIANTS: dict[str, dict] = {
     "recipe": {"w_contrastive": 0.0},
     "contrastive": {"w_contrastive": 1.0},
