@@ -94,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.1)
 
     p = sub.add_parser("render-quickdraw", help="render Quick, Draw! .ndjson to sketch images")
-    p.add_argument("--ndjson", type=Path, nargs="+", required=True, help="folders or files")
+    p.add_argument(
+        "--ndjson",
+        type=Path,
+        nargs="+",
+        required=True,
+        help=".ndjson files (each named after its category: cat.ndjson) or folders of them",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--stroke-width", type=float, default=3.0)

@@ -237,6 +237,22 @@ def test_compose_api_services() -> None:
     assert {k: v for k, v in cpu.items() if k not in ("build", "image", "profiles")} == same
 
 
+def test_compose_apis_let_the_proxy_hold_all_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind nginx every connection comes from one address: the api's per-address cap must
+    not throttle it below the total (nginx limits each real client)."""
+    from service.settings import ServiceSettings
+
+    services = _config(profile="qdrant")["services"]
+    apis = [name for name in services if name.startswith("api")]
+    assert sorted(apis) == ["api", "api-cpu", "api-qdrant"]
+    for name in apis:
+        for key, value in services[name]["environment"].items():
+            if value is not None:
+                monkeypatch.setenv(key, value)
+        settings = ServiceSettings()
+        assert settings.max_client_connections == settings.max_connections >= 1000, name
+
+
 def test_compose_builder_job() -> None:
     builder = _config()["services"]["builder"]
     assert builder["profiles"] == ["builder"]
@@ -259,6 +275,8 @@ def test_compose_takes_its_settings_from_the_environment() -> None:
         "SBIR_ADMIN_TOKEN": "s3cret",
         "SBIR_WATCH_INTERVAL_S": "0.5",
         "SBIR_LOG_LEVEL": "debug",
+        "SBIR_MAX_CONNECTIONS": "4000",
+        "SBIR_MAX_CLIENT_CONNECTIONS": "4000",
     }
     services = _config(env)["services"]
     api = services["api"]
@@ -267,6 +285,8 @@ def test_compose_takes_its_settings_from_the_environment() -> None:
     assert "/srv/photos:/photos:ro" in services["builder"]["volumes"]
     assert api["environment"]["SBIR_ADMIN_TOKEN"] == "s3cret"
     assert api["environment"]["SBIR_WATCH_INTERVAL_S"] == "0.5"
+    assert api["environment"]["SBIR_MAX_CONNECTIONS"] == "4000"
+    assert api["environment"]["SBIR_MAX_CLIENT_CONNECTIONS"] == "4000"
     assert api["command"][-2:] == ["--log-level", "debug"]
 
 

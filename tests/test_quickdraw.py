@@ -139,6 +139,27 @@ def test_render_rejects_unknown_category_and_format(tmp_path: Path) -> None:
         render_quickdraw(tmp_path, tmp_path / "out")
 
 
+def test_cli_renders_files_and_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from index_builder.cli import main
+
+    simplified, raw = two_format_tree(tmp_path / "qd")
+    cat = write_ndjson(tmp_path / "loose" / "cat.ndjson", [record("7", HORIZONTAL, "cat")])
+    out = tmp_path / "out"
+    # files of one category from both formats, merged as their folders are; a lone file
+    files = [simplified / "line.ndjson", raw / "line.ndjson", cat]
+    render = ["render-quickdraw", "--size", "64", "--out", str(out), "--ndjson"]
+    assert main([*render, *map(str, files)]) == 0
+    assert "rendered 4 drawings" in capsys.readouterr().out
+    rendered = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert rendered == ["cat/7.png", "line/1.png", "line/2.png", "line/3.png"]
+    assert not is_vertical(out / "line" / "1.png")  # key 1 from the simplified file
+    assert main([*render, str(raw), str(cat)]) == 0  # a folder and a file together
+    assert "rendered 0 drawings" in capsys.readouterr().out
+    for bad in (cat.rename(tmp_path / "cat.json"), tmp_path / "missing.ndjson"):
+        assert main([*render, str(simplified), str(bad)]) == 2
+        assert f"{bad}: neither a Quick, Draw! .ndjson file nor a folder" in capsys.readouterr().err
+
+
 def test_single_point_stroke_is_a_dot_of_stroke_width() -> None:
     strokes = [[[0, 200], [0, 200]], [[100], [100]]]  # a line and a tap
     thin, thick = (ink(render_strokes(strokes, 64, w, 0.1))[30:34, 30:34].sum() for w in (1, 3))

@@ -90,21 +90,25 @@ def check_strokes(drawing: object) -> Strokes:
     return strokes
 
 
-def ndjson_files(folders: Iterable[Path]) -> dict[str, list[Path]]:
-    """Category -> its ``.ndjson`` files over ``folders``.
+def ndjson_files(paths: Iterable[Path]) -> dict[str, list[Path]]:
+    """Category -> its ``.ndjson`` files over ``paths``: folders of them, or the files
+    themselves (a file's name is its category: ``cat.ndjson``).
 
     A folder holding no ``.ndjson`` but ``simplified/`` and ``raw/`` subfolders (the
     shared-data layout) stands for those subfolders.
     """
     found: dict[str, list[Path]] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: not a folder of Quick, Draw! .ndjson files")
-        files = sorted(folder.glob("*.ndjson"))
-        if not files:
-            files = sorted(f for fmt in FORMATS for f in (folder / fmt).glob("*.ndjson"))
-        if not files:
-            raise DatasetError(f"{folder}: no .ndjson files (nor simplified/ or raw/ with some)")
+    for path in paths:
+        if path.is_file() and path.suffix == ".ndjson":
+            files = [path]
+        elif path.is_dir():
+            files = sorted(path.glob("*.ndjson")) or sorted(
+                f for fmt in FORMATS for f in (path / fmt).glob("*.ndjson")
+            )
+            if not files:
+                raise DatasetError(f"{path}: no .ndjson files (nor simplified/ or raw/ with some)")
+        else:
+            raise DatasetError(f"{path}: neither a Quick, Draw! .ndjson file nor a folder")
         for file in files:
             found.setdefault(file.stem, []).append(file)
     return found
@@ -133,7 +137,7 @@ def write_png_atomic(img: Image.Image, dest: Path) -> None:
 
 
 def render_quickdraw(
-    ndjson_dir_or_dirs: str | Path | Sequence[str | Path],
+    ndjson: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     size: int = 256,
     stroke_width: float = 3.0,
@@ -143,17 +147,16 @@ def render_quickdraw(
 ) -> int:
     """Render drawings to ``<out_dir>/<category>/<key_id>.png``; return how many were written.
 
-    Give a simplified folder, a raw folder, both, or a folder holding ``simplified/`` and
-    ``raw/``. A key_id found in both formats is rendered once, from ``prefer``; drawings in
-    only one format are rendered too. Existing files are kept (so reruns write nothing new).
-    ``categories`` limits the work; naming one that no folder holds is a DatasetError.
+    ``ndjson``: a simplified folder, a raw folder, both, a folder holding ``simplified/`` and
+    ``raw/``, or ``.ndjson`` files (each named after its category), in any mix. A key_id
+    found in both formats is rendered once, from ``prefer``; drawings in only one format are
+    rendered too. Existing files are kept (so reruns write nothing new). ``categories``
+    limits the work; naming one that no file holds is a DatasetError.
     """
     if prefer not in FORMATS:
         raise ValueError(f"prefer must be one of {FORMATS}, not {prefer!r}")
-    folders = (
-        [ndjson_dir_or_dirs] if isinstance(ndjson_dir_or_dirs, str | Path) else ndjson_dir_or_dirs
-    )
-    files = select_categories(ndjson_files(Path(f) for f in folders), categories)
+    sources = [ndjson] if isinstance(ndjson, str | Path) else ndjson
+    files = select_categories(ndjson_files(Path(p) for p in sources), categories)
     out = Path(out_dir)
     written = 0
     for category, paths in tqdm(sorted(files.items()), desc="render sketches", unit="class"):
