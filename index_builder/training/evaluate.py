@@ -75,15 +75,7 @@ def evaluate_run(
             )
         data = pick_split_dir(data, None, test_classes or info.get("test_classes"))
     test = _test_classes(data, test_classes, info)
-    sk, ph = feature_sets(
-        data,
-        test,
-        info["backbone"],
-        info["config"].get("backbone_weights"),
-        settings=settings,
-        gallery=gallery,
-        pseudo_sketch=model.scaling.cfg.pseudo_sketch,
-    )
+    sk, ph = run_features(model, info, data, test, settings, gallery)
     dim_x = model.scaling.cfg.input_dim_x
     if sk.features.shape[-1] != dim_x:
         raise DatasetError(
@@ -111,6 +103,27 @@ def evaluate_run(
     return result
 
 
+def run_features(
+    model: RetrievalModel,
+    info: dict,
+    data: Path,
+    classes: list[str],
+    settings: BuilderSettings | None,
+    gallery: Gallery = "extended",
+) -> tuple[FeatureSet, FeatureSet]:
+    """(sketch, photo) features of ``classes`` through the run's backbone, as its model reads
+    them."""
+    return feature_sets(
+        data,
+        classes,
+        info["backbone"],
+        info["config"].get("backbone_weights"),
+        settings=settings,
+        gallery=gallery,
+        pseudo_sketch=model.scaling.cfg.pseudo_sketch,
+    )
+
+
 def heldout_metrics(
     model: RetrievalModel,
     info: dict,
@@ -124,15 +137,7 @@ def heldout_metrics(
     sketches of trained categories fare."""
     fitted = info["train_classes"]
     classes = sorted({*fitted, *info.get("val_classes", []), *test})
-    sk, ph = feature_sets(
-        data,
-        classes,
-        info["backbone"],
-        info["config"].get("backbone_weights"),
-        settings=settings,
-        gallery=gallery,
-        pseudo_sketch=model.scaling.cfg.pseudo_sketch,
-    )
+    sk, ph = run_features(model, info, data, classes, settings, gallery)
     _, held = split_heldout(sk.subset(set(fitted)), info["config"]["holdout_sketches"])
     zx, zy = embed(model, held.clean, "sketch"), embed(model, ph.clean, "photo")
     return {"queries": "held-out sketches of trained categories", **score(zx, held, zy, ph)}
