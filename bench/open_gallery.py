@@ -1,6 +1,6 @@
 """The open gallery: every Tux Paint stamp (802) as the gallery, labelled by eye
 (``bench/data/stamp_labels.tsv``, ``STAMP_LABELS.md``), and its metrics; ``bench.ablation``
-scores each development fold's rows with it, ``bench.demo_gallery`` the demo model.
+scores each development fold's rows with it, ``bench.sealed`` the demo model.
 
 - gallery: every stamp of ``tuxpaint-stamps-default``, composited on white, read with its
   pseudo-sketch as the photo encoder reads it; relevant: the categories the table gives it;
