@@ -117,10 +117,11 @@ def export_module(
     embedding_dim: int,
     opset: int,
     channels: int = 3,
+    item_shape: tuple[int, ...] | None = None,
 ) -> None:
-    """ONNX file of ``module``: input ``image`` (B, C, S, S), output ``embedding`` (B, D),
-    B dynamic."""
-    example = torch.zeros(2, channels, image_size, image_size)
+    """ONNX file of ``module``: input ``image`` (B, C, S, S) (or (B, *item_shape)), output
+    ``embedding`` (B, D), B dynamic."""
+    example = torch.zeros(2, *(item_shape or (channels, image_size, image_size)))
     with warnings.catch_warnings(), torch.no_grad():
         for message in _EXPORT_NOISE:
             warnings.filterwarnings("ignore", message=message)
