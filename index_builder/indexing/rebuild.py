@@ -42,7 +42,7 @@ from gallery_store.base import (
 )
 from gallery_store.faiss_store import FaissStore
 from gallery_store.photos import printable
-from index_builder.indexing.embed import Embedded, default_workers
+from index_builder.indexing.embed import Embedded, default_workers, lane_threads
 from index_builder.indexing.engines import EmbedFn, Engine, check_engine, embedder
 from index_builder.indexing.scan import PhotoFile, Scan, Skipped, scan_photos
 from model.encoder import OnnxEncoder
@@ -197,7 +197,7 @@ def rebuild(
         index_dir.remove_stale()
         previous, problem = _previous(index_dir)
         photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)
-        encoder = OnnxEncoder(model_dir, "photo")
+        encoder = OnnxEncoder(model_dir, "photo", intra_op_threads=lane_threads(options.workers))
         reason = _full_reason(full, previous, problem, encoder.fingerprint)
         bases = [] if full else _bases(index_dir, previous, encoder.fingerprint, older=False)
         started = time.perf_counter()
