@@ -36,6 +36,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +111,24 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), session_options(threads), ["CPUExecutionProvider"])
 
 
-def run_batches(sess: ort.InferenceSession, arrays: np.ndarray) -> tuple[float, np.ndarray]:
-    """Seconds to run ``arrays`` through ``sess`` in batches of 32 (after one warm-up batch)."""
+def _runner(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
     name = sess.get_inputs()[0].name
-    sess.run(None, {name: arrays[:BATCH]})
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: x})[0]
+
+    return run
+
+
+def run_batches(
+    model: ort.InferenceSession | OnnxEncoder, arrays: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Seconds to run ``arrays`` through ``model`` in batches of 32 (after a warm-up batch)."""
+    run = model.embed_arrays if isinstance(model, OnnxEncoder) else _runner(model)
+    run(arrays[:BATCH])
     outs, started = [], time.perf_counter()
     for i in range(0, len(arrays), BATCH):
-        outs.append(sess.run(None, {name: arrays[i : i + BATCH]})[0])
+        outs.append(run(arrays[i : i + BATCH]))
     return time.perf_counter() - started, np.concatenate(outs)
 
 
@@ -155,7 +167,7 @@ def breakdown(sessions: Sessions, root: Path, photos: list[PhotoFile]) -> dict[s
         both = photo_x
     if sessions.heads is not None:
         secs["heads"], _ = run_batches(sessions.heads, feats)
-    secs["encoder"], _ = run_batches(enc._session, both)
+    secs["encoder"], _ = run_batches(enc, both)
     return secs
 
 

@@ -14,6 +14,7 @@ photo half the same, and the cosine distance between the two vectors of each pho
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, x in inputs.items()
     }
     cos = 1.0 - (vectors["canvas"] * vectors["input size"]).sum(axis=1)
-    print(f"machine: {machine(encoder._session.get_session_options().intra_op_num_threads)}")
+    print(f"machine: {machine(os.cpu_count() or 1)}")
     print(f"{len(photos)} photos under {scan.root}; model {args.model}\n")
     print("| pseudo-sketch | canvas px | ms per photo (draw + input array) |")
     print("|---|---|---|")

@@ -202,7 +202,8 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=at_least_one,
-        help="decoding threads (default: min(8, cores) within a 4 GB decode budget)",
+        help="lanes, each decoding then encoding a batch (default: min(8, cores) within a "
+        "4 GB decode budget)",
     )
     p.add_argument("--keep", type=at_least_one, help="served index versions to keep (3)")
     p.add_argument(

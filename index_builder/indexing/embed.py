@@ -52,7 +52,8 @@ MEMORY_BUDGET_BYTES = 4 * 2**30  # the default workers decode within this
 
 
 def default_workers() -> int:
-    """Decoding threads: one a core, at most 8, and no more than the memory budget allows."""
+    """Lanes (each a decoding thread): one a core, at most 8, and no more than the memory
+    budget allows."""
     return max(1, min(8, os.cpu_count() or 1, MEMORY_BUDGET_BYTES // PER_IMAGE_PEAK_BYTES))
 
 
@@ -62,7 +63,6 @@ def lane_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-EMPTY = np.zeros(0, np.float32)
 CHANGED = "the file changed while the index was being built"
 
 
@@ -154,19 +154,20 @@ def embed_photos(
     check_batching(batch_size, workers)
     prep = encoder.metadata.preprocessing
     batches = [photos[i : i + batch_size] for i in range(0, len(photos), batch_size)]
+    out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
 
-    def lane(batch: Sequence[PhotoFile]) -> tuple[list[Failure | Decoded], np.ndarray | None]:
-        """One batch decoded and encoded; the input arrays are dropped here, so a finished
-        batch waiting for an earlier one holds only its vectors."""
+    def lane(batch: Sequence[PhotoFile]) -> tuple[list[Failure | tuple[int, int]], np.ndarray]:
+        """One batch decoded and encoded: each photo's Failure or size, and the vectors of the
+        decoded ones. The input arrays go here, so a finished batch waiting for an earlier
+        one holds only its vectors."""
         results = [
             decode_photo(root / p.path, p.sha256, prep, edges=encoder.edges, size=p.size)
             for p in batch
         ]
         arrays = [r.array for r in results if isinstance(r, Decoded)]
-        vectors = encoder.embed_arrays(np.stack(arrays)) if arrays else None
-        return [Decoded(EMPTY, r.size) if isinstance(r, Decoded) else r for r in results], vectors
+        vectors = encoder.embed_arrays(np.stack(arrays)) if arrays else out.vectors
+        return [r.size if isinstance(r, Decoded) else r for r in results], vectors
 
-    out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
     parts = [out.vectors]
     bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
     with ThreadPoolExecutor(workers) as pool, bar:
@@ -179,9 +180,8 @@ def embed_photos(
                     )
                     continue
                 out.done.append(photo)
-                out.sizes.append(result.size)
-            if vectors is not None:
-                parts.append(vectors)
+                out.sizes.append(result)
+            parts.append(vectors)
             bar.update(len(batch))
     out.vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     return out

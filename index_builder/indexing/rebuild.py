@@ -62,7 +62,7 @@ class GallerySettings(BaseSettings):
         0.2, ge=0.0, le=1.0, description="share of the served photos a rebuild may drop"
     )
     batch_size: int = Field(32, ge=1, description="photos per encoder batch")
-    workers: int = Field(default_factory=default_workers, ge=1, description="decoding threads")
+    workers: int = Field(default_factory=default_workers, ge=1, description="decode + encode lanes")
     keep: int = Field(KEEP, ge=1, description="served index versions to keep")
     engine: Engine = Field("local", description="embedding engine: local or ray (Ray Data)")
     ray_address: str | None = Field(None, description="Ray cluster (default: a local Ray)")
@@ -74,7 +74,7 @@ class GuardError(ValueError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to embed (batch size, decoding threads, the engine and its Ray cluster), versions
+    """How to embed (batch size, lanes, the engine and its Ray cluster), versions
     kept, progress bars, and the guards: the share of served photos a build may drop, and the
     explicit overrides."""
 
