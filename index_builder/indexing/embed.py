@@ -153,7 +153,9 @@ def embed_photos(
     does); the vectors do not depend on it."""
     check_batching(batch_size, workers)
     prep = encoder.metadata.preprocessing
-    batches = [photos[i : i + batch_size] for i in range(0, len(photos), batch_size)]
+    # fewer photos than lanes x batch_size: smaller batches, so that every lane (core) works
+    size = max(1, min(batch_size, -(-len(photos) // workers)))
+    batches = [photos[i : i + size] for i in range(0, len(photos), size)]
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
 
     def lane(batch: Sequence[PhotoFile]) -> tuple[list[Failure | tuple[int, int]], np.ndarray]:
