@@ -9,9 +9,9 @@ The modes embed the same photo list with the same model, in the same run:
 - naive: one file at a time, on one thread: ``load_image`` -> ``to_input_array`` ->
   ``encoder.embed_arrays(x[None])``; decoded at the builder's draft size (large images are
   reduced while decoded), else the large stamps' vectors differ from the builder's;
-- batched: ``index_builder.indexing.embed.embed_photos`` (what ``build-index`` runs): worker
-  threads read, hash-check and decode files ``PREFETCH`` batches ahead while the encoder runs
-  batches of ``--batch``;
+- batched: ``index_builder.indexing.embed.embed_photos`` (what ``build-index`` runs):
+  ``--workers`` lanes, each reading, hash-checking, decoding and then encoding a batch of
+  ``--batch``, with an encoder of ``lane_threads(workers)`` intra-op threads;
 - ray: ``index_builder.indexing.ray_embed.embed_photos_ray`` (``build-index --engine ray``):
   Ray Data actors, one a core with a one-thread ONNX Runtime session each, decode and embed
   blocks of ``--batch``, on a local Ray sized to the cores (started once, before the timing;
@@ -44,7 +44,7 @@ import onnxruntime as ort
 
 from bench.faiss_search import machine as base_machine
 from bench.service_latency import make_model
-from index_builder.indexing.embed import PREFETCH
+from index_builder.indexing.embed import lane_threads
 from index_builder.indexing.engines import embedder
 from index_builder.indexing.scan import PhotoFile, scan_photos
 from model.encoder import OnnxEncoder
@@ -79,8 +79,11 @@ def naive(encoder: OnnxEncoder, root: Path, photos: list[PhotoFile]) -> dict:
 def batched(
     encoder: OnnxEncoder, root: Path, photos: list[PhotoFile], batch: int, workers: int
 ) -> dict:
-    """The index builder's path (the local engine)."""
-    out = embedder("local")(encoder, root, photos, batch_size=batch, workers=workers)
+    """The index builder's path (the local engine), with the builder's thread count."""
+    lanes = OnnxEncoder(
+        encoder.metadata.model_dir, "photo", encoder.providers, lane_threads(workers), verify=False
+    )
+    out = embedder("local")(lanes, root, photos, batch_size=batch, workers=workers)
     return {"vectors": out.vectors, "done": [p.path for p in out.done]}
 
 
@@ -112,7 +115,7 @@ def machine(threads: int, workers: int, batch: int, ray_actors: int | None) -> s
     return (
         f"{base_machine()}; Python {platform.python_version()}; onnxruntime "
         f"{ort.__version__} (CPUExecutionProvider, {threads} intra-op thread(s)); batched: "
-        f"{workers} decode worker thread(s), batch {batch}, prefetch {PREFETCH}{ray}; "
+        f"{workers} lane(s) of {lane_threads(workers)} intra-op thread(s), batch {batch}{ray}; "
         f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
     )
 

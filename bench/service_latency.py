@@ -8,11 +8,13 @@ Draw! drawings rendered by ``prepare``, uploaded as PNG) at concurrency 1, 8 and
 servers taking turns at each level (A B B A) so that background load hits both alike. Reports
 client-side p50 / p99 latency and throughput, the server's own split of the time (decode,
 batch wait, encode, search, from each response's ``timing``), and the batched / unbatched
-ratios. The index holds ``--photos`` synthetic embeddings (clustered unit vectors, as real
-ones are) written as an index version through the gallery store API; its manifest points at
-real photo files. Without ``--model`` a small model is trained on a few real classes and
-exported first (the backbone, not the training, sets the cost). Client and server share the
-machine, which is stated with the results.
+ratios. With ``--against OLD_MODEL_DIR`` the two servers are instead both micro-batched, one
+serving ``--model`` and one ``OLD_MODEL_DIR`` (each over its own index of the same vectors),
+and the ratios are new / old. The index holds ``--photos`` synthetic embeddings (clustered
+unit vectors, as real ones are) written as an index version through the gallery store API;
+its manifest points at real photo files. Without ``--model`` a small model is trained on a
+few real classes and exported first (the backbone, not the training, sets the cost). Client
+and server share the machine, which is stated with the results.
 """
 
 from __future__ import annotations
@@ -250,11 +252,15 @@ def summarise(samples: list[Sample], wall: float) -> dict[str, float]:
 Results = dict[str, dict[int, dict[str, float]]]
 
 
-def measure(args: argparse.Namespace, model: Path, index: Path, sketches: list[bytes]) -> Results:
+Setup = dict[str, tuple[Path, Path, dict[str, str]]]  # mode -> (model, index, env)
+
+
+def measure(args: argparse.Namespace, setups: Setup, sketches: list[bytes]) -> Results:
     """Both modes' servers up at once; at each concurrency the modes take turns (A B B A), so
     that drifting background load on the machine hits both alike."""
     servers = {
-        mode: start_server(model, index, args.work, mode, extra) for mode, extra in MODES.items()
+        mode: start_server(model, index, args.work, mode, extra)
+        for mode, (model, index, extra) in setups.items()
     }
     try:
         for server in servers.values():
@@ -316,13 +322,13 @@ def table(results: Results) -> str:
 
 
 def ratios(results: Results) -> str:
+    new, old = list(results)
     lines = [
-        "| concurrency | throughput batched / unbatched | p50 batched / unbatched "
-        "| p99 batched / unbatched |",
+        f"| concurrency | throughput {new} / {old} | p50 {new} / {old} | p99 {new} / {old} |",
         "|---|---|---|---|",
     ]
-    for c, b in results["batched"].items():
-        u = results["unbatched"][c]
+    for c, b in results[new].items():
+        u = results[old][c]
         lines.append(
             f"| {c} | {b['rps'] / u['rps']:.2f}x | {b['p50'] / u['p50']:.2f}x | "
             f"{b['p99'] / u['p99']:.2f}x |"
@@ -342,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--requests", type=int, default=96, help="requests per level (at least)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--against", type=Path, help="compare --model with this model dir")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     before = machine()
@@ -350,18 +357,27 @@ def main(argv: list[str] | None = None) -> int:
         from index_builder.training.prepare import prepare_shared_data
 
         prepare_shared_data(SHARED, args.work / "data", categories=CLASSES)
-    index = args.work / f"index-{args.photos}"
-    started = time.perf_counter()
-    version = synthesise_index(model, args.work / "data" / "photo", index, args.photos)
-    info = Manifest.model_validate_json(
-        (index / "versions" / version / "manifest.json").read_bytes()
-    ).index
-    print(
-        f"index {version}: {info.n} vectors, {info.factory}, nprobe {info.nprobe}, "
-        f"recall@{info.recall_k} {info.recall_at_k:.3f} ({time.perf_counter() - started:.0f}s)"
-    )
+    models = {"batched": model} if args.against is None else {"new": model, "old": args.against}
+    indexes = {}
+    for mode, m in models.items():
+        fingerprint = EncoderMetadata.load(m).fingerprint[:12]
+        indexes[mode] = index = args.work / f"index-{args.photos}-{fingerprint}"
+        started = time.perf_counter()
+        version = synthesise_index(m, args.work / "data" / "photo", index, args.photos)
+        info = Manifest.model_validate_json(
+            (index / "versions" / version / "manifest.json").read_bytes()
+        ).index
+        print(
+            f"index {index.name} {version}: {info.n} vectors, {info.factory}, nprobe "
+            f"{info.nprobe}, recall@{info.recall_k} {info.recall_at_k:.3f} "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+    if args.against is None:
+        setups = {mode: (model, indexes["batched"], env) for mode, env in MODES.items()}
+    else:
+        setups = {mode: (m, indexes[mode], {}) for mode, m in models.items()}
     sketches = sketch_pngs(args.work / "data")
-    results = measure(args, model, index, sketches)
+    results = measure(args, setups, sketches)
     print(f"\nmachine: {before}\n")
     print(table(results))
     print()

@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="training run directory")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--quantize",
+        choices=["int8-static", "int8-dynamic"],
+        help="int8 photo encoder (BENCHMARKS.md section 5: measured, not the default)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="data root whose training-class photos calibrate --quantize int8-static",
+    )
     _gallery_parsers(sub)
     return parser
 
@@ -205,7 +215,8 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=at_least_one,
-        help="decoding threads (default: min(8, cores) within a 4 GB decode budget)",
+        help="lanes, each decoding then encoding a batch (default: min(8, cores) within a "
+        "4 GB decode budget)",
     )
     p.add_argument("--keep", type=at_least_one, help="served index versions to keep (3)")
     p.add_argument(
@@ -313,12 +324,16 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "baselines":
         _baselines(args, settings)
     elif args.command == "export-onnx":
-        from model.export import export_onnx
+        from model.export import Int8Photo, export_onnx
 
-        meta = export_onnx(args.run, args.out, args.opset)
+        int8 = (
+            Int8Photo(quantization=args.quantize, data=args.calibration) if args.quantize else None
+        )
+        meta = export_onnx(args.run, args.out, args.opset, int8)
+        variant = f", {meta.quantization}" if meta.quantization else ""
         print(
             f"exported {meta.backbone} sketch and photo encoders -> {args.out} "
-            f"(fingerprint {meta.fingerprint[:16]})"
+            f"(fingerprint {meta.fingerprint[:16]}{variant})"
         )
     elif args.command in ("build-index", "rebuild"):
         _gallery(args)

@@ -55,6 +55,9 @@ class EncoderMetadata(BaseModel):
     input_name: str = "image"
     output_name: str = "embedding"
     opset: int
+    # the ONNX Runtime optimisation saved into the files (None: the exporter's plain graph)
+    graph_optimization: str | None = None
+    quantization: str | None = None  # ``model.quantize``: None for float encoders
     train_classes: list[str]
     val_classes: list[str] = []
     test_classes: list[str] = []
@@ -130,6 +133,7 @@ class EncoderMetadata(BaseModel):
             self.preprocessing,
             self.backbone_fingerprint,
             self.photo_edges,
+            self.quantization,
         )
         if expected != self.fingerprint:
             raise EncoderIntegrityError(
@@ -152,10 +156,12 @@ def compute_fingerprint(
     prep: Preprocessing,
     backbone_fingerprint: str,
     photo_edges: EdgeConfig | None = None,
+    quantization: str | None = None,
 ) -> str:
-    """sha256 over both encoders' checksums, the preprocessing, the backbone's fingerprint and
-    the pseudo-sketch drawing (outside the graph): what an index stores to tell whether its
-    embeddings came from these encoders."""
+    """sha256 over both encoders' checksums, the preprocessing, the backbone's fingerprint,
+    the pseudo-sketch drawing (outside the graph) and the quantisation (named, though the
+    checksums change with it too): what an index stores to tell whether its embeddings came
+    from these encoders."""
     payload = {
         "onnx_sha256": {d: checksums[d] for d in DOMAINS},
         "preprocessing": prep.model_dump(),
@@ -163,6 +169,8 @@ def compute_fingerprint(
     }
     if photo_edges is not None:
         payload["photo_edges"] = edge_key(photo_edges)
+    if quantization is not None:
+        payload["quantization"] = quantization
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

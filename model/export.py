@@ -3,7 +3,10 @@
 Each encoder is image -> backbone -> the run's ``RetrievalModel`` (input scaling, mean of
 r^x or r^y, retrieval head) -> L2 normalisation, so ONNX Runtime alone turns an image into
 its retrieval embedding.
-Read the result with ``model.encoder``.
+Each file holds the graph as ONNX Runtime's extended optimisations leave it (constant folding,
+Conv + activation and other fusions; ``optimize_graph``), so a session starts on the optimised
+graph; the layout transformations of ``ORT_ENABLE_ALL``, which depend on the CPU, are left to
+the session (``model.encoder.session_options``). Read the result with ``model.encoder``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from model.backbones import Backbone, available_backbones, load_backbone, with_pseudo_sketch
@@ -29,10 +35,14 @@ from model.encoder import (
     compute_fingerprint,
     sha256_file,
 )
-from model.preprocess import Preprocessing
-from model.pseudo_sketch import EdgeConfig
+from model.preprocess import IMAGE_SUFFIXES, Preprocessing, load_image
+from model.pseudo_sketch import EdgeConfig, encoder_input_array
+from model.quantize import Quantization, quantize_encoder
 from model.retrieval import RetrievalModel
 
+# Saved into the files: portable between CPUs (ORT_ENABLE_ALL adds layouts of this CPU's
+# kernels, which ONNX Runtime's documentation says to keep to the machine that made them).
+SAVED_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 ONNX_FILES: dict[Domain, str] = {"sketch": "sketch_encoder.onnx", "photo": "photo_encoder.onnx"}
 # Notices of the TorchScript-based exporter (the one that needs no onnxscript), not faults.
 _EXPORT_NOISE = (
@@ -117,10 +127,11 @@ def export_module(
     embedding_dim: int,
     opset: int,
     channels: int = 3,
+    item_shape: tuple[int, ...] | None = None,
 ) -> None:
-    """ONNX file of ``module``: input ``image`` (B, C, S, S), output ``embedding`` (B, D),
-    B dynamic."""
-    example = torch.zeros(2, channels, image_size, image_size)
+    """ONNX file of ``module``: input ``image`` (B, C, S, S) (or (B, *item_shape)), output
+    ``embedding`` (B, D), B dynamic."""
+    example = torch.zeros(2, *(item_shape or (channels, image_size, image_size)))
     with warnings.catch_warnings(), torch.no_grad():
         for message in _EXPORT_NOISE:
             warnings.filterwarnings("ignore", message=message)
@@ -148,7 +159,36 @@ def export_module(
     onnx.save(graph, str(path))
 
 
-def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadata:
+def optimize_graph(path: Path, level: ort.GraphOptimizationLevel = SAVED_OPTIMIZATION) -> None:
+    """Replace the ONNX file at ``path`` by the graph ONNX Runtime's optimisations at ``level``
+    make of it on the CPU provider (what a session would otherwise redo at every start)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    tmp = path.with_suffix(".optimized.onnx")
+    opts.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    tmp.replace(path)
+
+
+class Int8Photo(BaseModel):
+    """Quantise the photo encoder (the builder's cost) to int8 (``model.quantize``), calibrated
+    on the first ``per_class`` photos of each of the run's training classes under ``data``
+    (a folder layout: ``<data>/photo/<class>/``). The sketch encoder stays float."""
+
+    quantization: Quantization = "int8-static"
+    data: Path | None = None
+    per_class: int = 2
+    max_photos: int = 256
+
+    def describe(self, n_photos: int) -> str:
+        if self.quantization == "int8-dynamic":
+            return "int8-dynamic photo encoder"
+        return f"int8-static photo encoder, calibrated on {n_photos} training photos"
+
+
+def export_onnx(
+    run_dir: Path, out_dir: Path, opset: int = 17, int8: Int8Photo | None = None
+) -> EncoderMetadata:
     """Write ``sketch_encoder.onnx``, ``photo_encoder.onnx`` and ``metadata.json`` of a run
     into ``out_dir``, atomically: on failure ``out_dir`` is left as it was."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -156,26 +196,54 @@ def export_onnx(run_dir: Path, out_dir: Path, opset: int = 17) -> EncoderMetadat
     encoders, info, backbone = load_run_encoders(run_dir)
     model = encoders["sketch"].model
     embedding_dim = model.embedding_dim
+    edges = encoders["photo"].backbone.edges
+    calibration = [] if int8 is None else calibration_photos(int8, info, backbone, edges)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling_dir(out_dir, ".tmp")
     try:
         for domain in DOMAINS:
+            path = tmp / ONNX_FILES[domain]
             export_module(
                 encoders[domain],
-                tmp / ONNX_FILES[domain],
+                path,
                 backbone.preprocessing.image_size,
                 embedding_dim,
                 opset,
                 encoders[domain].backbone.input_channels,
             )
-        edges = encoders["photo"].backbone.edges
-        meta = _metadata(tmp, run_dir, info, model, backbone, opset, edges)
+            if domain == "photo" and int8 is not None:
+                batches = [
+                    np.stack(calibration[i : i + 16]) for i in range(0, len(calibration), 16)
+                ]
+                quantize_encoder(path, int8.quantization, batches)
+            optimize_graph(path)
+        quantization = None if int8 is None else int8.describe(len(calibration))
+        meta = _metadata(tmp, run_dir, info, model, backbone, opset, edges, quantization)
         (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return EncoderMetadata.load(out_dir)
+
+
+def calibration_photos(
+    int8: Int8Photo, info: dict, backbone: Backbone, edges: EdgeConfig | None
+) -> list[np.ndarray]:
+    """Photo-encoder inputs of training-class photos (never a test class's)."""
+    if int8.quantization == "int8-dynamic":
+        return []
+    if int8.data is None:
+        raise ValueError("int8-static needs calibration photos: give the data root (--calibration)")
+    paths = []
+    for cls in info.get("train_classes", []):
+        folder = Path(int8.data) / "photo" / cls
+        found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += found[: int8.per_class]
+    if not paths:
+        raise ValueError(f"{int8.data}: no photos of the run's training classes under photo/")
+    prep = backbone.preprocessing
+    return [encoder_input_array(load_image(p), prep, edges) for p in paths[: int8.max_photos]]
 
 
 def _metadata(
@@ -186,6 +254,7 @@ def _metadata(
     backbone: Backbone,
     opset: int,
     photo_edges: EdgeConfig | None,
+    quantization: str | None = None,
 ) -> EncoderMetadata:
     files = {
         d: OnnxFile(file=ONNX_FILES[d], sha256=sha256_file(folder / ONNX_FILES[d])) for d in DOMAINS
@@ -200,6 +269,8 @@ def _metadata(
         photo_edges=photo_edges,
         embedding_dim=model.embedding_dim,
         opset=opset,
+        quantization=quantization,
+        graph_optimization=f"{SAVED_OPTIMIZATION.name} (onnxruntime {ort.__version__})",
         train_classes=info.get("train_classes", []),
         val_classes=info.get("val_classes", []),
         test_classes=info.get("test_classes", []),
@@ -208,7 +279,11 @@ def _metadata(
         source_run=str(run_dir),
         files=files,
         fingerprint=compute_fingerprint(
-            {d: f.sha256 for d, f in files.items()}, prep, backbone.fingerprint, photo_edges
+            {d: f.sha256 for d, f in files.items()},
+            prep,
+            backbone.fingerprint,
+            photo_edges,
+            quantization,
         ),
     )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -24,6 +25,8 @@ from PIL import Image
 from standins import draw_photo, make_authors_features, make_folder_layout
 
 from index_builder.cli import main
+from index_builder.indexing.embed import Decoded, decode_photo, embed_photos
+from index_builder.indexing.scan import scan_photos
 from model.backbones import load_backbone, with_pseudo_sketch
 from model.backbones.vgg import VGG16Features
 from model.checkpoint import load_model
@@ -34,6 +37,7 @@ from model.encoder import (
     compute_fingerprint,
     default_providers,
 )
+from model.export import Int8Photo, export_module, export_onnx, load_run_encoders
 from model.preprocess import load_image, render_strokes, to_input_array
 from model.pseudo_sketch import EdgeConfig, encoder_input_array
 
@@ -217,6 +221,31 @@ def test_concurrent_calls_agree(encoders: dict[str, OnnxEncoder]) -> None:
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_the_builders_lanes_embed_as_one_photo_at_a_time(
+    encoders: dict[str, OnnxEncoder], tmp_path: Path
+) -> None:
+    """``embed_photos`` (lanes decoding and encoding batches at once) gives the vectors, order,
+    sizes and skips of decoding and encoding each photo alone, one after another."""
+    enc = encoders["photo"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate(photo_images()):
+        img.save(folder / f"p{i}.png")
+    whole = (folder / "p0.png").read_bytes()
+    (folder / "p1b-cut.png").write_bytes(whole[: len(whole) // 2])  # a header, half its pixels
+    scan = scan_photos(folder)
+    got = embed_photos(enc, scan.root, scan.files, batch_size=2, workers=3)
+    prep = enc.metadata.preprocessing
+    alone = [decode_photo(scan.root / p.path, p.sha256, prep, edges=enc.edges) for p in scan.files]
+    decoded = [(p, r) for p, r in zip(scan.files, alone, strict=True) if isinstance(r, Decoded)]
+    assert len(decoded) >= 4 and len(decoded) < len(scan.files)
+    assert got.done == [p for p, _ in decoded]
+    assert got.sizes == [r.size for _, r in decoded]
+    assert [s.path for s in got.skipped] == ["p1b-cut.png"]
+    expected = np.concatenate([enc.embed_arrays(r.array[None]) for _, r in decoded])
+    np.testing.assert_allclose(got.vectors, expected, atol=1e-5)
+
+
 def test_a_wrong_input_shape_is_refused(encoders: dict[str, OnnxEncoder]) -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, 224, 224\)"):
         encoders["sketch"].embed_arrays(np.zeros((1, 3, 100, 100), np.float32))
@@ -302,6 +331,62 @@ def test_an_edited_fingerprint_is_caught(export: Export, tmp_path: Path) -> None
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(EncoderIntegrityError, match="fingerprint"):
         EncoderMetadata.load(copy).verify_checksums()
+
+
+def test_the_saved_optimised_graph_computes_what_the_plain_one_does(
+    export: Export, tmp_path: Path
+) -> None:
+    """The files hold ONNX Runtime's extended optimisations (fewer nodes: fused), and give the
+    vectors of the exporter's plain graph."""
+    meta = EncoderMetadata.load(export.model_dir)
+    assert meta.graph_optimization.startswith("ORT_ENABLE_EXTENDED")
+    torch_encoders, _, _ = load_run_encoders(export.run)
+    images = {"sketch": sketch_images(), "photo": photo_images()}
+    for domain, encoder in torch_encoders.items():
+        plain = tmp_path / f"{domain}.onnx"
+        channels = encoder.backbone.input_channels
+        export_module(encoder, plain, 224, meta.embedding_dim, 17, channels)
+        saved = meta.onnx_path(domain)
+        nodes = [len(onnx.load(str(f)).graph.node) for f in (plain, saved)]
+        assert nodes[1] < nodes[0]
+        enc = OnnxEncoder(export.model_dir, domain, intra_op_threads=1)
+        x = enc.to_batch(images[domain])
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(plain), opts, providers=["CPUExecutionProvider"])
+        (expected,) = session.run(None, {"image": x})
+        np.testing.assert_allclose(enc.embed_arrays(x), expected, atol=1e-4)
+
+
+def test_an_int8_photo_encoder_is_another_model(
+    export: Export, data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--quantize int8-static``: calibrated on training-class photos, named in the metadata
+    and the fingerprint; the sketch encoder stays the float one."""
+    root, _ = data
+    with pytest.raises(ValueError, match="calibration"):
+        export_onnx(export.run, tmp_path / "none", int8=Int8Photo())
+    meta = export_onnx(export.run, tmp_path / "int8", int8=Int8Photo(data=root))
+    float_meta = EncoderMetadata.load(export.model_dir)
+    assert meta.quantization.startswith("int8-static photo encoder, calibrated on ")
+    assert meta.fingerprint != float_meta.fingerprint
+    meta.verify_checksums()
+    assert meta.files["sketch"].sha256 == float_meta.files["sketch"].sha256
+    assert meta.files["photo"].sha256 != float_meta.files["photo"].sha256
+    ops = {n.op_type for n in onnx.load(str(meta.onnx_path("photo"))).graph.node}
+    assert "QLinearConv" in ops or "QuantizeLinear" in ops
+    # the same files under another quantisation name are another model
+    sums = {d: meta.files[d].sha256 for d in ("sketch", "photo")}
+    args = (sums, meta.preprocessing, meta.backbone_fingerprint, meta.photo_edges)
+    assert compute_fingerprint(*args, meta.quantization) == meta.fingerprint
+    assert compute_fingerprint(*args, "int8-dynamic photo encoder") != meta.fingerprint
+    assert compute_fingerprint(*args) != meta.fingerprint
+    # it computes other vectors (how close: bench/export_accuracy.py, on a real model)
+    images = photo_images()
+    a = OnnxEncoder(export.model_dir, "photo", intra_op_threads=1).embed_images(images)
+    b = OnnxEncoder(tmp_path / "int8", "photo", intra_op_threads=1).embed_images(images)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert np.abs(a - b).max() > 1e-3
 
 
 def test_encoder_module_imports_without_torch() -> None:

@@ -1,7 +1,13 @@
-"""Embed gallery photos with the exported photo encoder: parallel decoding, batched inference.
+"""Embed gallery photos with the exported photo encoder: one lane a core, batched inference.
 
-Worker threads read, check and decode files into input arrays (Pillow and hashlib release the
-GIL) while the encoder runs the previous batch; up to ``PREFETCH`` batches are decoded ahead.
+Each of ``workers`` threads (lanes) takes the next batch, reads, checks and decodes its files
+into input arrays, then runs the encoder on them (Pillow, hashlib and ONNX Runtime release the
+GIL). While one lane decodes, another encodes, so every core stays busy without a thread
+pool waiting on another; the encoder runs ``lane_threads`` intra-op threads (one where there
+is a lane a core): ONNX Runtime's own thread pool, run beside decoding threads on the same
+cores, spends its time spinning and waiting for descheduled threads (BENCHMARKS.md section 5).
+At most ``workers`` batches of input arrays are in memory at once.
+
 Each file is read once and decoded from those bytes, after checking that they are the bytes
 the scan hashed. A file that cannot be decoded, or whose bytes no longer match, is skipped and
 reported, never fatal; read errors and changed files are marked ``retry`` (the next rebuild
@@ -22,9 +28,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -47,11 +52,17 @@ MEMORY_BUDGET_BYTES = 4 * 2**30  # the default workers decode within this
 
 
 def default_workers() -> int:
-    """Decoding threads: one a core, at most 8, and no more than the memory budget allows."""
+    """Lanes (each a decoding thread): one a core, at most 8, and no more than the memory
+    budget allows."""
     return max(1, min(8, os.cpu_count() or 1, MEMORY_BUDGET_BYTES // PER_IMAGE_PEAK_BYTES))
 
 
-PREFETCH = 2
+def lane_threads(workers: int) -> int:
+    """ONNX Runtime intra-op threads for an encoder run by ``workers`` lanes: the cores
+    shared among them (one each where there is a lane a core)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 CHANGED = "the file changed while the index was being built"
 
 
@@ -137,57 +148,42 @@ def embed_photos(
     workers: int = 4,
     progress: bool = False,
 ) -> Embedded:
-    """Embed ``photos`` (paths relative to ``root``); unusable ones go to ``skipped``."""
+    """Embed ``photos`` (paths relative to ``root``) on ``workers`` lanes; unusable ones go to
+    ``skipped``. Give ``encoder`` ``lane_threads(workers)`` intra-op threads (``rebuild``
+    does); the vectors do not depend on it."""
     check_batching(batch_size, workers)
     prep = encoder.metadata.preprocessing
+    # fewer photos than lanes x batch_size: smaller batches, so that every lane (core) works
+    size = max(1, min(batch_size, -(-len(photos) // workers)))
+    batches = [photos[i : i + size] for i in range(0, len(photos), size)]
     out = Embedded(np.zeros((0, encoder.embedding_dim), np.float32))
+
+    def lane(batch: Sequence[PhotoFile]) -> tuple[list[Failure | tuple[int, int]], np.ndarray]:
+        """One batch decoded and encoded: each photo's Failure or size, and the vectors of the
+        decoded ones. The input arrays go here, so a finished batch waiting for an earlier
+        one holds only its vectors."""
+        results = [
+            decode_photo(root / p.path, p.sha256, prep, edges=encoder.edges, size=p.size)
+            for p in batch
+        ]
+        arrays = [r.array for r in results if isinstance(r, Decoded)]
+        vectors = encoder.embed_arrays(np.stack(arrays)) if arrays else out.vectors
+        return [r.size if isinstance(r, Decoded) else r for r in results], vectors
+
     parts = [out.vectors]
     bar = tqdm(total=len(photos), desc="embed photos", unit="photo", disable=not progress)
     with ThreadPoolExecutor(workers) as pool, bar:
-        decoded = _decoded_batches(pool, root, photos, batch_size, prep, encoder.edges)
-        for batch, results in decoded:
-            arrays = []
+        # ``map`` submits every batch (paths only) at once; ``workers`` run at a time, in order
+        for batch, (results, vectors) in zip(batches, pool.map(lane, batches), strict=True):
             for photo, result in zip(batch, results, strict=True):
                 if isinstance(result, Failure):
                     out.skipped.append(
                         Skipped(photo.path, photo.sha256, result.error, result.retry)
                     )
                     continue
-                arrays.append(result.array)
                 out.done.append(photo)
-                out.sizes.append(result.size)
-            if arrays:
-                parts.append(encoder.embed_arrays(np.stack(arrays)))
+                out.sizes.append(result)
+            parts.append(vectors)
             bar.update(len(batch))
     out.vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     return out
-
-
-def _decoded_batches(
-    pool: ThreadPoolExecutor,
-    root: Path,
-    photos: Sequence[PhotoFile],
-    batch_size: int,
-    prep: Preprocessing,
-    edges: EdgeConfig | None,
-) -> Iterator[tuple[Sequence[PhotoFile], list[Decoded | Failure]]]:
-    """Batches of photos with their decode results, decoding ``PREFETCH`` batches ahead."""
-    pending: deque[tuple[Sequence[PhotoFile], list[Future]]] = deque()
-    starts = iter(range(0, len(photos), batch_size))
-
-    def submit() -> None:
-        start = next(starts, None)
-        if start is not None:
-            batch = photos[start : start + batch_size]
-            futures = [
-                pool.submit(decode_photo, root / p.path, p.sha256, prep, edges=edges, size=p.size)
-                for p in batch
-            ]
-            pending.append((batch, futures))
-
-    for _ in range(PREFETCH + 1):
-        submit()
-    while pending:
-        batch, futures = pending.popleft()
-        submit()
-        yield batch, [f.result() for f in futures]

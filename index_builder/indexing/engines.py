@@ -1,6 +1,6 @@
 """The embedding engines of ``build-index`` and ``rebuild``, chosen in one place.
 
-``local``: ``embed.embed_photos`` (decoding threads, batched ONNX Runtime in this process).
+``local``: ``embed.embed_photos`` (lanes decoding and encoding batches in this process).
 ``ray``: ``ray_embed.embed_photos_ray`` (Ray Data actors, on a cluster or a local Ray). Both
 take the same arguments and return the same ``Embedded``, so the builder, the CLI and the
 benchmark call whichever ``embedder`` returns without knowing which it is.

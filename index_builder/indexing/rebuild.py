@@ -42,7 +42,7 @@ from gallery_store.base import (
 )
 from gallery_store.faiss_store import FaissStore
 from gallery_store.photos import printable
-from index_builder.indexing.embed import Embedded, default_workers
+from index_builder.indexing.embed import Embedded, default_workers, lane_threads
 from index_builder.indexing.engines import EmbedFn, Engine, check_engine, embedder
 from index_builder.indexing.scan import PhotoFile, Scan, Skipped, scan_photos
 from model.encoder import OnnxEncoder
@@ -62,7 +62,7 @@ class GallerySettings(BaseSettings):
         0.2, ge=0.0, le=1.0, description="share of the served photos a rebuild may drop"
     )
     batch_size: int = Field(32, ge=1, description="photos per encoder batch")
-    workers: int = Field(default_factory=default_workers, ge=1, description="decoding threads")
+    workers: int = Field(default_factory=default_workers, ge=1, description="decode + encode lanes")
     keep: int = Field(KEEP, ge=1, description="served index versions to keep")
     engine: Engine = Field("local", description="embedding engine: local or ray (Ray Data)")
     ray_address: str | None = Field(None, description="Ray cluster (default: a local Ray)")
@@ -74,7 +74,7 @@ class GuardError(ValueError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to embed (batch size, decoding threads, the engine and its Ray cluster), versions
+    """How to embed (batch size, lanes, the engine and its Ray cluster), versions
     kept, progress bars, and the guards: the share of served photos a build may drop, and the
     explicit overrides."""
 
@@ -197,7 +197,7 @@ def rebuild(
         index_dir.remove_stale()
         previous, problem = _previous(index_dir)
         photos, model_dir = _defaults(index_dir, previous, problem, photos, model_dir)
-        encoder = OnnxEncoder(model_dir, "photo")
+        encoder = OnnxEncoder(model_dir, "photo", intra_op_threads=lane_threads(options.workers))
         reason = _full_reason(full, previous, problem, encoder.fingerprint)
         bases = [] if full else _bases(index_dir, previous, encoder.fingerprint, older=False)
         started = time.perf_counter()
