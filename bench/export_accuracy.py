@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from bench.zero_shot import machine
+from index_builder.training.datasets.base import list_images
 from index_builder.training.datasets.splits import read_class_list
 from index_builder.training.metrics import retrieval_metrics
 from model.encoder import EncoderMetadata, OnnxEncoder
-from model.preprocess import IMAGE_SUFFIXES, load_image
+from model.preprocess import load_image
 
 MAX_MAP_DROP = 0.005
 TOP = 10
@@ -43,7 +44,7 @@ def class_images(data: Path, domain: str, classes: list[str]) -> tuple[list[Path
         folder = data / domain / cls
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such class folder (prepare the data first)")
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = list_images(folder)
         paths += found
         labels += [cls] * len(found)
     return paths, labels
@@ -69,7 +70,7 @@ def score_models(models: list[Path], data: Path, classes: list[str]) -> list[dic
         row = {
             "model": str(model),
             "fingerprint": meta.fingerprint,
-            "quantization": getattr(meta, "quantization", None),
+            "quantization": meta.quantization,
             "sketches": len(z["sketch"]),
             "photos": len(z["photo"]),
             **metrics,
